@@ -1,0 +1,3 @@
+"""Pruning methods. Each module registers itself; adding a method = one file + one import line here."""
+
+from . import magnitude

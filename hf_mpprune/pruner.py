@@ -1,0 +1,179 @@
+"""`MPPruner`: the orchestrator. It mutates the model in place and never wraps it, so the model stays an ordinary
+`PreTrainedModel` (Trainer, save_pretrained and generate work unchanged).
+
+Lifecycle: `__init__` validates and discovers layers (errors before any SVD) -> `analyze()` MP-fits every layer ->
+`prune(calibration=...)` runs the registered method and applies the masks with exact +0.0 zeros.
+"""
+
+import logging
+import os
+import time
+from typing import Any
+
+from torch import nn
+
+from .config import PruningConfig, SpectralConfig
+from .errors import ConfigError, PatternError
+from .layers import LayerSet, discover_layers
+from .ledger import Ledger, environment
+from .masks import Masks
+from .registry import PruneContext, get_method
+from .spectral import SpectralReport, analyze
+
+
+logger = logging.getLogger(__name__)
+
+_HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download")
+
+
+class MPPruner:
+    """Prune a model with an MP-guided method.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`] or `torch.nn.Module`): the model; modified in place by `prune()`.
+        config ([`PruningConfig`], *optional*): method, sparsity, targets, ... With no config, `analyze()` covers
+            every prunable layer and `prune()` is unavailable until a config is given.
+    """
+
+    def __init__(self, model: nn.Module, config: PruningConfig | None = None):
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"MPPruner needs a torch.nn.Module, got {type(model).__name__}")
+        if config is not None and not isinstance(config, PruningConfig):
+            raise ConfigError(f"config must be a PruningConfig, got {type(config).__name__}")
+        self.model = model
+        self.config = config.resolve() if config is not None else None
+        cfg = self.config or PruningConfig()
+        self.layers: LayerSet = discover_layers(model, cfg.targets, cfg.ignore)
+        self.spectra: SpectralReport | None = None
+        self.masks: Masks | None = None
+        self.ledger = Ledger(identity=environment(), registry=self._registry_record())
+        name = getattr(getattr(model, "config", None), "_name_or_path", "")
+        if name:
+            self.ledger.identity["base_model"] = name
+
+    def _registry_record(self) -> list[dict[str, Any]]:
+        return [{"name": la.name, "kind": la.kind, "role": la.role, "shape": list(la.shape)} for la in self.layers]
+
+    # ---- loading ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, config: PruningConfig | None = None, **kwargs: Any
+    ) -> "MPPruner":
+        """Load a transformers checkpoint (local dir or Hub id) with the class named in its config.
+
+        Hub arguments (`revision`, `token`, `cache_dir`, `local_files_only`, `subfolder`) are passed through;
+        other keyword arguments (e.g. `dtype=`) go to the model's `from_pretrained`.
+        """
+        model = load_model(name_or_path, **kwargs)
+        return cls(model, config)
+
+    # ---- the work -----------------------------------------------------------------------------------------
+    def analyze(self, config: SpectralConfig | None = None, *, progress: bool = True) -> SpectralReport:
+        """MP-fit every registered layer (float64, CPU unless `config.device` says otherwise)."""
+        cfg = config or (self.config.spectral if self.config else SpectralConfig())
+        t0 = time.perf_counter()
+        self.spectra = analyze(self.layers, cfg, progress=progress)
+        self.ledger.spectral = {
+            "config": self.spectra.to_dict()["spectral_config"],
+            "seconds": round(time.perf_counter() - t0, 3),
+            "layers": {r.name: {"sigma_plus": r.fit.sigma_plus, "n_spikes": r.fit.n_spikes} for r in self.spectra},
+        }
+        return self.spectra
+
+    def prune(self, calibration: Any = None, *, train_step=None, sparsity: float | None = None) -> Masks:
+        """Compute masks with the configured method and apply them (exact +0.0 zeros).
+
+        Args:
+            calibration: model inputs for calibration-based methods (a `datasets.Dataset`, a DataLoader or an
+                iterable of input dicts).
+            train_step: callable used by methods that train between steps (SER, Hybrid).
+            sparsity (`float`, *optional*): override the target for this call (cyclic schedules).
+        """
+        if self.config is None:
+            raise ConfigError("no PruningConfig given: use MPPruner(model, PruningConfig(method=..., sparsity=...))")
+        cfg = self.config
+        if sparsity is not None:
+            cfg = type(cfg).from_dict({**cfg.to_dict(), "sparsity": sparsity})
+        spec = get_method(cfg.method)
+        if spec.needs_calibration and calibration is None:
+            raise ConfigError(f"method {cfg.method!r} needs calibration data: prune(calibration=dataset)")
+        if spec.needs_training and train_step is None:
+            raise ConfigError(f"method {cfg.method!r} trains between steps: prune(train_step=...) is required")
+        if self.masks is not None and cfg.pattern is None and cfg.sparsity < self.masks.sparsity() - 1e-12:
+            raise ConfigError(
+                f"target sparsity {cfg.sparsity} is below the current {self.masks.sparsity():.4f}: "
+                "pruning is cumulative; pick a target >= the current sparsity"
+            )
+        if spec.experimental:
+            from .errors import warn_experimental
+
+            warn_experimental(spec.name)
+        if spec.needs_spectra and self.spectra is None:
+            self.analyze(progress=False)
+        ctx = PruneContext(self.layers, cfg, self.model, self.spectra, calibration, self.masks, train_step)
+        t0 = time.perf_counter()
+        masks = spec.fn(ctx)
+        self._validate(masks)
+        masks.pattern = masks.pattern or cfg.pattern
+        masks.apply_(self.model)
+        self.masks = masks
+        self.ledger.add_step(
+            method=cfg.method,
+            config=cfg.to_dict(),
+            target_sparsity=cfg.sparsity,
+            achieved_sparsity=masks.sparsity(),
+            layer_sparsity=masks.layer_sparsity(),
+            mask_sha256=masks.sha256(),
+            seconds=round(time.perf_counter() - t0, 3),
+            **ctx.record,
+        )
+        logger.info("%s: sparsity %.4f over %d layers", cfg.method, masks.sparsity(), len(masks))
+        return masks
+
+    def _validate(self, masks: Masks) -> None:
+        if set(masks.names) != set(self.layers.names):
+            missing = sorted(set(self.layers.names) - set(masks.names))[:10]
+            extra = sorted(set(masks.names) - set(self.layers.names))[:10]
+            raise PatternError(
+                f"method returned masks that do not match the registry (missing {missing}, extra {extra})"
+            )
+        masks.check_model(self.model)
+        if self.masks is not None and not masks.is_subset_of(self.masks):
+            raise PatternError("new masks revive weights pruned in an earlier cycle (pruning must be cumulative)")
+
+    def report(self) -> dict[str, Any]:
+        """Short summary: layers, sparsity (global and per layer), spectra summary."""
+        out: dict[str, Any] = {"layers": len(self.layers), "weights": self.layers.total_params}
+        if self.masks is not None:
+            out["sparsity"] = self.masks.sparsity()
+            out["layer_sparsity"] = self.masks.layer_sparsity()
+        if self.spectra is not None:
+            out["spectra"] = {r.name: (r.fit.sigma_plus, r.fit.bulk_fraction, r.fit.n_spikes) for r in self.spectra}
+        return out
+
+
+def load_model(name_or_path: str | os.PathLike, **kwargs: Any) -> nn.Module:
+    """Load a model with the architecture class named in its `config.json` (falls back to `AutoModel`)."""
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    path = str(name_or_path)
+    looks_local = path.startswith((".", "/", "~")) or os.sep in path.rstrip(os.sep).split(os.sep, 2)[-1]
+    if looks_local and not os.path.isdir(os.path.expanduser(path)):
+        raise FileNotFoundError(f"no model directory at {path!r}")
+    hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
+    try:
+        cfg = AutoConfig.from_pretrained(path, **hub)
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        hint = (
+            " (HF_HUB_OFFLINE=1: only local dirs and models already in the HF cache can be loaded)" if offline else ""
+        )
+        raise OSError(f"cannot load a model config from {path!r}{hint}: {e}") from e
+    archs = getattr(cfg, "architectures", None) or []
+    model_cls = getattr(transformers, archs[0], None) if archs else None
+    if model_cls is None:
+        model_cls = AutoModel
+    model = model_cls.from_pretrained(path, config=cfg, **hub, **kwargs)
+    model.eval()
+    return model
