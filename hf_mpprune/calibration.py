@@ -1,0 +1,160 @@
+"""Calibration data: normalise what the user passes into batches of model inputs (shuffled with a seed, indices
+hashed for the ledger), and capture each registered layer's inputs through forward hooks that are always removed.
+
+Accepted inputs: a `datasets.Dataset` (or any sized, indexable collection of input dicts), a DataLoader or any
+iterable of input dicts (taken in order, it cannot be shuffled here), or one dict of batched tensors.
+"""
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .layers import LayerSet, PrunableLayer
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibrationBatches:
+    batches: list[dict[str, torch.Tensor]]
+    num_samples: int
+    source: str  # "indexed" (sampled with the seed) or "stream" (taken in order)
+    indices_sha256: str  # hash of the chosen row indices (indexed) or of the first batch's bytes (stream)
+    seed: int
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return iter(self.batches)
+
+    def record(self) -> dict:
+        return {
+            "num_samples": self.num_samples,
+            "source": self.source,
+            "sha256": self.indices_sha256,
+            "seed": self.seed,
+        }
+
+
+def _collate(rows: list[Mapping]) -> dict[str, torch.Tensor]:
+    from transformers import default_data_collator
+
+    return default_data_collator([dict(r) for r in rows])
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def as_batches(
+    calibration, *, num_samples: int = 128, batch_size: int = 16, seed: int = 0, drop_columns=("label", "labels")
+) -> CalibrationBatches:
+    """Turn `calibration` into at most `num_samples` samples in batches of `batch_size` (see module docstring)."""
+    if calibration is None:
+        raise ConfigError("calibration data is required for this method: pass calibration=<dataset or batches>")
+    if num_samples < 1 or batch_size < 1:
+        raise ConfigError(f"num_samples={num_samples} and batch_size={batch_size} must be >= 1")
+    if isinstance(calibration, CalibrationBatches):
+        return calibration
+    if isinstance(calibration, Mapping):  # one dict of batched tensors
+        calibration = [calibration]
+    if hasattr(calibration, "__len__") and hasattr(calibration, "__getitem__") and not isinstance(calibration, list):
+        n = len(calibration)
+        if n == 0:
+            raise ConfigError("calibration dataset is empty")
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(n, generator=g)[: min(num_samples, n)].tolist()
+        rows = [{k: v for k, v in dict(calibration[i]).items() if k not in drop_columns} for i in idx]
+        batches = [_collate(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+        return CalibrationBatches(batches, len(rows), "indexed", _sha(str(sorted(idx)).encode()), seed)
+    if not isinstance(calibration, Iterable):
+        raise ConfigError(
+            f"calibration must be a Dataset, DataLoader or iterable of input dicts, got {type(calibration).__name__}"
+        )
+    batches, count = [], 0
+    for b in calibration:
+        if not isinstance(b, Mapping):
+            raise ConfigError(f"calibration batches must be dicts of model inputs, got {type(b).__name__}")
+        b = {k: v for k, v in b.items() if k not in drop_columns}
+        first = next(iter(b.values()), None)
+        size = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
+        batches.append(b)
+        count += size
+        if count >= num_samples:
+            break
+    if not batches:
+        raise ConfigError("calibration data is empty")
+    first_bytes = b"".join(
+        v.detach().cpu().contiguous().numpy().tobytes() for v in batches[0].values() if isinstance(v, torch.Tensor)
+    )
+    return CalibrationBatches(batches, count, "stream", _sha(first_bytes), seed)
+
+
+def layer_input_rows(layer: PrunableLayer, x: torch.Tensor) -> torch.Tensor:
+    """A layer's input as rows of its matrix view's input space: (rows, N)."""
+    mod = layer.module
+    if layer.kind == "conv2d":
+        padding = mod.padding
+        if isinstance(padding, str):  # "same" / "valid"
+            x = F.pad(x, mod._reversed_padding_repeated_twice) if padding == "same" else x
+            padding = 0
+        cols = F.unfold(
+            x, mod.kernel_size, dilation=mod.dilation, padding=padding, stride=mod.stride
+        )  # (B, C*kh*kw, L)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, layers: LayerSet, on_input: Callable[[PrunableLayer, torch.Tensor], None]):
+    """Call `on_input(layer, rows)` with each registered layer's input rows during forwards inside the block.
+    Hooks are removed on exit, also when an exception is raised."""
+    handles = []
+    try:
+        for layer in layers:
+            hook = lambda mod, args, layer=layer: on_input(layer, layer_input_rows(layer, args[0].detach()))  # noqa: E731
+            handles.append(layer.module.register_forward_pre_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def run_batches(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> None:
+    """Forward every batch (eval mode, no grad) on the model's device. A batch that does not fit the model raises a
+    clear `ConfigError` naming the model and the batch keys."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for b in batches:
+            try:
+                model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
+            except (TypeError, RuntimeError, ValueError, AttributeError, KeyError, IndexError) as e:
+                shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in b.items()}
+                raise ConfigError(f"calibration batch {shapes} does not fit {type(model).__name__}: {e}") from e
+    finally:
+        model.train(was_training)
+
+
+def input_sq_norms(model: nn.Module, layers: LayerSet, batches: CalibrationBatches) -> dict[str, torch.Tensor]:
+    """Sum over calibration rows of x_j² for every input column j of every layer (Wanda's ‖x_j‖₂²), float64."""
+    acc: dict[str, torch.Tensor] = {}
+
+    def add(layer: PrunableLayer, rows: torch.Tensor) -> None:
+        s = rows.double().square().sum(0).cpu()
+        acc[layer.name] = acc[layer.name] + s if layer.name in acc else s
+
+    with capture(model, layers, add):
+        run_batches(model, batches)
+    missing = [la.name for la in layers if la.name not in acc]
+    if missing:
+        raise ConfigError(f"calibration forwards never reached layer(s) {missing[:10]}")
+    return acc
