@@ -77,3 +77,28 @@ def test_from_pretrained_local_dir_and_errors(tiny_vit, tmp_path):
         MPPruner.from_pretrained("someone/not-in-cache-model")
     with pytest.raises(ConfigError, match="torch.nn.Module"):
         MPPruner("not a model")
+
+
+def test_batched_analyze_equals_single_fits_and_device_option(tiny_vit):
+    from hf_mpprune import analyze, discover_layers, fit_mp
+
+    layers = discover_layers(tiny_vit)
+    # a tiny chunk budget forces one matrix per batch; the default batches same-shape matrices together
+    small = analyze(layers, SpectralConfig(device="cpu"), chunk_bytes=1, progress=False)
+    big = analyze(layers, progress=False)
+    for a, b in zip(small, big):
+        single = fit_mp(layers[a.name].matrix_view().detach())
+        assert a.fit.sigma_plus == pytest.approx(b.fit.sigma_plus, rel=1e-10)
+        assert a.fit.sigma_plus == pytest.approx(single.sigma_plus, rel=1e-10)
+        assert a.fit.n_spikes == b.fit.n_spikes == single.n_spikes
+
+
+@pytest.mark.gpu
+def test_analyze_on_cuda_matches_cpu(tiny_vit):
+    from hf_mpprune import analyze, discover_layers
+
+    layers = discover_layers(tiny_vit)
+    cpu = analyze(layers, progress=False)
+    gpu = analyze(layers, SpectralConfig(device="cuda"), progress=False)
+    for a, b in zip(cpu, gpu):
+        assert a.fit.sigma_plus == pytest.approx(b.fit.sigma_plus, rel=1e-9)
