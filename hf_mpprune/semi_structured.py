@@ -5,7 +5,8 @@ Order of checks (each refusal names what is wrong and how to fix it):
 1. dtype: 2:4 kernels need fp16/bf16 (fp32 semi-structured is 1:2, so a 2:4 mask is not valid there);
 2. audit: every target Linear must be **exact 2:4 along the input dimension** (`legality_audit`); a target that is
    not is refused by name (`PatternError`). Targets are the masked Linears when `masks` is given, else every
-   Linear with at least 50% zeros; denser Linears (e.g. an unpruned head) are skipped with a reason. A model
+   Linear with at least 25% zeros ([D]: "pruned"; a 2:4 layer has >= 50%, so a damaged one is still caught and
+   refused); denser Linears (e.g. an unpruned head) are skipped with a reason. A model
    with no target at all is "unaudited" and refused. −0.0 is counted and canonicalised to +0.0 before converting;
 3. hardware: CUDA only; cuSPARSELt on sm90+ (CUTLASS runs only on sm8x), on sm8x CUTLASS or cuSPARSELt chosen by
    a micro-benchmark (`backend="auto"`). CPU / other GPUs: `UnsupportedHardwareError` (or a logged no-op with
@@ -36,6 +37,7 @@ TWO_FOUR = KeepPattern(2, 4)
 SHAPE_RULES = {"cutlass": (32, 64), "cusparselt": (16, 16)}
 _BACKENDS = ("auto", "cutlass", "cusparselt")
 _HALF = (torch.float16, torch.bfloat16)
+_PRUNED_ZEROS = 0.25  # [D] a Linear with at least this fraction of zeros counts as pruned (a 2:4 target)
 
 
 @dataclass
@@ -116,7 +118,7 @@ def _targets(model: nn.Module, masks: Masks | None) -> tuple[dict[str, nn.Linear
     targets, skipped = {}, {}
     for n, m in linears.items():
         zeros = float((m.weight == 0).float().mean())
-        if zeros >= 0.5:
+        if zeros >= _PRUNED_ZEROS:
             targets[n] = m
         else:
             skipped[n] = f"dense ({100 * zeros:.1f}% zeros): not pruned"
@@ -233,7 +235,7 @@ def to_semi_structured(
             logger.error("%s", e)
             raise
         logger.warning("to_semi_structured: no-op (strict=False): %s", e)
-        report.skipped.update({n: f"not converted: {e}" for n in targets})
+        report.skipped.update(dict.fromkeys(targets, f"not converted: {e}"))
         return report
     report.device = torch.cuda.get_device_name(device)
     if chosen == "benchmark":

@@ -180,7 +180,7 @@ def _find(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], nn.Module]:
 
 
 def _patch(module: nn.Module, fn, state: _ToMeState) -> None:
-    setattr(module, "_mpprune_tome_saved", module.__dict__.get("forward"))
+    module._mpprune_tome_saved = module.__dict__.get("forward")
     setattr(module, _ATTR, state)
     module.forward = types.MethodType(fn, module)
 
