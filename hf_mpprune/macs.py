@@ -2,7 +2,7 @@
 
 * 1 MAC = one multiply-add. Linear / GPT-2 Conv1D: `tokens · in · out`; ConvNd: `out_elements · (C_in/g) · prod(k)`;
   attention matmuls `2 · N² · D` per sequence (QKᵀ and AV), counted by hooking every attention module that owns
-  q/k/v projections and reading the **real** token count it receives (so ToMe's merged graph is counted exactly).
+  q/k/v projections (separate, timm `qkv` or GPT-2 `c_attn`) and reading the **real** token count it receives (so ToMe's merged graph is counted exactly).
   Norms, activations, softmax and pooling are not counted.
 * Only layers whose weights (or given masks) pass the k:n legality check along the input dimension are
   *eligible*; `MACs_sparse = MACs_dense − (1 − k/n) · MACs_eligible`. Attention matmuls always stay dense.
@@ -171,11 +171,18 @@ def _weight_macs(module: nn.Module, kind: str, inp: torch.Tensor, out: torch.Ten
     return tokens * n_in * n_out, tokens
 
 
-def _qkv(module: nn.Module) -> nn.Module | None:
+def _attn_width(module: nn.Module) -> int | None:
+    """Total q width D of an attention module with q/k/v projections (separate or fused), else None."""
     for names in _QKV:
         mods = [getattr(module, n, None) for n in names]
         if all(isinstance(m, nn.Linear) for m in mods):
-            return mods[0]
+            return mods[0].out_features
+    fused = getattr(module, "qkv", None) if isinstance(getattr(module, "qkv", None), nn.Linear) else None
+    if fused is not None:
+        return fused.out_features // 3  # timm-style fused qkv
+    c_attn = getattr(module, "c_attn", None)
+    if Conv1D and isinstance(c_attn, Conv1D):
+        return c_attn.nf // 3  # GPT-2 fused c_attn
     return None
 
 
@@ -193,15 +200,15 @@ def _install(model: nn.Module, rows: dict[str, MACRow]) -> list:
                 row.tokens = tokens
 
             handles.append(module.register_forward_hook(hook))
-        q = _qkv(module)
-        if q is not None:
+        width = _attn_width(module)
+        if width is not None:
 
-            def pre(mod, args, kwargs, name=name, q=q):
+            def pre(mod, args, kwargs, name=name, width=width):
                 h = args[0] if args else kwargs["hidden_states"]
                 n = h.shape[-2]
                 seqs = h.numel() // (n * h.shape[-1])
                 row = rows.setdefault(name + ".matmuls", MACRow(name + ".matmuls", "attn_matmul"))
-                row.dense_macs += 2 * seqs * n * n * q.out_features
+                row.dense_macs += 2 * seqs * n * n * width
                 row.calls += 1
                 row.tokens = n
 

@@ -115,3 +115,13 @@ def test_bert_attention_matmuls(tiny_bert):
     rep = mac_report(tiny_bert, bert_inputs(batch=2, seq=8))
     att = [r for r in rep.rows if r.kind == "attn_matmul"]
     assert len(att) == 2 and all(r.dense_macs == 2 * 2 * 8 * 8 * 64 and r.tokens == 8 for r in att)
+
+
+def test_gpt2_conv1d_and_fused_attention():
+    from tests.tiny_models import tiny_gpt2
+
+    model = tiny_gpt2()
+    rep = mac_report(model, {"input_ids": torch.randint(0, 99, (1, 8))})
+    rows = {r.name: r for r in rep.rows}
+    assert rows["transformer.h.0.attn.c_attn"].dense_macs == 8 * 64 * 192  # Conv1D (in, out) = (64, 192)
+    assert rows["transformer.h.0.attn.matmuls"].dense_macs == 2 * 8 * 8 * 64
