@@ -51,6 +51,14 @@ class ConversionReport:
     max_logit_diff: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
     backend_timings_ms: dict[str, float] = field(default_factory=dict)
+    decisions: dict[str, str] = field(
+        default_factory=lambda: {
+            "targets": "masked Linears, else Linears with >= 25% zeros; every target must be exact 2:4 (input dim)",
+            "backend": "cuSPARSELt on sm90+; on sm8x the faster of CUTLASS/cuSPARSELt on the largest target",
+            "zeros": "-0.0 written as +0.0 before compression",
+            "save": "converted model is never saved (save_pretrained raises)",
+        }
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
