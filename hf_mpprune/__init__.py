@@ -12,6 +12,7 @@ if _os.environ.get("HF_MPPRUNE_VERBOSITY"):
     _root.setLevel(_os.environ["HF_MPPRUNE_VERBOSITY"].upper())
 
 from . import methods  # noqa: E402  (fills the registry)
+from .audit import legality_audit  # noqa: E402
 from .config import KeepPattern, PruningConfig, SpectralConfig  # noqa: E402
 from .errors import (  # noqa: E402
     ConfigError,
@@ -24,17 +25,22 @@ from .errors import (  # noqa: E402
     UnsupportedHardwareError,
 )
 from .layers import LayerSet, PrunableLayer, discover_layers  # noqa: E402
+from .macs import MACReport, mac_report  # noqa: E402
 from .masks import Masks  # noqa: E402
 from .pruner import MPPruner  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
+from .semi_structured import ConversionReport, to_semi_structured  # noqa: E402
 from .spectral import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
+from .tome import apply_tome, remove_tome  # noqa: E402
 
 
 __all__ = [
     "ConfigError",
+    "ConversionReport",
     "KeepPattern",
     "LayerSet",
     "LedgerMismatchError",
+    "MACReport",
     "MPFit",
     "MPPruneError",
     "MPPruneWarning",
@@ -50,9 +56,14 @@ __all__ = [
     "UnsupportedHardwareError",
     "__version__",
     "analyze",
+    "apply_tome",
     "discover_layers",
     "fit_mp",
     "get_method",
+    "legality_audit",
     "list_methods",
+    "mac_report",
     "register_method",
+    "remove_tome",
+    "to_semi_structured",
 ]
