@@ -12,6 +12,7 @@ if _os.environ.get("HF_MPPRUNE_VERBOSITY"):
     _root.setLevel(_os.environ["HF_MPPRUNE_VERBOSITY"].upper())
 
 from . import methods  # noqa: E402  (fills the registry)
+from .certificates import budget_audit  # noqa: E402
 from .config import KeepPattern, PruningConfig, SpectralConfig  # noqa: E402
 from .errors import (  # noqa: E402
     ConfigError,
@@ -50,6 +51,7 @@ __all__ = [
     "UnsupportedHardwareError",
     "__version__",
     "analyze",
+    "budget_audit",
     "discover_layers",
     "fit_mp",
     "get_method",

@@ -132,7 +132,7 @@ def check_step(
         acc_bound=float(np.mean(np.abs(true_m) <= 2 * eta)),
         acc_change=float(correct_a.mean() - correct_b.mean()),
         estimate_exceeded=int(exceeded.sum()),
-        violations=n_viol if valid else {k: 0 for k in n_viol},
+        violations=n_viol if valid else dict.fromkeys(n_viol, 0),
     )
 
 

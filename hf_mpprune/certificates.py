@@ -102,7 +102,9 @@ def _as_batches(samples: Any, batch_size: int) -> list[Any]:
         if not samples or any(_batch_len(b) == 0 for b in samples):
             raise ConfigError("samples is empty (or holds an empty batch): the audit set T needs at least one sample")
         return list(samples)
-    raise ConfigError(f"samples must be a Tensor, a dict of tensors or a list of batches, got {type(samples).__name__}")
+    raise ConfigError(
+        f"samples must be a Tensor, a dict of tensors or a list of batches, got {type(samples).__name__}"
+    )
 
 
 def _check_models(dense: nn.Module, pruned: nn.Module) -> list[str]:
@@ -114,7 +116,9 @@ def _check_models(dense: nn.Module, pruned: nn.Module) -> list[str]:
         raise ConfigError("dense_model and pruned_model are the same object: keep copy.deepcopy(model) before pruning")
     sd, sp = dense.state_dict(), pruned.state_dict()
     only = sorted(set(sd) ^ set(sp))
-    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(sp[k].shape)}" for k in sd if k in sp and sd[k].shape != sp[k].shape]
+    shapes = [
+        f"{k}: {tuple(sd[k].shape)} vs {tuple(sp[k].shape)}" for k in sd if k in sp and sd[k].shape != sp[k].shape
+    ]
     if only or shapes:
         raise ConfigError(
             f"dense and pruned models have different architectures: keys in only one model {only[:5]}, shape "
@@ -203,7 +207,9 @@ def _run_step(model, layer, R, S_w, batches, forward, estimator, tail, stack) ->
             verify_tail(tail, out, z, name)
             acc["L"].append(torch.full((len(z),), const, dtype=torch.float64))
         elif estimator == "jacobian_local":
-            acc["L"].append(torch.from_numpy(jacobian_local(model, module, batch, lambda m, b: _logits(m, b, forward))))
+            acc["L"].append(
+                torch.from_numpy(jacobian_local(model, module, batch, lambda m, b: _logits(m, b, forward)))
+            )
         elif estimator in ("const",):
             acc["L"].append(torch.ones(len(z), dtype=torch.float64))
         xd = x.double()
