@@ -261,13 +261,18 @@ def _validate_options(lipschitz, lambdas, gaussian, names, tails) -> dict[str, s
     for n in names:
         if est.get(n) not in ESTIMATORS:
             raise ConfigError(f"lipschitz for layer {n!r} is {est.get(n)!r}; allowed: {', '.join(ESTIMATORS)}")
-    if lambdas is not None and (len(lambdas) != 2 or any(float(v) < 0 for v in lambdas)):
+    try:
+        bad_l = lambdas is not None and (len(lambdas) != 2 or any(float(v) < 0 for v in lambdas))
+        ok_g = gaussian is None or (
+            isinstance(gaussian, (tuple, list)) and len(gaussian) == 2 and 0 < float(gaussian[1]) < 1
+            and (gaussian[0] == "empirical" or float(gaussian[0]) > 0)
+        )  # fmt: skip
+    except (TypeError, ValueError):
+        bad_l, ok_g = lambdas is not None, gaussian is None
+    if bad_l:
         raise ConfigError(f"lambdas must be (lambda1, lambda2) >= 0, got {lambdas!r}")
-    if gaussian is not None:
-        ok = isinstance(gaussian, (tuple, list)) and len(gaussian) == 2
-        ok = ok and (gaussian[0] == "empirical" or float(gaussian[0]) > 0) and 0 < float(gaussian[1]) < 1
-        if not ok:
-            raise ConfigError(f"gaussian must be (g > 0 or 'empirical', 0 < delta < 1), got {gaussian!r}")
+    if not ok_g:
+        raise ConfigError(f"gaussian must be (g > 0 or 'empirical', 0 < delta < 1), got {gaussian!r}")
     if tails is not None and set(tails) - set(names):
         raise ConfigError(f"tails names layers that are not audited: {sorted(set(tails) - set(names))}")
     return est

@@ -255,6 +255,9 @@ def test_bad_inputs_fail_clearly(digits_mlp, tiny_vit):
         ((net, pruned, "0", X), {"labels": y[:3]}, "labels must be"),
         ((net, pruned, "0", X), {"gaussian": (1.0, 2.0)}, "gaussian"),
         ((net, pruned, "0", X), {"lambdas": (-1, 0)}, "lambdas"),
+        ((net, pruned, "0", X), {"lambdas": (1.0,)}, "lambdas"),
+        ((net, pruned, "0", X), {"gaussian": ("abc", 0.1)}, "gaussian"),
+        ((net, pruned, "0", X), {"tails": {"2": []}}, "not audited"),
         ((net, pruned, "0", X), {"forward": lambda m, b: m(b)[:, :1]}, "logits"),
     ]
     for args, kw, msg in cases:
@@ -284,3 +287,27 @@ def test_certify_cli(tiny_vit, tmp_path, capsys):
     assert "at most" in capsys.readouterr().out
     assert main(["certify", str(tmp_path / "pruned"), "--dense", str(tmp_path / "dense"), "--layers", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_conv_layer_terms_match_module_outputs():
+    from tests.tiny_models import tiny_resnet
+
+    dense = tiny_resnet()
+    pruned = copy.deepcopy(dense)
+    name = "resnet.encoder.stages.0.layers.0.layer.1.convolution"
+    conv = dict(pruned.named_modules())[name]
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(conv.weight.shape) > 0.5)
+    x = vit_inputs(batch=6)
+    outs = []
+    for model in (dense, pruned):
+        h = dict(model.named_modules())[name].register_forward_hook(lambda m, i, o: outs.append(o.detach()))
+        with torch.no_grad():
+            model(**x)
+        h.remove()
+    truth = (outs[0] - outs[1]).double().flatten(1).abs().amax(1).numpy()  # Rψ₁ = conv(ψ₁; R)
+    la = budget_audit(dense, pruned, name, x, lipschitz="secant")[name]
+    assert la.shape == (16, 144) and np.allclose(la.rpsi_inf, truth, rtol=1e-4, atol=1e-6)
+    assert la.check.budget == pytest.approx(2 * np.mean(la.eta)) and not la.valid_bound
+    head = budget_audit(dense, pruned, "classifier.1", x, lipschitz="head")
+    assert head.violations == 0 and head["classifier.1"].check.budget == 0.0  # the head was not pruned
