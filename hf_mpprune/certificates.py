@@ -26,8 +26,15 @@ import torch.nn.functional as F
 from huggingface_hub.utils import tqdm
 from torch import nn
 
+from .certificate_inputs import (
+    as_batches,
+    check_models,
+    logits_of,
+    resolve_labels,
+    resolve_layers,
+    validate_options,
+)
 from .certificate_math import (
-    ESTIMATORS,
     VALID_ESTIMATORS,
     certified_line,
     check_step,
@@ -43,7 +50,7 @@ from .certificate_math import (
 )
 from .certificate_report import BudgetAuditReport, JointAudit, LayerAudit
 from .errors import ConfigError
-from .layers import PrunableLayer, module_kind
+from .layers import PrunableLayer
 from .lipschitz import find_mlp_tail, flatten_tail, jacobian_local, mlp_tail_constant, verify_head, verify_tail
 
 
@@ -56,91 +63,6 @@ _DECISIONS = {
     "swap": "only the audited layers' weights are swapped into the dense model",
     "proxies_inputs": "dense-model inputs",
 }
-
-
-def _logits(model: nn.Module, batch: Any, forward: Callable | None) -> torch.Tensor:
-    if forward is not None:
-        out = forward(model, batch)
-    else:
-        out = model(**batch) if isinstance(batch, Mapping) else model(batch)
-        out = getattr(out, "logits", out)
-        out = out[0] if isinstance(out, (tuple, list)) else out
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < 2:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(
-            f"the audit needs (N, K >= 2) logits from the model, got {got}; pass forward=lambda model, batch: "
-            "<(N, K) logits> (e.g. the last-token logits of a language model)"
-        )
-    return out
-
-
-def _batch_len(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.dim() else 0
-    if isinstance(batch, Mapping):
-        sizes = [int(v.shape[0]) for v in batch.values() if isinstance(v, torch.Tensor) and v.dim()]
-        return sizes[0] if sizes else 0
-    raise ConfigError(f"a batch of samples must be a Tensor or a dict of tensors, got {type(batch).__name__}")
-
-
-def _as_batches(samples: Any, batch_size: int) -> list[Any]:
-    """Tensor / dict of tensors (sliced into `batch_size` chunks) or a list of such batches; never empty."""
-    if samples is None:
-        raise ConfigError("samples is required: pass model inputs (a Tensor, a dict of tensors or a list of them)")
-    if isinstance(samples, (torch.Tensor, Mapping)):
-        n = _batch_len(samples)
-        if n == 0:
-            raise ConfigError("samples is empty: the audit set T needs at least one sample")
-
-        def cut(i):
-            if isinstance(samples, torch.Tensor):
-                return samples[i : i + batch_size]
-            return {k: v[i : i + batch_size] if isinstance(v, torch.Tensor) else v for k, v in samples.items()}
-
-        return [cut(i) for i in range(0, n, batch_size)]
-    if isinstance(samples, (list, tuple)):
-        if not samples or any(_batch_len(b) == 0 for b in samples):
-            raise ConfigError("samples is empty (or holds an empty batch): the audit set T needs at least one sample")
-        return list(samples)
-    raise ConfigError(
-        f"samples must be a Tensor, a dict of tensors or a list of batches, got {type(samples).__name__}"
-    )
-
-
-def _check_models(dense: nn.Module, pruned: nn.Module) -> list[str]:
-    """Same architecture (state-dict keys and shapes); returns the keys whose values differ."""
-    for m, what in ((dense, "dense_model"), (pruned, "pruned_model")):
-        if not isinstance(m, nn.Module):
-            raise ConfigError(f"{what} must be a torch.nn.Module, got {type(m).__name__}")
-    if dense is pruned:
-        raise ConfigError("dense_model and pruned_model are the same object: keep copy.deepcopy(model) before pruning")
-    sd, sp = dense.state_dict(), pruned.state_dict()
-    only = sorted(set(sd) ^ set(sp))
-    shapes = [
-        f"{k}: {tuple(sd[k].shape)} vs {tuple(sp[k].shape)}" for k in sd if k in sp and sd[k].shape != sp[k].shape
-    ]
-    if only or shapes:
-        raise ConfigError(
-            f"dense and pruned models have different architectures: keys in only one model {only[:5]}, shape "
-            f"mismatches {shapes[:5]}. Pass the dense checkpoint the pruned model was made from"
-        )
-    return [k for k in sd if not torch.equal(sd[k], sp[k].to(sd[k].device))]
-
-
-def _resolve_layers(dense: nn.Module, pruned: nn.Module, layers: Any) -> list[tuple[str, nn.Module, nn.Module, str]]:
-    if layers is None:
-        raise ConfigError("layers is required: e.g. layers=['classifier'] or a LayerSet from discover_layers(model)")
-    layers = [layers] if isinstance(layers, (str, PrunableLayer)) else list(layers)
-    names = [la.name if isinstance(la, PrunableLayer) else la for la in layers]
-    if not names:
-        raise ConfigError("layers is empty: name at least one Linear/Conv2d/Conv1D layer to audit")
-    dm, pm = dict(dense.named_modules()), dict(pruned.named_modules())
-    bad = [n for n in names if not isinstance(n, str) or n not in dm or module_kind(dm[n]) is None]
-    if bad:
-        known = [n for n, m in dm.items() if n and module_kind(m) is not None]
-        raise ConfigError(f"layer(s) {bad} are not Linear/Conv2d/Conv1D modules of the model; known: {known[:8]}...")
-    order = {n: i for i, n in enumerate(dm)}
-    return [(n, dm[n], pm[n], module_kind(dm[n])) for n in sorted(dict.fromkeys(names), key=order.get)]
 
 
 def _apply_weight(kind: str, module: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -157,7 +79,7 @@ def _capture(model, module, batch, forward, name):
     seen = []
     handle = module.register_forward_hook(lambda m, i, o: seen.append((i[0].detach(), o.detach())))
     try:
-        z = _logits(model, batch, forward)
+        z = logits_of(model, batch, forward)
     finally:
         handle.remove()
     if len(seen) != 1:
@@ -208,7 +130,7 @@ def _run_step(model, layer, R, S_w, batches, forward, estimator, tail, stack) ->
             acc["L"].append(torch.full((len(z),), const, dtype=torch.float64))
         elif estimator == "jacobian_local":
             acc["L"].append(
-                torch.from_numpy(jacobian_local(model, module, batch, lambda m, b: _logits(m, b, forward)))
+                torch.from_numpy(jacobian_local(model, module, batch, lambda m, b: logits_of(m, b, forward)))
             )
         elif estimator in ("const",):
             acc["L"].append(torch.ones(len(z), dtype=torch.float64))
@@ -225,7 +147,7 @@ def _run_step(model, layer, R, S_w, batches, forward, estimator, tail, stack) ->
         acc["L"] = [torch.ones(sum(len(t) for t in acc["zb"]), dtype=torch.float64)]
     stack.enter_context(_swapped(module, S_w))
     with torch.no_grad():
-        z_after = torch.cat([_logits(model, b, forward).detach().double() for b in batches]).cpu().numpy()
+        z_after = torch.cat([logits_of(model, b, forward).detach().double() for b in batches]).cpu().numpy()
 
     def cat(key):
         return torch.cat(acc[key]).cpu().numpy() if acc[key] else None
@@ -254,28 +176,6 @@ def _gaussian(terms: _Terms, lip, layer, R, kind, gaussian, budget) -> dict[str,
     out.update(budget=budget, within_bound=bool(budget <= out["bound"]),
                note="probabilistic (>= 1 - delta) for iid N(0, g/n) R independent of the inputs; never a violation")  # fmt: skip
     return out
-
-
-def _validate_options(lipschitz, lambdas, gaussian, names, tails) -> dict[str, str]:
-    est = dict(lipschitz) if isinstance(lipschitz, Mapping) else dict.fromkeys(names, lipschitz)
-    for n in names:
-        if est.get(n) not in ESTIMATORS:
-            raise ConfigError(f"lipschitz for layer {n!r} is {est.get(n)!r}; allowed: {', '.join(ESTIMATORS)}")
-    try:
-        bad_l = lambdas is not None and (len(lambdas) != 2 or any(float(v) < 0 for v in lambdas))
-        ok_g = gaussian is None or (
-            isinstance(gaussian, (tuple, list)) and len(gaussian) == 2 and 0 < float(gaussian[1]) < 1
-            and (gaussian[0] == "empirical" or float(gaussian[0]) > 0)
-        )  # fmt: skip
-    except (TypeError, ValueError):
-        bad_l, ok_g = lambdas is not None, gaussian is None
-    if bad_l:
-        raise ConfigError(f"lambdas must be (lambda1, lambda2) >= 0, got {lambdas!r}")
-    if not ok_g:
-        raise ConfigError(f"gaussian must be (g > 0 or 'empirical', 0 < delta < 1), got {gaussian!r}")
-    if tails is not None and set(tails) - set(names):
-        raise ConfigError(f"tails names layers that are not audited: {sorted(set(tails) - set(names))}")
-    return est
 
 
 @contextlib.contextmanager
@@ -337,18 +237,6 @@ def _joint_audit(dense, layers, Rs, Ss, batches, forward, est, tails, labels, rt
     return joint
 
 
-def _labels(labels, z_dense: np.ndarray) -> np.ndarray:
-    if labels is None:
-        return z_dense.argmax(1)
-    y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64).reshape(-1)
-    if len(y) != len(z_dense) or y.min() < 0 or y.max() >= z_dense.shape[1]:
-        raise ConfigError(
-            f"labels must be {len(z_dense)} class ids in [0, {z_dense.shape[1]}), got {len(y)} in "
-            f"[{y.min()}, {y.max()}]; they must follow the order of samples"
-        )
-    return y
-
-
 def budget_audit(
     dense_model: nn.Module,
     pruned_model: nn.Module,
@@ -385,17 +273,17 @@ def budget_audit(
     Returns:
         [`BudgetAuditReport`] with per-layer and joint results, `violations` (must be 0) and `certified_line`.
     """
-    differ = _check_models(dense_model, pruned_model)
-    resolved = _resolve_layers(dense_model, pruned_model, layers)
+    differ = check_models(dense_model, pruned_model)
+    resolved = resolve_layers(dense_model, pruned_model, layers)
     names = [la[0] for la in resolved]
-    est = _validate_options(lipschitz, lambdas, gaussian, names, tails)
-    batches = _as_batches(samples, batch_size)
+    est = validate_options(lipschitz, lambdas, gaussian, names, tails)
+    batches = as_batches(samples, batch_size)
     dtype = next((p.dtype for p in dense_model.parameters() if p.is_floating_point()), torch.float32)
     rtol = default_rtol(dtype) if rtol is None else float(rtol)
     with _eval_mode(dense_model, pruned_model), torch.no_grad():
-        z_dense = torch.cat([_logits(dense_model, b, forward).detach().double() for b in batches]).cpu().numpy()
-        z_pruned = torch.cat([_logits(pruned_model, b, forward).detach().double() for b in batches]).cpu().numpy()
-    y = _labels(labels, z_dense)
+        z_dense = torch.cat([logits_of(dense_model, b, forward).detach().double() for b in batches]).cpu().numpy()
+        z_pruned = torch.cat([logits_of(pruned_model, b, forward).detach().double() for b in batches]).cpu().numpy()
+    y = resolve_labels(labels, z_dense)
     Ss = [pm.weight.detach().to(dm.weight.device, dm.weight.dtype) for _, dm, pm, _ in resolved]
     As = [dm.weight.detach().clone() for _, dm, _, _ in resolved]
     Rs = [(A.double() - S.double()) for A, S in zip(As, Ss)]
