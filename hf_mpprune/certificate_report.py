@@ -127,6 +127,11 @@ class BudgetAuditReport:
                 return layer
         raise KeyError(f"{name!r} was not audited; audited layers: {[la.name for la in self.layers]}")
 
+    def can_flip_indices(self, layer: str | None = None) -> np.ndarray:
+        """Samples whose predicted label may change (Cor 5.2: dense margin ≤ 2η_s), for one layer or jointly."""
+        eta = self.joint.eta if layer is None else self[layer].eta
+        return np.flatnonzero(self.margin_pred <= 2 * eta)
+
     def to_dict(self, per_sample: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
             "kind": "budget_certificate",

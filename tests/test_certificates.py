@@ -123,6 +123,8 @@ def test_joint_thm_5_8_and_dense_model_untouched(digits_mlp):
     assert rep.joint.check.budget == pytest.approx(sum(s["B_T"] for s in rep.joint.steps))
     assert rep.joint.check.delta_ce == pytest.approx(rep.ce_pruned_model - rep.ce_dense, abs=1e-6)
     assert rep.other_params_differ == []
+    assert len(rep.can_flip_indices()) == rep.joint.check.can_flip >= rep.joint.check.flips
+    assert len(rep.can_flip_indices("2")) == rep["2"].check.can_flip
     el = rep.joint.elastic
     assert el["form"] == "thm_5_4_mask_split" and el["kind"] == "certificate"
     assert el["certified_decrease"] <= el["realised_decrease"]  # certified ⇒ realised
