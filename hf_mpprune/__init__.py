@@ -13,6 +13,7 @@ if _os.environ.get("HF_MPPRUNE_VERBOSITY"):
 
 from . import methods  # noqa: E402  (fills the registry)
 from .audit import legality_audit  # noqa: E402
+from .certificates import budget_audit  # noqa: E402
 from .config import KeepPattern, PruningConfig, SpectralConfig  # noqa: E402
 from .errors import (  # noqa: E402
     ConfigError,
@@ -57,6 +58,7 @@ __all__ = [
     "__version__",
     "analyze",
     "apply_tome",
+    "budget_audit",
     "discover_layers",
     "fit_mp",
     "get_method",

@@ -48,7 +48,10 @@ def _run_analyze(args) -> int:
 
 
 # Modules that expose `register(subparsers)`, in help order.
-_COMMANDS: tuple[str, ...] = ("hf_mpprune.cli_deploy",)
+_COMMANDS: tuple[str, ...] = (
+    "hf_mpprune.cli_deploy",
+    "hf_mpprune.cli_certify",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

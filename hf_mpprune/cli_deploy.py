@@ -23,6 +23,11 @@ def register(sub) -> None:
     a.add_argument("--seq-len", type=int, default=128, help="sequence length for text models")
     a.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     a.add_argument("--out", help="also write the JSON report to this file")
+    a.add_argument("--certificates", action="store_true", help="also run the data-path budget certificates")
+    a.add_argument("--dense", help="with --certificates: the dense model directory the pruned model came from")
+    a.add_argument("--samples", type=int, default=64, help="with --certificates: size of the audit set T")
+    a.add_argument("--data", choices=["random", "digits"], default="random", help="with --certificates: source of T")
+    a.add_argument("--lipschitz", default="head", help="with --certificates: L_s estimator (head, const, ...)")
     a.set_defaults(func=_run_audit)
 
     b = sub.add_parser("bench", help="speed audit: dense-masked vs 2:4 over a batch sweep (median, IQR)")
@@ -74,6 +79,17 @@ def _run_audit(args) -> int:
     macs = mac_report(model, make_inputs(model, 1, "cpu", seq_len=args.seq_len), masks=masks, pattern=args.pattern)
     payload = {"legality": legal.to_dict(), "macs": macs.to_dict(), "tome": tome, "masks_sidecar": masks is not None}
     _emit(payload, legal.to_markdown() + "\n\n" + macs.to_markdown(), args)
+    if args.certificates:
+        from argparse import Namespace
+
+        from .cli_certify import _run as run_certify
+        from .errors import ConfigError
+
+        if not args.dense:
+            raise ConfigError("audit --certificates needs --dense DENSE_DIR (the model the pruned one came from)")
+        cert = Namespace(model=args.model, dense=args.dense, samples=args.samples, data=args.data, seed=0,
+                         labels=False, lipschitz=args.lipschitz, layers=None, lambdas=None, out=None, json=args.json)  # fmt: skip
+        return run_certify(cert)
     return 0
 
 
