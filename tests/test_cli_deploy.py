@@ -1,5 +1,7 @@
 import json
 
+import torch
+
 from hf_mpprune.cli import main
 from hf_mpprune.constants import MASKS_NAME
 from tests.kn_helpers import two_four_masks
@@ -33,3 +35,19 @@ def test_bench_cpu_claims_no_speedup(tiny_vit, tmp_path, capsys):
     assert [t["variant"] for t in out["timings"]] == ["dense_fp32", "dense_fp32"]
     assert out["ratios"] == [] and "no speedup claimed" in out["notes"][0]
     assert all(t["median_ms"] > 0 and t["iqr_ms"] >= 0 for t in out["timings"])
+
+
+def test_audit_with_certificates(tiny_vit, tmp_path, capsys):
+    import copy
+
+    dense = copy.deepcopy(tiny_vit)
+    dense.save_pretrained(tmp_path / "dense")
+    with torch.no_grad():
+        tiny_vit.classifier.weight[:, ::2] = 0.0  # prune the head too: the exact (L_s = 1) certificate applies there
+    _saved(tiny_vit, tmp_path / "pruned", sidecar=True)
+    assert main(["audit", str(tmp_path / "pruned"), "--certificates"]) == 2
+    assert "--dense" in capsys.readouterr().err
+    argv = ["audit", str(tmp_path / "pruned"), "--certificates", "--dense", str(tmp_path / "dense"), "--samples", "8"]
+    assert main(argv) == 0  # head estimator: a valid bound, so 0 violations -> exit 0
+    out = capsys.readouterr().out
+    assert "certified for layer(s)" in out and "| classifier |" in out
