@@ -28,6 +28,12 @@ from .masks import Masks  # noqa: E402
 from .pruner import MPPruner  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
 from .spectral import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
+from .trainer import (  # noqa: E402
+    MaskFreezeCallback,
+    MPDistillationArguments,
+    MPDistillationTrainer,
+    kd_loss,
+)
 
 
 __all__ = [
@@ -35,10 +41,13 @@ __all__ = [
     "KeepPattern",
     "LayerSet",
     "LedgerMismatchError",
+    "MPDistillationArguments",
+    "MPDistillationTrainer",
     "MPFit",
     "MPPruneError",
     "MPPruneWarning",
     "MPPruner",
+    "MaskFreezeCallback",
     "Masks",
     "NoPrunableLayersError",
     "PatternError",
@@ -53,6 +62,7 @@ __all__ = [
     "discover_layers",
     "fit_mp",
     "get_method",
+    "kd_loss",
     "list_methods",
     "register_method",
 ]
