@@ -313,6 +313,18 @@ class MPDistillationTrainer(Trainer):
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         return (loss, outputs) if return_outputs else loss
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Features mode: predictions are the student embeddings and "labels" the teacher's, so that
+        `make_compute_metrics("embedding")` reports their agreement (encoders usually have no labels)."""
+        if self.args.distill_mode != "features":
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, out = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), out["student_embedding"].detach(), out["teacher_embedding"]
+
     # ---- logging, saving, resuming ----------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.masks is not None:

@@ -56,8 +56,8 @@ def make_compute_metrics(kind: str = "classification", k: Sequence[int] = (1, 5)
     """A `compute_metrics(eval_pred)` for `Trainer`.
 
     * `"classification"`: top-k accuracy of `eval_pred.predictions` (logits) against `eval_pred.label_ids`.
-    * `"embedding"`: agreement of the `(student_embedding, teacher_embedding)` pair that
-      `MPDistillationTrainer` returns as predictions in `distill_mode="features"`.
+    * `"embedding"`: agreement of `eval_pred.predictions` (student embeddings) with `eval_pred.label_ids`
+      (teacher embeddings), which is what `MPDistillationTrainer` yields in `distill_mode="features"`.
     """
     if kind == "classification":
 
@@ -69,8 +69,7 @@ def make_compute_metrics(kind: str = "classification", k: Sequence[int] = (1, 5)
     elif kind == "embedding":
 
         def compute(eval_pred):
-            student, teacher = eval_pred.predictions[:2]
-            return embedding_agreement(student, teacher)
+            return embedding_agreement(eval_pred.predictions, eval_pred.label_ids)
 
     else:
         from ..errors import ConfigError
