@@ -155,6 +155,7 @@ def test_save_model_writes_mask_sidecar(setup, tmp_path):
     trainer.save_model(str(tmp_path / "final"))
     assert Masks.load(tmp_path / "final" / MASKS_NAME).sha256() == masks.sha256()
     assert "knowledge-distillation" in MPDistillationTrainer._tag_names
+    assert trainer.model_accepts_loss_kwargs is False  # our loss, so the model never sees num_items_in_batch
 
 
 # ---- the loss ---------------------------------------------------------------------------------------------------
