@@ -156,6 +156,11 @@ def test_save_model_writes_mask_sidecar(setup, tmp_path):
     assert Masks.load(tmp_path / "final" / MASKS_NAME).sha256() == masks.sha256()
     assert "knowledge-distillation" in MPDistillationTrainer._tag_names
     assert trainer.model_accepts_loss_kwargs is False  # our loss, so the model never sees num_items_in_batch
+    # a teacher given as a path (here through teacher_model_name_or_path) is loaded, frozen and in eval mode
+    args = make_args(tmp_path, teacher_model_name_or_path=str(tmp_path / "final"))
+    loaded = MPDistillationTrainer(copy.deepcopy(teacher), None, None, args=args).teacher
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
 # ---- the loss ---------------------------------------------------------------------------------------------------
