@@ -117,6 +117,18 @@ def test_without_masks_decay_would_move_pruned_entries(setup, digits, tmp_path):
     assert realised_sparsity(student, masks) < 0.01
 
 
+@pytest.mark.gpu
+def test_cuda_placement_by_accelerate(setup, digits, tmp_path):
+    teacher, student, masks = setup
+    trainer = MPDistillationTrainer(
+        student, teacher, masks, args=make_args(tmp_path, use_cpu=False, max_steps=3), train_dataset=digits
+    )
+    assert next(trainer.teacher.parameters()).is_cuda and not trainer.teacher.training
+    trainer.train()
+    assert next(student.parameters()).is_cuda
+    assert realised_sparsity(student, masks) == masks.sparsity() == 0.5
+
+
 # ---- checkpoints and resume -------------------------------------------------------------------------------------
 class Interrupt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
