@@ -71,7 +71,7 @@ def train_digits_vit(model, splits: dict[str, DigitsDataset], epochs: int = 30, 
 
     Nothing is written outside a temporary directory; the test split is not touched.
     """
-    from transformers import Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments
 
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
@@ -79,5 +79,7 @@ def train_digits_vit(model, splits: dict[str, DigitsDataset], epochs: int = 30, 
             lr_scheduler_type="cosine", per_device_train_batch_size=32, save_strategy="no", report_to="none",
             use_cpu=True, seed=seed, logging_strategy="no", disable_tqdm=True, remove_unused_columns=False,
         )  # fmt: skip
-        Trainer(model=model, args=args, train_dataset=splits["train"]).train()
+        trainer = Trainer(model=model, args=args, train_dataset=splits["train"])
+        trainer.remove_callback(PrinterCallback)  # quiet: no metrics dict on stdout
+        trainer.train()
     return accuracy(model, splits["val"])

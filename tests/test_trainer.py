@@ -345,3 +345,16 @@ def test_evaluate_modules_load_offline(tmp_path, monkeypatch):
     assert agree.compute(predictions=[[1, 0], [1, 1]], references=[[2, 0], [0, 3]]) == pytest.approx(
         {"mean_cosine": (1 + 2**-0.5) / 2, "min_cosine": 2**-0.5}
     )
+
+
+def test_digits_splits_are_stratified_60_20_20():
+    splits = load_digits_splits(0)
+    assert [len(splits[k]) for k in ("train", "val", "test")] == [1078, 359, 360]
+    for name in ("val", "test"):  # every class is present in proportion (digits has 174-183 images per class)
+        counts = torch.bincount(splits[name].y, minlength=10)
+        assert counts.min() >= 34 and counts.max() <= 37
+    item = splits["train"][0]
+    assert (
+        item["pixel_values"].shape == (1, 8, 8) and -1 <= item["pixel_values"].min() <= item["pixel_values"].max() <= 1
+    )
+    assert load_digits_splits(1)["test"].y.tolist() != splits["test"].y.tolist()
