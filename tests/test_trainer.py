@@ -80,19 +80,24 @@ class CheckMasks(TrainerCallback):
 
 # ---- frozen masks, frozen teacher -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("optim", "optim_args"), [("adamw_torch", None), ("sgd", "momentum=0.9")], ids=["adamw", "sgd-momentum"]
+    ("optim", "optim_args", "accum"),
+    [("adamw_torch", None, 1), ("sgd", "momentum=0.9", 2)],
+    ids=["adamw", "sgd-momentum-grad-accum"],
 )
-def test_masks_stay_frozen_and_teacher_untouched(setup, digits, tmp_path, optim, optim_args):
+def test_masks_stay_frozen_and_teacher_untouched(setup, digits, tmp_path, optim, optim_args, accum):
     teacher, student, masks = setup
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student_before = {n: student.get_submodule(n).weight.detach().clone() for n in masks}
     sparsity = masks.sparsity()
     check = CheckMasks(masks)
-    args = make_args(tmp_path, optim=optim, optim_args=optim_args, weight_decay=0.1)
+    args = make_args(
+        tmp_path, optim=optim, optim_args=optim_args, weight_decay=0.1, gradient_accumulation_steps=accum,
+        per_device_train_batch_size=32 // accum,
+    )  # fmt: skip
     trainer = MPDistillationTrainer(student, teacher, masks, args=args, train_dataset=digits, callbacks=[check])
     trainer.train()
 
-    assert check.steps == 8  # 2 epochs × 4 steps, every one checked
+    assert check.steps == 8  # 2 epochs × 4 optimizer steps (of 32 images), every one checked
     assert masks.sparsity() == sparsity == realised_sparsity(student, masks) == 0.5
     moved = [(student.get_submodule(n).weight != student_before[n])[m].float().mean() for n, m in masks.items()]
     assert min(moved) > 0.9, "kept entries must train"
