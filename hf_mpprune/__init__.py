@@ -33,6 +33,12 @@ from .registry import get_method, list_methods, register_method  # noqa: E402
 from .semi_structured import ConversionReport, to_semi_structured  # noqa: E402
 from .spectral import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
 from .tome import apply_tome, remove_tome  # noqa: E402
+from .trainer import (  # noqa: E402
+    MaskFreezeCallback,
+    MPDistillationArguments,
+    MPDistillationTrainer,
+    kd_loss,
+)
 
 
 __all__ = [
@@ -42,10 +48,13 @@ __all__ = [
     "LayerSet",
     "LedgerMismatchError",
     "MACReport",
+    "MPDistillationArguments",
+    "MPDistillationTrainer",
     "MPFit",
     "MPPruneError",
     "MPPruneWarning",
     "MPPruner",
+    "MaskFreezeCallback",
     "Masks",
     "NoPrunableLayersError",
     "PatternError",
@@ -62,6 +71,7 @@ __all__ = [
     "discover_layers",
     "fit_mp",
     "get_method",
+    "kd_loss",
     "legality_audit",
     "list_methods",
     "mac_report",
