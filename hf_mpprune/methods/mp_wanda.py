@@ -63,9 +63,9 @@ class MPWandaConfig(PruningConfig, CalibrationOptions):
     """
 
     method: str = "mp-wanda"
-    signal: str = "sigma2_rel"
-    mapping: str = "layer"
-    beta: float = 0.5
+    signal: str = "spike_energy_fraction"
+    mapping: str = "global"
+    beta: float = -0.25
     decay_end: float | None = None
     decay_power: float = 1.0
     max_layer_sparsity: float = 0.95
