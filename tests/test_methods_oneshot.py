@@ -224,3 +224,21 @@ def test_bad_config_and_target_below_current(tiny_bert):
     with pytest.raises(ConfigError, match="below the current"):
         pruner.prune(calibration=calib_for("bert"), sparsity=0.3)
     assert same_state(before, state(tiny_bert))
+
+
+def test_cli_prune_saves_model_masks_ledger(tmp_path, tiny_bert):
+    from hf_mpprune.cli import main
+    from hf_mpprune.masks import Masks
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    tiny_bert.save_pretrained(src)
+    argv = ["prune", str(src), "--method", "wanda", "--sparsity", "0.5", "--calibration", "random", "--samples", "8"]
+    assert main([*argv, "--output", str(out)]) == 0
+    masks = Masks.load(out / "mpprune_masks.safetensors")
+    reloaded = type(tiny_bert).from_pretrained(out)
+    assert masks.num_pruned == expected_pruned("wanda", MPPruner(reloaded).layers, 0.5)
+    w = dict(reloaded.named_parameters())
+    assert all(bool((w[n + ".weight"][~masks[n]] == 0).all()) for n in masks.names)
+    assert (out / "mpprune_ledger.json").exists() or (out / "mpprune_config.json").exists()
+    assert main(["prune", str(src), "--method", "wanda", "--output", str(tmp_path / "x")]) == 2  # no calibration
+    assert main(["prune", str(src), "--method", "nope", "--output", str(tmp_path / "y")]) == 2

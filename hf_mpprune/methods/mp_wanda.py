@@ -80,9 +80,7 @@ class MPWandaConfig(PruningConfig, CalibrationOptions):
         if self.decay_end is not None and not self.decay_end > 0:
             raise ConfigError(f"decay_end={self.decay_end} must be > 0, or None for no decay")
         if not self.sparsity <= self.max_layer_sparsity < 1.0:
-            raise ConfigError(
-                f"max_layer_sparsity={self.max_layer_sparsity} must be in [sparsity={self.sparsity}, 1)"
-            )
+            raise ConfigError(f"max_layer_sparsity={self.max_layer_sparsity} must be in [sparsity={self.sparsity}, 1)")
 
 
 def layer_weights(ctx: PruneContext) -> dict[str, float]:

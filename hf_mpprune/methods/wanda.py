@@ -94,7 +94,7 @@ def wanda(ctx: PruneContext) -> Masks:
     """Wanda: |W|·‖x‖₂ per output row from calibration activations (optionally OBS re-fit of kept weights)."""
     batches = calibration_batches(ctx)
     scores = wanda_scores(ctx, batches)
-    masks = masks_from_rows(ctx, scores, {name: ctx.config.sparsity for name in scores})
+    masks = masks_from_rows(ctx, scores, dict.fromkeys(scores, ctx.config.sparsity))
     ctx.record["wanda"] = {"rounding": "floor(s*N_in) per output row", "tie_break": "lower input index pruned first"}
     if ctx.config.reconstruct:
         reconstruct_(ctx, masks, batches)
