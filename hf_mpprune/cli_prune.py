@@ -52,7 +52,10 @@ def calibration_data(source: str | None, model, model_path: str, samples: int, s
     if source is None:
         return None
     if source == "digits":
-        return cs.digits_pixels(model.config, num=max(samples, 256))
+        try:
+            return cs.digits_pixels(model.config, num=max(samples, 256))
+        except ImportError as e:
+            raise ConfigError("--calibration digits needs scikit-learn: pip install scikit-learn") from e
     if source == "random":
         return cs.random_inputs(model.config, num=samples, seed=seed)
     from transformers import AutoTokenizer

@@ -46,20 +46,25 @@ class MPWandaConfig(PruningConfig, CalibrationOptions):
     """MP-budgeted Wanda.
 
     Args:
-        signal (`str`, defaults to `"sigma2_rel"`): MP statistic per layer (dense spectra, fitted once): one of
-            `sigma2_rel` (σ̂² / mean W²), `bulk_fraction`, `spike_energy_fraction`, `fit_error`, `edge_ratio`
+        signal (`str`, defaults to `"spike_energy_fraction"`): MP statistic per layer (dense spectra, fitted
+            once): one of `sigma2_rel` (σ̂² / mean W²), `bulk_fraction`, `spike_energy_fraction`, `fit_error`, `edge_ratio`
             (σ₊/s₁), `hill_alpha`, or the shape-dependent raw `sigma_plus` (ablation only).
-        mapping (`str`, defaults to `"layer"`): `"layer"` = per-layer sparsity s_ℓ ∝ w_ℓ (capped at
+        mapping (`str`, defaults to `"global"`): `"layer"` = per-layer sparsity s_ℓ ∝ w_ℓ (capped at
             `max_layer_sparsity`, water-filled so the total is exactly floor(s·P); layer counts by largest
             remainder, spread evenly over rows, earlier rows take the remainder) with Wanda's per-row selection
             inside; `"global"` = global selection (exactly floor(s·P), index tie-break) of Wanda scores divided by
             their row mean and by w_ℓ.
-        beta (`float`, defaults to 0.5): modulation strength β (0 = uniform budgets: plain per-row Wanda for
-            `mapping="layer"` up to rounding).
+        beta (`float`, defaults to -0.25): modulation strength β (0 = uniform budgets: plain per-row Wanda for
+            `mapping="layer"` up to rounding). β > 0 prunes random-like layers more (the paper's SEB direction);
+            β < 0 protects them and prunes spike-dominated layers more.
+
         decay_end (`float`, *optional*): s_d of d(s) = max(0, 1 − s/s_d)^p; None = no decay (d = 1).
         decay_power (`float`, defaults to 1.0): p.
         max_layer_sparsity (`float`, defaults to 0.95): cap on any layer's sparsity (`mapping="layer"`).
         calibration_samples, calibration_batch_size, reconstruct, percdamp: see `CalibrationOptions`.
+
+    Defaults [D]: chosen on MiniLM's selection split (s = 0.5, 0.6; 2 seeds; grid of 7 signals × 2 mappings × 7 β):
+    every β > 0 hurt for every signal; β = −0.25 with spike_energy_fraction / global was best (benchmarks/RESULTS.md).
     """
 
     method: str = "mp-wanda"
@@ -134,7 +139,11 @@ def mp_wanda(ctx: PruneContext) -> Masks:
     batches = calibration_batches(ctx)
     scores = wanda_scores(ctx, batches)
     weights = layer_weights(ctx)
-    record = {"signal": cfg.signal, "mapping": cfg.mapping, "beta": cfg.beta, "layer_weights": weights}
+    record = {
+        "signal": cfg.signal, "orientation": SIGNALS[cfg.signal][1], "mapping": cfg.mapping, "beta": cfg.beta,
+        "decay_end": cfg.decay_end, "decay_power": cfg.decay_power, "layer_weights": weights,
+        "spectra": "dense model, fitted once (static)",
+    }  # fmt: skip
     if cfg.pattern is not None:  # k:n fixes every layer's density: the weights cannot move budgets
         masks = Masks(
             {la.name: la.from_matrix(kn_prune(scores[la.name], cfg.pattern, previous_matrix(ctx, la))) for la in ctx.layers},
