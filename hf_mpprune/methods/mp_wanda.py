@@ -57,7 +57,6 @@ class MPWandaConfig(PruningConfig, CalibrationOptions):
         beta (`float`, defaults to -0.25): modulation strength β (0 = uniform budgets: plain per-row Wanda for
             `mapping="layer"` up to rounding). β > 0 prunes random-like layers more (the paper's SEB direction);
             β < 0 protects them and prunes spike-dominated layers more.
-
         decay_end (`float`, *optional*): s_d of d(s) = max(0, 1 − s/s_d)^p; None = no decay (d = 1).
         decay_power (`float`, defaults to 1.0): p.
         max_layer_sparsity (`float`, defaults to 0.95): cap on any layer's sparsity (`mapping="layer"`).
