@@ -242,3 +242,23 @@ def test_cli_prune_saves_model_masks_ledger(tmp_path, tiny_bert):
     assert (out / "mpprune_ledger.json").exists() or (out / "mpprune_config.json").exists()
     assert main(["prune", str(src), "--method", "wanda", "--output", str(tmp_path / "x")]) == 2  # no calibration
     assert main(["prune", str(src), "--method", "nope", "--output", str(tmp_path / "y")]) == 2
+
+
+def test_failure_midway_restores_every_weight(tiny_bert, monkeypatch):
+    import hf_mpprune.methods.sparsegpt as sg
+
+    calls = {"n": 0}
+    real = sg.sparsegpt_prune
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated failure in layer 3")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sg, "sparsegpt_prune", flaky)
+    before = state(tiny_bert)
+    pruner = MPPruner(tiny_bert, PruningConfig(method="sparsegpt", sparsity=0.5))
+    with pytest.raises(RuntimeError, match="simulated"):
+        pruner.prune(calibration=calib_for("bert"))
+    assert calls["n"] == 3 and same_state(before, state(tiny_bert)) and pruner.masks is None
