@@ -262,3 +262,13 @@ def test_failure_midway_restores_every_weight(tiny_bert, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated"):
         pruner.prune(calibration=calib_for("bert"))
     assert calls["n"] == 3 and same_state(before, state(tiny_bert)) and pruner.masks is None
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_kn_pattern_methods(method, tiny_bert):
+    pruner = MPPruner(tiny_bert, PruningConfig(method=method, pattern="2:4"))
+    masks = pruner.prune(calibration=calib_for("bert"))
+    assert masks.sparsity() == 0.5 and str(masks.pattern) == "2:4"  # every input dim is a multiple of 4
+    for la in pruner.layers:
+        groups, bad, tail = kn_violations(la.matrix_view().detach(), KeepPattern(2, 4))
+        assert bad == 0 and tail == 0
