@@ -23,6 +23,8 @@ class CalibrationOptions:
         reconstruct (`bool`, defaults to False): keep the method's mask, then re-fit the kept weights layer by layer
             (forward order, on the already re-fitted model) by the exact least-squares OBS update
             (`hf_mpprune.obs.obs_reconstruct`). Pruned entries stay exactly 0; kept weights change value.
+            [D] target: the layer's dense output W·x on the inputs x produced by the already re-fitted earlier
+            layers (SparseGPT's sequential convention), i.e. min ‖W X − Ŵ X‖ with X from the pruned model.
         percdamp (`float`, defaults to 0.01): Hessian damping λ = percdamp · mean(diag H) of the OBS solves.
     """
 
@@ -63,7 +65,10 @@ def reconstruct_(ctx: PruneContext, masks: Masks, batches: CalibrationBatches) -
         return obs_reconstruct(layer.matrix_view().detach().cpu(), h, keep, percdamp=damp)
 
     sequential_apply(ctx.model, ctx.layers, batches.batches, fit, desc="obs-reconstruct")
-    ctx.record["reconstruct"] = {"kind": "obs_least_squares", "percdamp": damp, "order": "forward, sequential"}
+    ctx.record["reconstruct"] = {
+        "kind": "obs_least_squares", "percdamp": damp, "order": "forward, sequential",
+        "target": "dense W x on inputs from the re-fitted earlier layers",
+    }  # fmt: skip
 
 
 def check_rows(layer, norms: torch.Tensor) -> None:
