@@ -171,12 +171,13 @@ def test_kn_pattern_in_sparsegpt_and_reconstruct():
     assert kn_violations(w_r, pat)[1] == 0 and _err(w, w_r, x) < _err(w, w * (w_r != 0), x) + 1e-9
 
 
-def test_reconstruct_keeps_mask_and_changes_kept_weights(tiny_bert):
+@pytest.mark.parametrize("method", ["wanda", "magnitude"])
+def test_reconstruct_keeps_mask_and_changes_kept_weights(method, tiny_bert):
     import copy
 
     cal = calib_for("bert")
-    base = MPPruner(copy.deepcopy(tiny_bert), PruningConfig(method="wanda", sparsity=0.5)).prune(calibration=cal)
-    cfg = PruningConfig.from_dict({"method": "wanda", "sparsity": 0.5, "reconstruct": True})
+    base = MPPruner(copy.deepcopy(tiny_bert), PruningConfig(method=method, sparsity=0.5)).prune(calibration=cal)
+    cfg = PruningConfig.from_dict({"method": method, "sparsity": 0.5, "reconstruct": True})
     pruner = MPPruner(tiny_bert, cfg)
     dense = {la.name: la.weight.detach().clone() for la in pruner.layers}
     masks = pruner.prune(calibration=cal)

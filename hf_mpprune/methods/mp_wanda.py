@@ -42,7 +42,7 @@ MAPPINGS = ("layer", "global")
 
 
 @dataclass
-class MPWandaConfig(PruningConfig, CalibrationOptions):
+class MPWandaConfig(CalibrationOptions, PruningConfig):
     """MP-budgeted Wanda.
 
     Args:

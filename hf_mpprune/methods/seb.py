@@ -16,7 +16,7 @@ _SIGNALS = ("sigma_plus", "hill_alpha")
 
 
 @dataclass
-class SEBConfig(PruningConfig, CalibrationOptions):
+class SEBConfig(CalibrationOptions, PruningConfig):
     """SEB: score |W_ij| / w_ℓ(s), prune the floor(s·P) smallest globally (cumulative, index tie-break).
 
     w_ℓ(s) = max(0.1, 1 + β_type · d(s) · z_ℓ), z_ℓ the population z-score of the signal over all registered layers,

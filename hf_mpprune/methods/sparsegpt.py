@@ -16,7 +16,7 @@ from .wanda import previous_matrix
 
 
 @dataclass
-class SparseGPTConfig(PruningConfig, CalibrationOptions):
+class SparseGPTConfig(CalibrationOptions, PruningConfig):
     """SparseGPT: per layer H = 2XᵀX/rows (+ percdamp·mean diag), column blocks with lazy Cholesky(H⁻¹) updates.
 
     Rounding [D]: each layer prunes exactly floor(s · M · N) entries (uniform per layer, as in the paper), split over

@@ -13,7 +13,7 @@ from ._oneshot import CalibrationOptions, calibration_batches, check_rows, recon
 
 
 @dataclass
-class WandaConfig(PruningConfig, CalibrationOptions):
+class WandaConfig(CalibrationOptions, PruningConfig):
     """Wanda: activation-aware magnitude, compared within each output row.
 
     Rounding [D]: every output row of every layer prunes exactly floor(s · N_in) entries, so the achieved global
