@@ -30,6 +30,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_analyze.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_minilm_oneshot.py --mode eval --out benchmarks/out/minilm_oneshot.json
 
 clean:
 	rm -rf $(VENV) mpprune-demo .pytest_cache .ruff_cache

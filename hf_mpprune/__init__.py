@@ -28,6 +28,10 @@ from .errors import (  # noqa: E402
 from .layers import LayerSet, PrunableLayer, discover_layers  # noqa: E402
 from .macs import MACReport, mac_report  # noqa: E402
 from .masks import Masks  # noqa: E402
+from .methods.mp_wanda import MPWandaConfig  # noqa: E402
+from .methods.seb import SEBConfig  # noqa: E402
+from .methods.sparsegpt import SparseGPTConfig  # noqa: E402
+from .methods.wanda import WandaConfig  # noqa: E402
 from .pruner import MPPruner  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
 from .semi_structured import ConversionReport, to_semi_structured  # noqa: E402
@@ -54,16 +58,20 @@ __all__ = [
     "MPPruneError",
     "MPPruneWarning",
     "MPPruner",
+    "MPWandaConfig",
     "MaskFreezeCallback",
     "Masks",
     "NoPrunableLayersError",
     "PatternError",
     "PrunableLayer",
     "PruningConfig",
+    "SEBConfig",
+    "SparseGPTConfig",
     "SpectralConfig",
     "SpectralError",
     "SpectralReport",
     "UnsupportedHardwareError",
+    "WandaConfig",
     "__version__",
     "analyze",
     "apply_tome",

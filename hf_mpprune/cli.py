@@ -49,6 +49,7 @@ def _run_analyze(args) -> int:
 
 # Modules that expose `register(subparsers)`, in help order.
 _COMMANDS: tuple[str, ...] = (
+    "hf_mpprune.cli_prune",
     "hf_mpprune.cli_deploy",
     "hf_mpprune.cli_certify",
 )

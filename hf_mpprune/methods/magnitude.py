@@ -10,15 +10,18 @@ from ..config import PruningConfig
 from ..errors import ConfigError
 from ..masks import Masks
 from ..registry import PruneContext, register_method
+from ._oneshot import CalibrationOptions, calibration_batches, reconstruct_
 
 
 @dataclass
-class MagnitudeConfig(PruningConfig):
+class MagnitudeConfig(CalibrationOptions, PruningConfig):
     """Global magnitude pruning.
 
     Args:
         scope (`str`, defaults to `"global"`): `"global"` prunes the `floor(s * P_total)` smallest |W| over all
             registered layers; `"layer"` prunes `floor(s * numel)` in every layer.
+        calibration_samples, calibration_batch_size, reconstruct, percdamp: see `CalibrationOptions`; calibration
+            is needed only with `reconstruct=True` (OBS least-squares re-fit of the kept weights).
     """
 
     method: str = "magnitude"
@@ -26,6 +29,7 @@ class MagnitudeConfig(PruningConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self._check_calibration_options()
         if self.scope not in ("global", "layer"):
             raise ConfigError(f"scope={self.scope!r} must be 'global' or 'layer'")
 
@@ -55,4 +59,8 @@ def select(ctx: PruneContext, raw: dict[str, torch.Tensor], scope: str = "global
 @register_method("magnitude", MagnitudeConfig)
 def magnitude(ctx: PruneContext) -> Masks:
     """Global (or per-layer) unstructured magnitude pruning, cumulative across cycles."""
-    return select(ctx, {layer.name: layer.weight.abs() for layer in ctx.layers}, ctx.config.scope)
+    batches = calibration_batches(ctx) if ctx.config.reconstruct else None  # fail before any work if missing
+    masks = select(ctx, {layer.name: layer.weight.abs() for layer in ctx.layers}, ctx.config.scope)
+    if ctx.config.reconstruct:
+        reconstruct_(ctx, masks, batches)
+    return masks

@@ -1,0 +1,166 @@
+"""MP-budgeted Wanda (new): Wanda scores inside each layer, layer budgets from a shape-free MP statistic.
+
+Raw σ₊ = σ(√M + √N) grows with the matrix shape, so z-scoring it across 384×384 and 1536×384 layers mostly
+measures shape (issue 4's measured warning). The signals here are shape-free; each is oriented so that a larger
+value means "more random-like" (prune more), and mapped to layer weights by SEB's rule
+w_ℓ = max(0.1, 1 + β · d(s) · z_ℓ) (`budgets.seb_weights`). The defaults were chosen on a selection split of
+sentences disjoint from the reported evaluation split and from calibration (benchmarks/RESULTS.md).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..budgets import SEBRegime, seb_weights
+from ..config import PruningConfig
+from ..errors import ConfigError
+from ..masks import Masks
+from ..registry import PruneContext, register_method
+from ._oneshot import CalibrationOptions, calibration_batches, reconstruct_
+from .magnitude import select
+from .wanda import kn_prune, previous_matrix, row_prune, wanda_scores
+
+
+def _sigma2_rel(fit, shape) -> float:
+    """Bulk variance σ̂² over the mean squared entry: the share of the energy a pure-noise matrix would explain."""
+    mean_sq = fit.frob_norm**2 / (shape[0] * shape[1])
+    return fit.sigma2 / mean_sq if mean_sq > 0 else math.nan
+
+
+# name -> (value from an MPFit and the layer shape, orientation: +1 when larger = more random-like)
+SIGNALS = {
+    "sigma2_rel": (_sigma2_rel, +1.0),
+    "bulk_fraction": (lambda f, s: f.bulk_fraction, +1.0),
+    "spike_energy_fraction": (lambda f, s: f.spike_energy_fraction, -1.0),
+    "fit_error": (lambda f, s: f.fit_error, -1.0),
+    "edge_ratio": (lambda f, s: 1.0 / f.top_ratio if f.top_ratio and math.isfinite(f.top_ratio) else 0.0, +1.0),
+    "hill_alpha": (lambda f, s: f.hill_alpha, +1.0),
+    "sigma_plus": (lambda f, s: f.sigma_plus, +1.0),  # raw, shape-dependent: kept for the ablation only
+}
+MAPPINGS = ("layer", "global")
+
+
+@dataclass
+class MPWandaConfig(CalibrationOptions, PruningConfig):
+    """MP-budgeted Wanda.
+
+    Args:
+        signal (`str`, defaults to `"spike_energy_fraction"`): MP statistic per layer (dense spectra, fitted
+            once): one of `sigma2_rel` (σ̂² / mean W²), `bulk_fraction`, `spike_energy_fraction`, `fit_error`, `edge_ratio`
+            (σ₊/s₁), `hill_alpha`, or the shape-dependent raw `sigma_plus` (ablation only).
+        mapping (`str`, defaults to `"global"`): `"layer"` = per-layer sparsity s_ℓ ∝ w_ℓ (capped at
+            `max_layer_sparsity`, water-filled so the total is exactly floor(s·P); layer counts by largest
+            remainder, spread evenly over rows, earlier rows take the remainder) with Wanda's per-row selection
+            inside; `"global"` = global selection (exactly floor(s·P), index tie-break) of Wanda scores divided by
+            their row mean and by w_ℓ.
+        beta (`float`, defaults to -0.25): modulation strength β (0 = uniform budgets: plain per-row Wanda for
+            `mapping="layer"` up to rounding). β > 0 prunes random-like layers more (the paper's SEB direction);
+            β < 0 protects them and prunes spike-dominated layers more.
+        decay_end (`float`, *optional*): s_d of d(s) = max(0, 1 − s/s_d)^p; None = no decay (d = 1).
+        decay_power (`float`, defaults to 1.0): p.
+        max_layer_sparsity (`float`, defaults to 0.95): cap on any layer's sparsity (`mapping="layer"`).
+        calibration_samples, calibration_batch_size, reconstruct, percdamp: see `CalibrationOptions`.
+
+    Defaults [D]: chosen on MiniLM's selection split (s = 0.5, 0.6; 2 seeds; grid of 7 signals × 2 mappings × 7 β):
+    every β > 0 hurt for every signal; β = −0.25 with spike_energy_fraction / global was best (benchmarks/RESULTS.md).
+    """
+
+    method: str = "mp-wanda"
+    signal: str = "spike_energy_fraction"
+    mapping: str = "global"
+    beta: float = -0.25
+    decay_end: float | None = None
+    decay_power: float = 1.0
+    max_layer_sparsity: float = 0.95
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check_calibration_options()
+        if self.signal not in SIGNALS:
+            raise ConfigError(f"signal={self.signal!r} must be one of {sorted(SIGNALS)}")
+        if self.mapping not in MAPPINGS:
+            raise ConfigError(f"mapping={self.mapping!r} must be one of {MAPPINGS}")
+        if self.decay_end is not None and not self.decay_end > 0:
+            raise ConfigError(f"decay_end={self.decay_end} must be > 0, or None for no decay")
+        if not self.sparsity <= self.max_layer_sparsity < 1.0:
+            raise ConfigError(f"max_layer_sparsity={self.max_layer_sparsity} must be in [sparsity={self.sparsity}, 1)")
+
+
+def layer_weights(ctx: PruneContext) -> dict[str, float]:
+    """w_ℓ from the oriented, z-scored signal of the dense model's spectra."""
+    cfg = ctx.config
+    fits = ctx.spectra.by_layer() if ctx.spectra is not None else {}
+    fn, sign = SIGNALS[cfg.signal]
+    signal = {}
+    for la in ctx.layers:
+        v = fn(fits[la.name], la.shape) if la.name in fits else None
+        signal[la.name] = sign * v if v is not None and math.isfinite(v) else None
+    regime = SEBRegime(cfg.signal, cfg.beta, cfg.decay_end or math.inf, cfg.decay_power)
+    return seb_weights(signal, {la.name: la.role for la in ctx.layers}, cfg.sparsity, regime)
+
+
+def layer_budgets(numel: dict[str, int], weights: dict[str, float], sparsity: float, cap: float) -> dict[str, int]:
+    """Integer prune counts c_ℓ ∝ w_ℓ·n_ℓ with c_ℓ ≤ cap·n_ℓ and Σ c_ℓ = floor(s·P) exactly (water-filling on the
+    proportionality constant, then largest remainder; ties by layer order)."""
+    names = list(numel)
+    total = math.floor(sparsity * sum(numel.values()))
+    w = torch.tensor([weights[n] for n in names], dtype=torch.float64)
+    size = torch.tensor([numel[n] for n in names], dtype=torch.float64)
+    lo, hi = 0.0, 1.0 / float(w.min())
+    for _ in range(200):  # bisection on k: Σ min(k·w_ℓ, cap)·n_ℓ = total
+        k = 0.5 * (lo + hi)
+        lo, hi = (k, hi) if float((torch.clamp(k * w, max=cap) * size).sum()) < total else (lo, k)
+    ideal = torch.clamp(hi * w, max=cap) * size
+    counts = torch.minimum(ideal.floor(), (cap * size).floor()).long()
+    short = total - int(counts.sum())
+    frac = (ideal - counts).tolist()
+    for i in sorted(range(len(names)), key=lambda i: (-frac[i], i)):
+        if short <= 0:
+            break
+        if counts[i] < numel[names[i]]:
+            counts[i] += 1
+            short -= 1
+    return {n: int(c) for n, c in zip(names, counts)}
+
+
+def _rows_keep(scores: torch.Tensor, count: int, forced) -> torch.Tensor:
+    rows, cols = scores.shape
+    per = torch.full((rows,), count // rows, dtype=torch.long)
+    per[: count % rows] += 1
+    return row_prune(scores, per, forced)
+
+
+@register_method("mp-wanda", MPWandaConfig, needs_spectra=True, needs_calibration=True)
+def mp_wanda(ctx: PruneContext) -> Masks:
+    """MP-budgeted Wanda: Wanda scores inside each layer, layer budgets from a shape-free MP statistic."""
+    cfg = ctx.config
+    batches = calibration_batches(ctx)
+    scores = wanda_scores(ctx, batches)
+    weights = layer_weights(ctx)
+    record = {
+        "signal": cfg.signal, "orientation": SIGNALS[cfg.signal][1], "mapping": cfg.mapping, "beta": cfg.beta,
+        "decay_end": cfg.decay_end, "decay_power": cfg.decay_power, "layer_weights": weights,
+        "spectra": "dense model, fitted once (static)",
+    }  # fmt: skip
+    if cfg.pattern is not None:  # k:n fixes every layer's density: the weights cannot move budgets
+        masks = Masks(
+            {la.name: la.from_matrix(kn_prune(scores[la.name], cfg.pattern, previous_matrix(ctx, la))) for la in ctx.layers},
+            cfg.pattern,
+        )  # fmt: skip
+    elif cfg.mapping == "global":
+        raw = {
+            n: (s / s.mean(1, keepdim=True).clamp_min(1e-30) / weights[n]).float() for n, s in scores.items()
+        }  # rows as (out, in); select() expects weight shape
+        raw = {la.name: la.from_matrix(raw[la.name]) for la in ctx.layers}
+        masks = select(ctx, raw, "global")
+    else:
+        counts = layer_budgets({la.name: la.numel for la in ctx.layers}, weights, cfg.sparsity, cfg.max_layer_sparsity)
+        record["layer_counts"] = counts
+        masks = Masks(
+            {la.name: la.from_matrix(_rows_keep(scores[la.name], counts[la.name], previous_matrix(ctx, la))) for la in ctx.layers}
+        )  # fmt: skip
+    ctx.record["mp_wanda"] = record
+    if cfg.reconstruct:
+        reconstruct_(ctx, masks, batches)
+    return masks

@@ -1,0 +1,65 @@
+"""SparseGPT (Frantar & Alistarh, 2023) as a registered one-shot baseline: OBS mask selection with weight updates,
+layers calibrated sequentially on the already pruned model. Math in `hf_mpprune.obs`."""
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import PruningConfig
+from ..errors import ConfigError
+from ..masks import Masks
+from ..obs import sparsegpt_prune
+from ..registry import PruneContext, register_method
+from ..sequential import sequential_apply
+from ._oneshot import CalibrationOptions, calibration_batches
+from .wanda import previous_matrix
+
+
+@dataclass
+class SparseGPTConfig(CalibrationOptions, PruningConfig):
+    """SparseGPT: per layer H = 2XᵀX/rows (+ percdamp·mean diag), column blocks with lazy Cholesky(H⁻¹) updates.
+
+    Rounding [D]: each layer prunes exactly floor(s · M · N) entries (uniform per layer, as in the paper), split over
+    the column blocks by cumulative flooring; the global sparsity is Σ_ℓ floor(s·numel_ℓ)/P. With `pattern="k:n"`
+    k of every n inputs are kept per row (tail columns dense). Cost: one partial forward of the calibration data per
+    layer (forward order) plus one N×N Cholesky and O(M·N²) updates per layer.
+
+    Args:
+        blocksize (`int`, defaults to 128): columns per lazy-update block (multiple of n for k:n).
+        calibration_samples, calibration_batch_size, percdamp: see `CalibrationOptions` (`reconstruct` is ignored:
+            SparseGPT updates weights by construction).
+    """
+
+    method: str = "sparsegpt"
+    blocksize: int = 128
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check_calibration_options()
+        if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize < 1:
+            raise ConfigError(f"blocksize={self.blocksize!r} must be an int >= 1 (the paper uses 128)")
+
+
+@register_method("sparsegpt", SparseGPTConfig, needs_calibration=True)
+def sparsegpt(ctx: PruneContext) -> Masks:
+    """SparseGPT: OBS mask selection + weight updates from the calibration Hessian, sequential over layers."""
+    cfg = ctx.config
+    batches = calibration_batches(ctx)
+    target = cfg.pattern if cfg.pattern is not None else cfg.sparsity
+    keeps: dict[str, torch.Tensor] = {}
+
+    def prune_layer(layer, h: torch.Tensor) -> torch.Tensor:
+        w_new, keep = sparsegpt_prune(
+            layer.matrix_view().detach().cpu(), h, target, cfg.blocksize, cfg.percdamp, previous_matrix(ctx, layer)
+        )
+        keeps[layer.name] = layer.from_matrix(keep)
+        return w_new
+
+    sequential_apply(ctx.model, ctx.layers, batches.batches, prune_layer, desc="sparsegpt")
+    ctx.record["sparsegpt"] = {
+        "blocksize": cfg.blocksize,
+        "percdamp": cfg.percdamp,
+        "rounding": "floor(s*numel) per layer, cumulative floor per column block",
+        "order": "forward, sequential on the pruned model",
+    }
+    return Masks({la.name: keeps[la.name] for la in ctx.layers}, cfg.pattern)
