@@ -2,3 +2,4 @@
 
 from . import magnitude
 from . import cast
+from . import kn_baselines

@@ -19,6 +19,9 @@ class MagnitudeConfig(PruningConfig):
     Args:
         scope (`str`, defaults to `"global"`): `"global"` prunes the `floor(s * P_total)` smallest |W| over all
             registered layers; `"layer"` prunes `floor(s * numel)` in every layer.
+
+    With `pattern` ("k:n", k kept of n) it is magnitude k:n instead: the k largest |W| per (row, group) of n
+    inputs, `sparsity` and `scope` unused, the task head and ineligible convs left as they are (see `kn.plan`).
     """
 
     method: str = "magnitude"
@@ -54,5 +57,9 @@ def select(ctx: PruneContext, raw: dict[str, torch.Tensor], scope: str = "global
 
 @register_method("magnitude", MagnitudeConfig)
 def magnitude(ctx: PruneContext) -> Masks:
-    """Global (or per-layer) unstructured magnitude pruning, cumulative across cycles."""
+    """Global (or per-layer) unstructured magnitude pruning, cumulative across cycles; k:n with `pattern`."""
+    if ctx.config.pattern is not None:  # k largest |W| per (row, group), head skipped (ALGORITHMS.md §8.10)
+        from .kn_baselines import magnitude_kn
+
+        return magnitude_kn(ctx)
     return select(ctx, {layer.name: layer.weight.abs() for layer in ctx.layers}, ctx.config.scope)
