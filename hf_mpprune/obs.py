@@ -79,6 +79,6 @@ def obs_reconstruct(W: torch.Tensor, H: torch.Tensor, keep_mask: torch.Tensor, p
             idx = keep[chunk].nonzero()[:, 1].reshape(len(chunk), c)  # (r, c) kept columns per row
             hkk = h[idx.unsqueeze(2), idx.unsqueeze(1)]  # (r, c, c)
             rhs = (w[chunk] @ h).gather(1, idx)  # W_i H[:, K]
-            sol = torch.linalg.solve(hkk, rhs.unsqueeze(2)).squeeze(2)
+            sol = torch.cholesky_solve(rhs.unsqueeze(2), torch.linalg.cholesky(hkk)).squeeze(2)
             out[chunk.unsqueeze(1), idx] = sol
     return (out + 0.0).to(W.dtype)

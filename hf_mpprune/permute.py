@@ -77,11 +77,17 @@ def fold_pairs(model: nn.Module, layers: list[PrunableLayer]) -> dict[str, FoldP
             prev = f"{m.group(1)}{int(m.group(2)) - 1}"
             norm = modules.get(prev + ".normalization")
             if prev + ".convolution" in modules and isinstance(norm, nn.BatchNorm2d | nn.Identity):
-                pair = FoldPair(prev + ".convolution", prev + ".normalization" if isinstance(norm, nn.BatchNorm2d) else None)
+                pair = FoldPair(
+                    prev + ".convolution", prev + ".normalization" if isinstance(norm, nn.BatchNorm2d) else None
+                )
         if pair is None:
             continue
         prod = modules[pair.producer]
-        if isinstance(prod, nn.Linear | nn.Conv2d) and getattr(prod, "groups", 1) == 1 and _width(prod) == _fan_in(layer):
+        if (
+            isinstance(prod, nn.Linear | nn.Conv2d)
+            and getattr(prod, "groups", 1) == 1
+            and _width(prod) == _fan_in(layer)
+        ):
             out[layer.name] = pair
     return out
 

@@ -184,9 +184,12 @@ def project(layer, stat, keep_src, w_dense, cfg, cand, layer_factor: float):
         "tail_columns": ws.shape[1] - gn,
     }
     dtype = layer.weight.dtype
-    return from_grouped(layer, new.to(dtype), order), from_grouped(layer, full_keep, order), from_grouped(
-        layer, u.to(dtype), order
-    ), rec
+    return (
+        from_grouped(layer, new.to(dtype), order),
+        from_grouped(layer, full_keep, order),
+        from_grouped(layer, u.to(dtype), order),
+        rec,
+    )
 
 
 def _layer_factors(eligible, src, cfg) -> dict[str, float]:
@@ -211,7 +214,9 @@ def _dense_table(dense, eligible, src) -> dict | None:
             raise ConfigError(f"dense_weights lacks layer {la.name!r}; give every projected layer's dense weight")
         w = dense[la.name].detach().to(la.weight.device)
         if tuple(w.shape) != tuple(la.weight.shape):
-            raise ConfigError(f"dense weight of {la.name!r} has shape {tuple(w.shape)}, expected {tuple(la.weight.shape)}")
+            raise ConfigError(
+                f"dense weight of {la.name!r} has shape {tuple(w.shape)}, expected {tuple(la.weight.shape)}"
+            )
         table[la.name] = w.clone()
     return table
 
