@@ -134,7 +134,7 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--patterns", nargs="+", default=["2:4", "4:8", "8:16"])
     ap.add_argument("--cells", nargs="+", default=[c[0] for c in CELLS])
-    ap.add_argument("--num-calib", type=int, default=64)
+    ap.add_argument("--num-calib", type=int, default=32)
     ap.add_argument("--sparse-source", type=float, default=0.0, help="unstructured magnitude source sparsity")
     ap.add_argument("--alpha-ser", type=float, nargs="+", default=[0.0])
     ap.add_argument("--out", default="/tmp/minilm_kn.json")

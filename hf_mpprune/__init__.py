@@ -12,6 +12,7 @@ if _os.environ.get("HF_MPPRUNE_VERBOSITY"):
     _root.setLevel(_os.environ["HF_MPPRUNE_VERBOSITY"].upper())
 
 from . import methods  # noqa: E402  (fills the registry)
+from .audit import LegalityReport, legality_audit  # noqa: E402
 from .config import KeepPattern, PruningConfig, SpectralConfig  # noqa: E402
 from .errors import (  # noqa: E402
     ConfigError,
@@ -23,8 +24,10 @@ from .errors import (  # noqa: E402
     SpectralError,
     UnsupportedHardwareError,
 )
+from .kn import KNCalibration  # noqa: E402
 from .layers import LayerSet, PrunableLayer, discover_layers  # noqa: E402
 from .masks import Masks  # noqa: E402
+from .permute import attach_permutations  # noqa: E402
 from .pruner import MPPruner  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
 from .spectral import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
@@ -32,9 +35,11 @@ from .spectral import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
 
 __all__ = [
     "ConfigError",
+    "KNCalibration",
     "KeepPattern",
     "LayerSet",
     "LedgerMismatchError",
+    "LegalityReport",
     "MPFit",
     "MPPruneError",
     "MPPruneWarning",
@@ -50,9 +55,11 @@ __all__ = [
     "UnsupportedHardwareError",
     "__version__",
     "analyze",
+    "attach_permutations",
     "discover_layers",
     "fit_mp",
     "get_method",
+    "legality_audit",
     "list_methods",
     "register_method",
 ]

@@ -12,8 +12,8 @@ from hf_mpprune.calibration import capture, run_batches
 from hf_mpprune.cast_math import search
 from hf_mpprune.kn import KNCalibration, all_patterns, cells, sample_patterns, topk_cells
 from hf_mpprune.obs import obs_reconstruct, sparsegpt_prune
-from hf_mpprune.registry import get_method
 from hf_mpprune.permute import attach_permutations, bucket_permutation, fold, fold_pairs, permute_with_hook
+from hf_mpprune.registry import get_method
 from tests import tiny_models
 
 
@@ -73,7 +73,8 @@ def discover(model):
 @pytest.mark.parametrize("pattern", ["2:4", "4:8", "8:16"])
 def test_legality_exact(tiny_vit, pattern):
     p = KeepPattern.parse(pattern)
-    pr, masks = prune(tiny_vit, method="cast", pattern=pattern, seed=3)
+    pr = MPPruner(tiny_vit, PruningConfig(method="cast", pattern=pattern, seed=3))  # the plain-config route
+    masks = pr.prune(calibration=calib())
     rec = pr.ledger.steps[-1]
     assert rec["legality"]["ok"] and rec["legality"]["totals"]["bad_groups"] == 0
     for name in rec["cast"]["layers"]:
@@ -145,6 +146,18 @@ def test_running_argmin_equals_materialised_argmin(scale, use_prior):
     got = search(u, c, cand, topk_cells(u.abs(), k), src=src, alpha_ser=0.7 if use_prior else 0.0,
                  prior_scale=scale, pattern_chunk=5)  # fmt: skip
     assert torch.equal(got, want)
+
+
+def test_linf_search_equals_brute_force_and_runs_end_to_end(tiny_vit):
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(5, 3, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(30, 3, 4, generator=g, dtype=torch.float64)
+    cand = all_patterns(2, 4)
+    brute = torch.stack([torch.einsum("mgt,xgt->mgx", torch.where(p, 0.0, u), x).square().amax(-1) for p in cand], -1)
+    got = search(u, x, cand, topk_cells(u.abs(), 2), cost_form="linf")
+    assert torch.equal(got, cand[brute.argmin(-1)])
+    pr, _ = prune(tiny_vit, method="cast", pattern="2:4", cost_form="linf", targets=["re:layers.0.mlp"])
+    assert pr.ledger.steps[-1]["legality"]["ok"]
 
 
 def test_sampled_patterns_distinct_and_seeded():

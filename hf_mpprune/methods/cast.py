@@ -13,14 +13,29 @@ from ..calibration import as_batches, capture, run_batches
 from ..cast_math import COST_FORMS, PRIOR_SCALES, l2_cell_costs, search, source_tuple
 from ..errors import ConfigError, MPPruneWarning, PatternError
 from ..kn import (
-    KNMethodConfig, candidates, cells, column_order, from_grouped, plan, sequential_hessians, source_keep,
-    to_grouped, topk_cells, unwrap,
+    KNMethodConfig,
+    candidates,
+    cells,
+    column_order,
+    from_grouped,
+    plan,
+    sequential_hessians,
+    source_keep,
+    to_grouped,
+    topk_cells,
+    unwrap,
 )  # fmt: skip
 from ..layers import LayerSet
 from ..masks import Masks
 from ..obs import obs_reconstruct
 from ..permute import (
-    IMPORTANCE_FORMS, bucket_permutation, channel_importance, fold, fold_pairs, in_axis, permute_tensor,
+    IMPORTANCE_FORMS,
+    bucket_permutation,
+    channel_importance,
+    fold,
+    fold_pairs,
+    in_axis,
+    permute_tensor,
     permute_with_hook,
 )  # fmt: skip
 from ..registry import PruneContext, register_method

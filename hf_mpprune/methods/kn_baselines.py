@@ -13,7 +13,15 @@ from ..audit import legality_audit
 from ..calibration import as_batches, input_sq_norms
 from ..errors import ConfigError, PatternError
 from ..kn import (
-    KNMethodConfig, cells, column_order, from_grouped, kn_keep, plan, sequential_hessians, source_keep, to_grouped,
+    KNMethodConfig,
+    cells,
+    column_order,
+    from_grouped,
+    kn_keep,
+    plan,
+    sequential_hessians,
+    source_keep,
+    to_grouped,
     unwrap,
 )  # fmt: skip
 from ..masks import Masks
