@@ -124,6 +124,7 @@ CELLS = [  # (label, method, extra options)
     ("sparsegpt", "sparsegpt-kn", {}),
     ("cast", "cast", {}),
     ("cast+perm", "cast", {"permute_align": True}),
+    ("cast-norestore", "cast", {"free_restoration": False}),
     ("cast+rec", "cast", {"reconstruct": True}),
     ("cast+perm+rec", "cast", {"permute_align": True, "reconstruct": True}),
 ]
