@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 from hf_mpprune import MPPruner, PruningConfig  # noqa: E402
 from hf_mpprune.kn import KNCalibration  # noqa: E402
+from hf_mpprune.registry import get_method  # noqa: E402
 
 
 SUBJECTS = [
@@ -106,9 +107,8 @@ def batches(tok, texts, bs=16):
 def run_cell(dense, method, pattern, extra, calib, dense_w, source):
     model = copy.deepcopy(dense)
     if source:  # unstructured magnitude source (per layer) before k:n
-        MPPruner(
-            model, PruningConfig(method="magnitude", sparsity=source, scope="layer", ignore=["re:pooler"])
-        ).prune()
+        mag = get_method("magnitude").config_cls(sparsity=source, scope="layer", ignore=["re:pooler"])
+        MPPruner(model, mag).prune()
     cfg = PruningConfig(method=method, pattern=pattern, ignore=["re:pooler"]).resolve()
     for k, v in extra.items():
         setattr(cfg, k, v)
