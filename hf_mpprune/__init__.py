@@ -12,7 +12,7 @@ if _os.environ.get("HF_MPPRUNE_VERBOSITY"):
     _root.setLevel(_os.environ["HF_MPPRUNE_VERBOSITY"].upper())
 
 from . import methods  # noqa: E402  (fills the registry)
-from .audit import legality_audit  # noqa: E402
+from .audit import LegalityReport, legality_audit  # noqa: E402
 from .certificates import budget_audit  # noqa: E402
 from .config import KeepPattern, PruningConfig, SpectralConfig  # noqa: E402
 from .errors import (  # noqa: E402
@@ -25,6 +25,7 @@ from .errors import (  # noqa: E402
     SpectralError,
     UnsupportedHardwareError,
 )
+from .kn import KNCalibration  # noqa: E402
 from .layers import LayerSet, PrunableLayer, discover_layers  # noqa: E402
 from .macs import MACReport, mac_report  # noqa: E402
 from .masks import Masks  # noqa: E402
@@ -32,6 +33,7 @@ from .methods.mp_wanda import MPWandaConfig  # noqa: E402
 from .methods.seb import SEBConfig  # noqa: E402
 from .methods.sparsegpt import SparseGPTConfig  # noqa: E402
 from .methods.wanda import WandaConfig  # noqa: E402
+from .permute import attach_permutations  # noqa: E402
 from .pruner import MPPruner  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
 from .semi_structured import ConversionReport, to_semi_structured  # noqa: E402
@@ -48,9 +50,11 @@ from .trainer import (  # noqa: E402
 __all__ = [
     "ConfigError",
     "ConversionReport",
+    "KNCalibration",
     "KeepPattern",
     "LayerSet",
     "LedgerMismatchError",
+    "LegalityReport",
     "MACReport",
     "MPDistillationArguments",
     "MPDistillationTrainer",
@@ -75,6 +79,7 @@ __all__ = [
     "__version__",
     "analyze",
     "apply_tome",
+    "attach_permutations",
     "budget_audit",
     "discover_layers",
     "fit_mp",

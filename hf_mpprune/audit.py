@@ -1,9 +1,13 @@
-"""k:n legality audit of weight tensors (ALGORITHMS.md §13.1): no weight is rewritten.
+"""k:n legality audit of the weights actually in a model (ALGORITHMS.md §8.7, §13.1; CONVENTIONS.md §5).
 
-Per layer, on the `(out, in)` matrix view (Conv2d flattened, GPT-2 Conv1D transposed): the number of k:n groups
-along the input dimension, the groups with more than `k` nonzeros, the tail columns the pattern cannot cover, and
-the count of negative zeros (−0.0 breaks some 2:4 kernels; `Masks.apply_` writes +0.0).
-A layer is *legal* iff it has at least one group, no bad group and no tail.
+No weight is rewritten. Per layer, on the `(out, in)` matrix view in grouping order (Conv2d flattened or
+channel-grouped, GPT-2 Conv1D transposed): the k:n groups along the input dimension, the groups with more than
+`k` nonzeros, the tail columns the pattern cannot cover, nonzeros, and the count of negative zeros (−0.0 breaks
+some 2:4 kernels; `Masks.apply_` writes +0.0). With masks, every group must also keep exactly `k` slots.
+
+Two verdicts per row:
+* `ok`: the pattern holds where it applies (no bad group, no −0.0, exact kept slots); a tail is left dense.
+* `legal`: eligible for a k:n kernel as is: at least one group, no bad group and no tail.
 """
 
 from collections.abc import Mapping
@@ -13,8 +17,9 @@ import torch
 from torch import nn
 
 from .config import KeepPattern
+from .kn import cells, column_order, to_grouped
 from .layers import LayerSet, discover_layers
-from .masks import kn_violations
+from .masks import Masks
 
 
 @dataclass
@@ -24,23 +29,40 @@ class LegalityRow:
     groups: int
     bad_groups: int
     tail_columns: int
+    nonzeros: int
     negative_zeros: int
-    zeros: int
     numel: int
+    bad_kept_slot_groups: int = 0  # groups whose mask does not keep exactly k slots (masks given)
+
+    @property
+    def ok(self) -> bool:
+        return self.bad_groups == 0 and self.negative_zeros == 0 and self.bad_kept_slot_groups == 0
 
     @property
     def legal(self) -> bool:
         return self.groups > 0 and self.bad_groups == 0 and self.tail_columns == 0
 
     @property
+    def zeros(self) -> int:
+        return self.numel - self.nonzeros
+
+    @property
     def sparsity(self) -> float:
         return self.zeros / self.numel if self.numel else 0.0
 
 
+_TOTALS = ("groups", "bad_groups", "tail_columns", "nonzeros", "negative_zeros", "bad_kept_slot_groups")
+
+
 @dataclass
-class LegalityAudit:
+class LegalityReport:
     pattern: str
+    conv_grouping: str = "flattened"
     rows: list[LegalityRow] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
 
     @property
     def legal(self) -> list[str]:
@@ -56,12 +78,18 @@ class LegalityAudit:
                 return r
         raise KeyError(f"{name!r} was not audited")
 
+    def totals(self) -> dict[str, int]:
+        return {k: sum(getattr(r, k) for r in self.rows) for k in _TOTALS}
+
     def to_dict(self) -> dict:
         return {
             "pattern": self.pattern,
+            "conv_grouping": self.conv_grouping,
+            "ok": self.ok,
             "legal": len(self.legal),
             "illegal": len(self.illegal),
-            "rows": [{**asdict(r), "legal": r.legal, "sparsity": r.sparsity} for r in self.rows],
+            "totals": self.totals(),
+            "rows": [asdict(r) | {"ok": r.ok, "legal": r.legal, "sparsity": r.sparsity} for r in self.rows],
         }
 
     def to_markdown(self) -> str:
@@ -76,36 +104,67 @@ class LegalityAudit:
                 f"| {r.name} | {r.shape[0]}x{r.shape[1]} | {r.groups} | {r.bad_groups} | {r.tail_columns} | "
                 f"{r.negative_zeros} | {100 * r.sparsity:.1f}% | {'yes' if r.legal else 'no'} |"
             )
+        lines.append(f"\nlegality {self.pattern}: {'OK' if self.ok else 'FAILED'} {self.totals()}")
         return "\n".join(lines)
 
 
-def audit_matrix(name: str, matrix: torch.Tensor, pattern: KeepPattern) -> LegalityRow:
-    """Pure: one legality row for an `(out, in)` matrix."""
+def audit_matrix(
+    name: str, matrix: torch.Tensor, pattern: KeepPattern, keep: torch.Tensor | None = None
+) -> LegalityRow:
+    """Pure: one legality row for an `(out, in)` matrix already in grouping order (`keep`: its kept-slot mask)."""
     m = matrix.detach()
+    c = cells(m, pattern.group)  # (M, G, n)
     zero = m == 0
-    groups, bad, tail = kn_violations(m, pattern)
-    neg = int((zero & torch.signbit(m)).sum()) if m.is_floating_point() else 0
-    return LegalityRow(name, tuple(m.shape), groups, bad, tail, neg, int(zero.sum()), m.numel())
-
-
-def _matrices(target) -> list[tuple[str, torch.Tensor]]:
-    if isinstance(target, Mapping):
-        return [(n, t) for n, t in target.items()]
-    if isinstance(target, nn.Module):
-        target = discover_layers(target)
-    if isinstance(target, LayerSet):
-        return [(layer.name, layer.matrix_view()) for layer in target if not layer.weight.is_meta]
-    return [(layer.name, layer.matrix_view()) for layer in target]
+    row = LegalityRow(
+        name=name,
+        shape=(int(m.shape[0]), int(m.shape[1])),
+        groups=c.shape[0] * c.shape[1],
+        bad_groups=int(((c != 0).sum(-1) > pattern.keep).sum()),
+        tail_columns=m.shape[1] - c.shape[1] * pattern.group,
+        nonzeros=int((~zero).sum()),
+        negative_zeros=int((zero & torch.signbit(m)).sum()) if m.is_floating_point() else 0,
+        numel=m.numel(),
+    )
+    if keep is not None:
+        row.bad_kept_slot_groups = int((cells(keep, pattern.group).sum(-1) != pattern.keep).sum())
+    return row
 
 
 @torch.no_grad()
-def legality_audit(target, pattern: KeepPattern | str = "2:4") -> LegalityAudit:
+def legality_audit(
+    target,
+    pattern: KeepPattern | str = "2:4",
+    *,
+    layers: "LayerSet | list | Masks | None" = None,
+    conv_grouping: str = "flattened",
+) -> LegalityReport:
     """Audit k:n legality per layer.
 
     Args:
-        target: a model (every Linear/Conv2d/Conv1D, head included), a `LayerSet`, an iterable of
-            `PrunableLayer`, or a `{name: (out, in) matrix}` mapping.
+        target: a model (every Linear/Conv2d/Conv1D, head included), a `LayerSet`, or a `{name: (out, in) matrix}`
+            mapping.
         pattern (`KeepPattern` or `str`, defaults to `"2:4"`): k kept of every n consecutive inputs.
+        layers (*optional*): with a model, restrict to these layers (a `LayerSet`, `PrunableLayer`s or names); given
+            `Masks`, the kept-slot count of every group is checked too.
+        conv_grouping (`str`, defaults to `"flattened"`): conv column order (`"channel"` = TensorRT-style groups).
     """
     pattern = KeepPattern.parse(pattern)
-    return LegalityAudit(str(pattern), [audit_matrix(n, m, pattern) for n, m in _matrices(target)])
+    report = LegalityReport(str(pattern), conv_grouping)
+    if isinstance(target, Mapping):
+        report.rows = [audit_matrix(n, m, pattern) for n, m in target.items()]
+        return report
+    masks = layers if isinstance(layers, Masks) else None
+    if isinstance(target, nn.Module):
+        names = None if layers is None else [la if isinstance(la, str) else la.name for la in layers]
+        registry = discover_layers(target, targets=names)
+        order_names = names or registry.names
+    else:  # a LayerSet
+        registry, order_names = target, target.names
+    for name in order_names:
+        layer = registry[name]
+        if layer.weight.is_meta:
+            continue
+        order = column_order(layer, conv_grouping)
+        keep = to_grouped(layer, masks[name], order).cpu() if masks is not None else None
+        report.rows.append(audit_matrix(name, to_grouped(layer, layer.weight, order).cpu(), pattern, keep))
+    return report

@@ -8,7 +8,10 @@ from hf_mpprune.errors import MPPruneWarning
 
 @pytest.mark.parametrize("name", list_methods())
 def test_every_registered_config_round_trips(name, tmp_path):
-    cfg = PruningConfig(method=name, sparsity=0.3, targets=["Linear"], ignore=["re:head"], seed=3).resolve()
+    pattern = "2:4" if get_method(name).structured else None  # k:n methods require a pattern
+    cfg = PruningConfig(
+        method=name, sparsity=0.3, pattern=pattern, targets=["Linear"], ignore=["re:head"], seed=3
+    ).resolve()
     assert type(cfg) is get_method(name).config_cls
     back = PruningConfig.from_dict(cfg.to_dict())
     assert back == cfg and type(back) is type(cfg)

@@ -22,6 +22,9 @@ class MagnitudeConfig(CalibrationOptions, PruningConfig):
             registered layers; `"layer"` prunes `floor(s * numel)` in every layer.
         calibration_samples, calibration_batch_size, reconstruct, percdamp: see `CalibrationOptions`; calibration
             is needed only with `reconstruct=True` (OBS least-squares re-fit of the kept weights).
+
+    With `pattern` ("k:n", k kept of n) it is magnitude k:n instead: the k largest |W| per (row, group) of n
+    inputs, `sparsity` and `scope` unused, the task head and ineligible convs left as they are (see `kn.plan`).
     """
 
     method: str = "magnitude"
@@ -58,9 +61,14 @@ def select(ctx: PruneContext, raw: dict[str, torch.Tensor], scope: str = "global
 
 @register_method("magnitude", MagnitudeConfig)
 def magnitude(ctx: PruneContext) -> Masks:
-    """Global (or per-layer) unstructured magnitude pruning, cumulative across cycles."""
+    """Global (or per-layer) unstructured magnitude pruning, cumulative across cycles; k:n with `pattern`."""
     batches = calibration_batches(ctx) if ctx.config.reconstruct else None  # fail before any work if missing
-    masks = select(ctx, {layer.name: layer.weight.abs() for layer in ctx.layers}, ctx.config.scope)
+    if ctx.config.pattern is not None:  # k largest |W| per (row, group), head skipped (ALGORITHMS.md §8.10)
+        from .kn_baselines import magnitude_kn
+
+        masks = magnitude_kn(ctx)
+    else:
+        masks = select(ctx, {layer.name: layer.weight.abs() for layer in ctx.layers}, ctx.config.scope)
     if ctx.config.reconstruct:
         reconstruct_(ctx, masks, batches)
     return masks
