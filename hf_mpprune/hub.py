@@ -264,10 +264,37 @@ def push_to_hub(
             pruner, os.path.join(tmp, "ckpt"), processor=processor, existing_card=existing,
             model_name=repo_id.split("/")[-1],
         )  # fmt: skip
+        ops = _operations(api, repo_id, revision, folder)
         msg = commit_message or f"Upload pruned checkpoint ({_summary(pruner)}) with hf_mpprune"
-        return api.upload_folder(
-            repo_id=repo_id, folder_path=folder, commit_message=msg, revision=revision, create_pr=create_pr
+        # create_commit = exactly one commit (upload_folder may split large uploads into several)
+        return api.create_commit(
+            repo_id=repo_id, operations=ops, commit_message=msg, revision=revision, create_pr=create_pr
         )
+
+
+def _operations(api, repo_id: str, revision: str | None, folder: str) -> list:
+    """Add every file of the checkpoint; delete stale weight shards left in the repo by an earlier push."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    ops: list = []
+    for dirpath, _, files in os.walk(folder):
+        for name in sorted(files):
+            full = os.path.join(dirpath, name)
+            ops.append(
+                CommitOperationAdd(
+                    path_in_repo=os.path.relpath(full, folder).replace(os.sep, "/"), path_or_fileobj=full
+                )
+            )
+    ours = {op.path_in_repo for op in ops}
+    try:
+        remote = api.list_repo_files(repo_id, revision=revision)
+    except Exception as e:  # a new repo or branch: nothing to delete
+        logger.info("cannot list %s (%s): no stale files removed", repo_id, type(e).__name__)
+        remote = []
+    weights = (".safetensors", "model.safetensors.index.json")
+    stale = [f for f in remote if f not in ours and f.endswith(weights)]
+    ops += [CommitOperationDelete(path_in_repo=f) for f in stale]
+    return ops
 
 
 def _summary(pruner: "MPPruner") -> str:
