@@ -48,7 +48,7 @@ def _run_analyze(args) -> int:
 
 
 # Modules that expose `register(subparsers)`, in help order.
-_COMMANDS: tuple[str, ...] = ()
+_COMMANDS: tuple[str, ...] = ("hf_mpprune.cli_run",)
 
 
 def build_parser() -> argparse.ArgumentParser:
