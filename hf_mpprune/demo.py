@@ -126,7 +126,10 @@ def minilm_batches(n: int, seed: int, batch_size: int = 16, seq: int = 32) -> li
 
 
 # ---- the demo ---------------------------------------------------------------------------------------------------
-_OFFLINE = ("digits_vit_magnitude_s050.yaml", "digits_vit_hybrid_s050.yaml", "digits_vit_cast_2of4.yaml")
+_OFFLINE = (
+    "digits_vit_magnitude_s050.yaml", "digits_vit_hybrid_s050.yaml", "digits_vit_cast_2of4.yaml",
+    "minilm_magnitude_s050.yaml", "minilm_mp_wanda_s050.yaml", "minilm_cast_2of4.yaml",
+)  # fmt: skip
 
 
 def _recipes_dir() -> str:

@@ -119,7 +119,6 @@ def _mirror_checkpoint(tmp_path):
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to build an olah mirror")
 def test_download_through_olah(tmp_path):
     pytest.importorskip("olah", reason="olah is in the dev extra: pip install -e .[dev]")
-    pruner = _mirror_checkpoint(tmp_path)
     port = _free_port()
     cfg = {
         "basic": {
@@ -129,6 +128,7 @@ def test_download_through_olah(tmp_path):
         },
         "accessibility": {"offline": True},
     }  # fmt: skip
+    (tmp_path / "mirrors").mkdir()
     (tmp_path / "olah.toml").write_text(_toml(cfg))
     olah = [sys.executable, "-c", "import sys; from olah.server import cli; sys.argv[0] = 'olah-cli'; cli()"]
     proc = subprocess.Popen(
@@ -136,6 +136,7 @@ def test_download_through_olah(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
+        pruner = _mirror_checkpoint(tmp_path)  # built while olah starts up (it reads mirrors per request)
         _wait_ready(f"http://127.0.0.1:{port}/api/models/org/mirrored/revision/main", proc)
         out = _client(
             tmp_path, f"http://127.0.0.1:{port}", "load", "org/mirrored", str(tmp_path / "expected.safetensors")
