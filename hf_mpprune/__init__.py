@@ -24,8 +24,10 @@ from .errors import (  # noqa: E402
     UnsupportedHardwareError,
 )
 from .layers import LayerSet, PrunableLayer, discover_layers  # noqa: E402
+from .ledger import Ledger  # noqa: E402
 from .masks import Masks  # noqa: E402
 from .pruner import MPPruner  # noqa: E402
+from .recipes import Recipe, load_recipe  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
 from .spectral import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
 
@@ -34,6 +36,7 @@ __all__ = [
     "ConfigError",
     "KeepPattern",
     "LayerSet",
+    "Ledger",
     "LedgerMismatchError",
     "MPFit",
     "MPPruneError",
@@ -44,6 +47,7 @@ __all__ = [
     "PatternError",
     "PrunableLayer",
     "PruningConfig",
+    "Recipe",
     "SpectralConfig",
     "SpectralError",
     "SpectralReport",
@@ -54,5 +58,6 @@ __all__ = [
     "fit_mp",
     "get_method",
     "list_methods",
+    "load_recipe",
     "register_method",
 ]
