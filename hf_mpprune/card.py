@@ -145,7 +145,7 @@ def make_card(pruner: "MPPruner", *, model_name: str, existing: str | None = Non
         repo_or_path=repo_or_path or model_name, summary=_summary(pruner), steps_table=steps_table(pruner),
         metrics_table=metrics_table(pruner), layer_table=layer_table(pruner),
         description=f"A pruned version of `{pruner.ledger.identity.get('base_model') or 'a model'}` made with "
-        "[hf_mpprune](https://github.com/) (Marchenko–Pastur random-matrix pruning).",
+        "`hf_mpprune` (Marchenko–Pastur random-matrix pruning).",
         provenance=f"hf_mpprune {pruner.ledger.identity.get('hf_mpprune', '')}.",
     )  # fmt: skip
     return str(card) if existing is None else update_card(existing, str(card))

@@ -206,6 +206,10 @@ def _restore(cls: type["MPPruner"], model: torch.nn.Module, local: str, config: 
             raise LedgerMismatchError(f"masks in {local} do not cover the configured layers (differ: {diff})")
         verify_masks(model, masks)
     _check_weights_hash(local, ledger)
+    try:
+        ledger.check_disjoint()
+    except ConfigError as e:
+        warnings.warn(f"the ledger in {local} records overlapping data splits: {e}", MPPruneWarning, stacklevel=3)
     pruner.masks, pruner.ledger = masks, ledger
     if os.path.isfile(os.path.join(local, SPECTRA_NAME)):
         with open(os.path.join(local, SPECTRA_NAME), encoding="utf-8") as f:
