@@ -81,14 +81,20 @@ def _calibration(recipe: Recipe, pruner, data: dict | None) -> list[dict[str, to
 
 
 def _train_step(recipe: Recipe, pruner, data: dict | None):
-    """For methods that train between steps: a masked fine-tuning epoch on the builtin digits task."""
+    """For methods that train between steps, on the builtin digits task; follows the `TrainStep` protocol of the
+    cyclic pipeline: `(model, masks, *, phase, trainable, epochs, lr, optimizer, **kw) -> dict`."""
     from . import demo
 
     if data is None:
         return None
 
-    def train_step(model=None, masks=None, *, epochs: int = 1, lr: float = 5e-4, **_: Any) -> float:
-        return demo.train(model or pruner.model, data, epochs=epochs, lr=lr, seed=recipe.seed, masks=masks)
+    def train_step(model, masks, *, phase="finetune", trainable=None, epochs=1.0, lr=5e-4, optimizer="adamw", **kw):
+        keep = {k: kw[k] for k in ("batch_size", "min_steps", "data_fraction") if k in kw}
+        secs = demo.train(
+            model or pruner.model, data, epochs=epochs, lr=lr, optimizer=optimizer, seed=recipe.seed,
+            masks=masks, trainable=trainable if phase == "ser_phase_a" else None, **keep,
+        )  # fmt: skip
+        return {"phase": phase, "seconds": round(secs, 3)}
 
     return train_step
 

@@ -9,6 +9,7 @@ is a private stand-in for `hf_mpprune.digits` (a separate issue); the two should
 import argparse
 import glob
 import logging
+import math
 import os
 import sys
 import time
@@ -50,38 +51,63 @@ def build_digits_vit(seed: int = 0):
 
 
 def train(
-    model, data: dict, *, epochs: int, lr: float = 2e-3, batch_size: int = 64, seed: int = 0, teacher=None,
-    kd_alpha: float = 0.5, kd_temperature: float = 2.0, masks=None,
+    model, data: dict, *, epochs: float, lr: float = 2e-3, batch_size: int = 64, seed: int = 0, teacher=None,
+    kd_alpha: float = 0.5, kd_temperature: float = 2.0, masks=None, trainable: dict | None = None,
+    optimizer: str = "adamw", min_steps: int = 0, data_fraction: float = 1.0,
 ) -> float:  # fmt: skip
-    """AdamW + one-cycle on the train split; optional KD from `teacher`; `masks` stay frozen. Returns seconds."""
+    """AdamW (or SGD) + one-cycle on the train split; optional KD from `teacher`; `masks` stay frozen. With
+    `trainable` ({layer: bool mask}) only those entries move (SER phase A); everything else is restored after
+    every step. Returns seconds."""
     torch.set_flush_denormal(True)
     t0, g = time.perf_counter(), torch.Generator().manual_seed(seed)
     x, y, idx = data["x"], data["y"], data["train"]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    steps = epochs * -(-len(idx) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps))
+    steps = max(int(min_steps), math.ceil(epochs * data_fraction * len(idx) / batch_size), 1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     handles = masks.freeze_(model, opt) if masks is not None else []
+    if trainable is not None:
+        handles += _only_trainable(model, opt, trainable)
     model.train()
-    for _ in range(epochs):
-        order = idx[torch.randperm(len(idx), generator=g)]
-        for i in range(0, len(order), batch_size):
-            b = order[i : i + batch_size]
-            logits = model(pixel_values=x[b]).logits  # (B, 10)
-            loss = F.cross_entropy(logits, y[b], label_smoothing=0.1)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logp = F.log_softmax(teacher(pixel_values=x[b]).logits / kd_temperature, -1)
-                s_logp = F.log_softmax(logits / kd_temperature, -1)
-                kd = F.kl_div(s_logp, t_logp, log_target=True, reduction="batchmean") * kd_temperature**2
-                loss = (1 - kd_alpha) * loss + kd_alpha * kd
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    for step in range(steps):
+        if step % max(1, len(idx) // batch_size) == 0:
+            order = idx[torch.randperm(len(idx), generator=g)]
+        b = order[(step % max(1, len(idx) // batch_size)) * batch_size :][:batch_size]
+        logits = model(pixel_values=x[b]).logits  # (B, 10)
+        loss = F.cross_entropy(logits, y[b], label_smoothing=0.1)
+        if teacher is not None:
+            with torch.no_grad():
+                t_logp = F.log_softmax(teacher(pixel_values=x[b]).logits / kd_temperature, -1)
+            s_logp = F.log_softmax(logits / kd_temperature, -1)
+            kd = F.kl_div(s_logp, t_logp, log_target=True, reduction="batchmean") * kd_temperature**2
+            loss = (1 - kd_alpha) * loss + kd_alpha * kd
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
     for h in handles:
         h.remove()
     model.eval()
     return time.perf_counter() - t0
+
+
+def _only_trainable(model, opt, trainable: dict) -> list:
+    """Freeze everything but the True entries of `trainable`: grads masked, other values restored after each step."""
+    snapshot = {n: p.detach().clone() for n, p in model.named_parameters()}
+    allowed = {f"{layer}.weight": m for layer, m in trainable.items()}
+
+    @torch.no_grad()
+    def restore(*_):
+        for n, p in model.named_parameters():
+            if n in allowed:
+                p.copy_(torch.where(allowed[n].to(p.device), p, snapshot[n]))
+            else:
+                p.copy_(snapshot[n])
+
+    return [opt.register_step_post_hook(restore)]
 
 
 @torch.no_grad()

@@ -101,3 +101,23 @@ def test_cli_run_minilm_magnitude(tmp_path, capsys, minilm_path):
     assert result["sparsity"] == pytest.approx(0.5, abs=1e-5) and result["accuracy"] is None
     assert main(["push", str(tmp_path / "m"), "--repo-id", ""]) == 2  # clear error, nothing uploaded
     assert "repo_id" in capsys.readouterr().err
+
+
+def test_builtin_train_step_phase_a_moves_only_trainable_entries():
+    import torch
+
+    from hf_mpprune import demo
+
+    data = demo.digits_data()
+    model = demo.build_digits_vit()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    layer = "vit.encoder.layer.0.intermediate.dense" if hasattr(model.vit, "encoder") else "vit.layers.0.mlp.fc1"
+    w = model.get_submodule(layer).weight
+    trainable = {layer: torch.rand(w.shape, generator=torch.Generator().manual_seed(0)) < 0.5}
+    demo.train(model, data, epochs=0, min_steps=2, lr=1e-2, trainable=trainable)
+    for n, p in model.named_parameters():
+        moved = p.detach() != before[n]
+        if n == layer + ".weight":
+            assert moved[trainable[layer]].any() and not moved[~trainable[layer]].any()
+        else:
+            assert not moved.any(), n
