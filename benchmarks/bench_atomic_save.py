@@ -57,6 +57,24 @@ def digest(path: str) -> dict[str, str]:
     return out
 
 
+def verify(target: str, names: set[str]) -> tuple[float, bool]:
+    """Load with full verification (mask SHA, mask vs zeros, weights SHA vs ledger); complete = no warning and
+    every file of a full save present. (B's bytes differ run to run: its ledger carries timestamps.)"""
+    import warnings
+
+    from hf_mpprune import MPPruner
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            pruner = MPPruner.from_pretrained(target)
+        except Exception as e:  # a corrupt checkpoint is exactly what we are looking for
+            print("load failed:", e)
+            return float("nan"), False
+    ok = not caught and set(os.listdir(target)) == names
+    return pruner.masks.sparsity(), ok
+
+
 def child(target: str, sparsity: float) -> subprocess.Popen:
     code = CHILD.format(root=ROOT, sparsity=sparsity, target=target)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "OMP_NUM_THREADS": "1"}
@@ -81,7 +99,6 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     rng = random.Random(args.seed)
-    from hf_mpprune import MPPruner
 
     with tempfile.TemporaryDirectory() as tmp:
         target = os.path.join(tmp, "ckpt")
@@ -105,9 +122,9 @@ def main() -> int:
             p.send_signal(signal.SIGKILL)
             p.wait()
             now = digest(target)
-            state = "A (previous, intact)" if now == good_a else "B (new, complete)" if now == good_b else "CORRUPT"
             leftovers = [n for n in os.listdir(tmp) if n != "ckpt"]
-            loaded = MPPruner.from_pretrained(target).masks.sparsity()
+            loaded, complete = verify(target, set(good_b))
+            state = "A (previous, intact)" if now == good_a else "B (new, complete)" if complete else "CORRUPT"
             rows.append({"trial": trial, "kill_after_s": round(delay, 3), "state": state, "leftover_temp_dirs": len(leftovers),
                          "loaded_sparsity": round(loaded, 4)})  # fmt: skip
             print(rows[-1], flush=True)

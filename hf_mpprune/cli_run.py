@@ -31,7 +31,7 @@ def _load(recipe: Recipe, cache_dir: str):
 
     mid, cfg = recipe.model.id, recipe.pruning[0].build()
     if mid == "builtin:digits-vit":
-        pruner = MPPruner(demo.digits_vit(cache_dir, epochs=recipe.model.train_epochs or 30, seed=recipe.seed), cfg)
+        pruner = MPPruner(demo.digits_vit(cache_dir, epochs=recipe.model.train_epochs or 25, seed=recipe.seed), cfg)
     elif mid == "builtin:minilm":
         pruner = MPPruner(demo.minilm(), cfg)
     elif mid.startswith("builtin:"):

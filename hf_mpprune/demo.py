@@ -118,7 +118,7 @@ def accuracy(model, data: dict, split: str = "evaluation") -> float:
     return float((pred == data["y"][idx]).float().mean())
 
 
-def digits_vit(cache_dir: str, epochs: int = 30, seed: int = 0):
+def digits_vit(cache_dir: str, epochs: int = 25, seed: int = 0):
     """The dense digits ViT: loaded from `cache_dir/digits-vit-e{epochs}` or trained once and cached there."""
     from transformers import ViTForImageClassification
 
@@ -166,13 +166,13 @@ def _row(name: str, result: dict) -> str:
     macs = f"{result['macs_ratio']:.3f}" if result.get("macs_ratio") is not None else "–"
     before, after = result.get("base_accuracy"), result.get("accuracy")
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "–"  # noqa: E731
-    return f"| {name} | {fmt(before)} | {fmt(after)} | {result.get('sparsity', 0):.4f} | {macs} | {result['status']} |"
+    return f"| {name} | {fmt(before)} | {fmt(after)} | {fmt(result.get('sparsity'))} | {macs} | {result['status']} |"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="mpprune-demo")
-    ap.add_argument("--epochs", type=int, default=30, help="dense training epochs of the digits ViT (cached)")
+    ap.add_argument("--epochs", type=int, default=25, help="dense training epochs of the digits ViT (cached)")
     ap.add_argument("--recipes", nargs="*", default=None, help="recipe files (default: the offline digits ones)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
