@@ -228,3 +228,17 @@ def test_plain_module_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="PreTrainedModel"):
         MPPruner(MLP()).save_pretrained(tmp_path / "x")
     assert os.listdir(tmp_path) == []
+
+
+def test_loaded_ledger_with_overlapping_splits_warns(tiny_vit, tmp_path):
+    pruner = _pruned(tiny_vit, analyze=False)
+    pruner.ledger.record_split("calibration", [1, 2, 3], dataset="d")
+    pruner.ledger.record_split("evaluation", [7, 8], dataset="d")
+    out = pruner.save_pretrained(tmp_path / "ck")
+    path = os.path.join(out, LEDGER_NAME)
+    d = json.loads(open(path).read())
+    d["data"]["splits"]["evaluation"]["indices"] = [3, 7]
+    with open(path, "w") as f:
+        json.dump(d, f)
+    with pytest.warns(MPPruneWarning, match="overlapping data splits"):
+        MPPruner.from_pretrained(out)
