@@ -27,6 +27,7 @@ from .errors import (  # noqa: E402
 )
 from .kn import KNCalibration  # noqa: E402
 from .layers import LayerSet, PrunableLayer, discover_layers  # noqa: E402
+from .ledger import Ledger  # noqa: E402
 from .macs import MACReport, mac_report  # noqa: E402
 from .masks import Masks  # noqa: E402
 from .methods.mp_wanda import MPWandaConfig  # noqa: E402
@@ -35,6 +36,7 @@ from .methods.sparsegpt import SparseGPTConfig  # noqa: E402
 from .methods.wanda import WandaConfig  # noqa: E402
 from .permute import attach_permutations  # noqa: E402
 from .pruner import MPPruner  # noqa: E402
+from .recipes import Recipe, load_recipe  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
 from .semi_structured import ConversionReport, to_semi_structured  # noqa: E402
 from .spectral import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
@@ -53,6 +55,7 @@ __all__ = [
     "KNCalibration",
     "KeepPattern",
     "LayerSet",
+    "Ledger",
     "LedgerMismatchError",
     "LegalityReport",
     "MACReport",
@@ -69,6 +72,7 @@ __all__ = [
     "PatternError",
     "PrunableLayer",
     "PruningConfig",
+    "Recipe",
     "SEBConfig",
     "SparseGPTConfig",
     "SpectralConfig",
@@ -87,6 +91,7 @@ __all__ = [
     "kd_loss",
     "legality_audit",
     "list_methods",
+    "load_recipe",
     "mac_report",
     "register_method",
     "remove_tome",

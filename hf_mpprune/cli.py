@@ -52,6 +52,7 @@ _COMMANDS: tuple[str, ...] = (
     "hf_mpprune.cli_prune",
     "hf_mpprune.cli_deploy",
     "hf_mpprune.cli_certify",
+    "hf_mpprune.cli_run",
 )
 
 

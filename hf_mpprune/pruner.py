@@ -46,6 +46,7 @@ class MPPruner:
         self.layers: LayerSet = discover_layers(model, cfg.targets, cfg.ignore)
         self.spectra: SpectralReport | None = None
         self.masks: Masks | None = None
+        self.recipe: dict[str, Any] | None = None  # the recipe that produced this run (written as recipe.yaml)
         self.ledger = Ledger(identity=environment(), registry=self._registry_record())
         name = getattr(getattr(model, "config", None), "_name_or_path", "")
         if name:
@@ -61,11 +62,43 @@ class MPPruner:
     ) -> "MPPruner":
         """Load a transformers checkpoint (local dir or Hub id) with the class named in its config.
 
-        Hub arguments (`revision`, `token`, `cache_dir`, `local_files_only`, `subfolder`) are passed through;
-        other keyword arguments (e.g. `dtype=`) go to the model's `from_pretrained`.
+        If the directory holds our sidecars (`mpprune_ledger.json`, ...), the pruning config, masks, ledger and
+        spectra are restored and the masks verified: their SHA-256 against the ledger and the zero pattern of the
+        weights (`LedgerMismatchError` when a pruned-by-mask weight is nonzero). Hub arguments (`revision`, `token`,
+        `cache_dir`, `local_files_only`, `subfolder`, `force_download`) are passed through; other keyword arguments
+        (e.g. `dtype=`) go to the model's `from_pretrained`. An explicit `config` overrides the saved one.
         """
-        model = load_model(name_or_path, **kwargs)
-        return cls(model, config)
+        from .hub import load_pretrained
+
+        return load_pretrained(cls, name_or_path, config, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> str:
+        """Write a transformers directory plus sidecars and a model card, atomically (see `hf_mpprune.hub`).
+
+        Keyword arguments: `processor` (saved alongside), `card` (default True), `model_name`, `max_shard_size`.
+        """
+        from .hub import save_pretrained
+
+        return save_pretrained(self, save_directory, **kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str | None = None,
+        *,
+        private: bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        token: str | bool | None = None,
+        commit_message: str | None = None,
+        processor: Any = None,
+    ):
+        """Upload weights, sidecars and card to `repo_id` in one commit (see `hf_mpprune.hub.push_to_hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(
+            self, repo_id, private=private, revision=revision, create_pr=create_pr, token=token,
+            commit_message=commit_message, processor=processor,
+        )  # fmt: skip
 
     # ---- the work -----------------------------------------------------------------------------------------
     def analyze(self, config: SpectralConfig | None = None, *, progress: bool = True) -> SpectralReport:

@@ -282,6 +282,19 @@ class SpectralReport:
             "skipped": self.skipped,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "SpectralReport":
+        """Inverse of `to_dict` (singular values are restored when they were written)."""
+        rows = []
+        for r in d["layers"]:
+            r = dict(r)
+            name, role, view, members = r.pop("name"), r.pop("role"), r.pop("matrix_view"), r.pop("members")
+            r.pop("spectrum_dtype", None)
+            r["shape"] = tuple(r["shape"])
+            r["singular_values"] = np.asarray(r.pop("singular_values", []), dtype=np.float64)
+            rows.append(LayerSpectrum(name, role, view, list(members), MPFit(**r)))
+        return cls(rows, SpectralConfig(**d["spectral_config"]), dict(d.get("skipped", {})))
+
     def to_json(self, path=None, *, include_singular_values: bool = False) -> str:
         import json
 
