@@ -13,6 +13,7 @@ if _os.environ.get("HF_MPPRUNE_VERBOSITY"):
 
 from . import methods  # noqa: E402  (fills the registry)
 from .config import KeepPattern, PruningConfig, SpectralConfig  # noqa: E402
+from .cycles import CycleFinetune, TrainStep, make_train_step, run_cycles  # noqa: E402
 from .errors import (  # noqa: E402
     ConfigError,
     LedgerMismatchError,
@@ -25,6 +26,9 @@ from .errors import (  # noqa: E402
 )
 from .layers import LayerSet, PrunableLayer, discover_layers  # noqa: E402
 from .masks import Masks  # noqa: E402
+from .methods.hybrid import HybridConfig  # noqa: E402
+from .methods.rmt import RMTConfig  # noqa: E402
+from .methods.ser import SERConfig  # noqa: E402
 from .pruner import MPPruner  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
 from .spectral import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
@@ -32,6 +36,8 @@ from .spectral import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
 
 __all__ = [
     "ConfigError",
+    "CycleFinetune",
+    "HybridConfig",
     "KeepPattern",
     "LayerSet",
     "LedgerMismatchError",
@@ -44,9 +50,12 @@ __all__ = [
     "PatternError",
     "PrunableLayer",
     "PruningConfig",
+    "RMTConfig",
+    "SERConfig",
     "SpectralConfig",
     "SpectralError",
     "SpectralReport",
+    "TrainStep",
     "UnsupportedHardwareError",
     "__version__",
     "analyze",
@@ -54,5 +63,7 @@ __all__ = [
     "fit_mp",
     "get_method",
     "list_methods",
+    "make_train_step",
     "register_method",
+    "run_cycles",
 ]
