@@ -121,9 +121,7 @@ def select_restore(delta: list[torch.Tensor], reservoir: list[torch.Tensor], rho
     """Boolean masks of the `k` reservoir entries with the largest `Δ·ρ_ℓ` (index tie-break, exact)."""
     scores = [torch.where(r, d.float() * p, torch.full_like(d, -1.0, dtype=torch.float32))
               for d, r, p in zip(delta, reservoir, rho)]  # fmt: skip
-    total = sum(t.numel() for t in scores)
-    keep = keep_top(scores, total - k)
-    return keep
+    return keep_top(scores, sum(t.numel() for t in scores) - k)
 
 
 # ---- the step -----------------------------------------------------------------------------------------------
@@ -164,8 +162,8 @@ def ser_step(ctx: PruneContext) -> Masks:
     metrics = _phase_a(ctx, cfg, reservoir, sum(int(r.sum()) for r in res) / P)
     delta = [(la.weight.detach().cpu() - 0.0).abs() for la in layers]  # values were zeroed before phase A
     rho = [1.0 / w_over[la.name] if cfg.restore_multiplier == "inverse" else w_over[la.name] for la in layers]
-    not_restored = select_restore(delta, res, rho, n_restore)
-    restored = {la.name: r & ~nr for la, r, nr in zip(layers, res, not_restored)}
+    top = select_restore(delta, res, rho, n_restore)
+    restored = {la.name: r & t for la, r, t in zip(layers, res, top)}
     final = {la.name: k | restored[la.name] for la, k in zip(layers, over_keep)}
     with torch.no_grad():
         for la in layers:
