@@ -21,6 +21,7 @@ from hf_mpprune.budgets import keep_top
 from hf_mpprune.cycles import drop_fired, ramp_multiplier
 from hf_mpprune.methods.rmt import apportion
 
+
 GRID = [0.1, 0.2, 0.25, 0.3]
 SMALL_SER = {"phase_a_min_batches": 1, "phase_a_batch_size": 8}
 
