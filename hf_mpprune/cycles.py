@@ -79,10 +79,13 @@ def check_grid(grid: Sequence[float]) -> list[float]:
 
 
 # ---- glue ---------------------------------------------------------------------------------------------------
-def _config_for(pruner, method: str):
+def _config_for(base, method: str):
+    """The config of `method` with every same-named field taken from the run's base config."""
     cls = get_method(method).config_cls
+    if type(base) is cls:
+        return base
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(pruner.config).items() if k in names and k != "method"})
+    return cls(**{k: v for k, v in vars(base).items() if k in names and k != "method"})
 
 
 def _finetune(pruner, stage: str, s: float, grid, ser_start, train_step, finetune: CycleFinetune) -> dict:
@@ -108,7 +111,7 @@ def _switch_check(pruner, s: float, post_sel: dict | None, state: dict) -> dict 
     value = post_sel[cfg.selection_metric]
     mode = cfg.drop_reference
     if state.get("reference") is None:
-        if mode == "first_completed" or (mode == "s20_start" and abs(s - cfg.switch_sparsity) < 1e-9):
+        if mode == "first_completed" or (mode == "s20_start" and s >= cfg.switch_sparsity - 1e-9):
             state["reference"] = value
             return {"reference_set": value, "mode": mode}
         if mode != "baseline":
@@ -150,7 +153,7 @@ def run_cycles(
         raise ConfigError("switch='drop_threshold' decides on a selection split: pass run_cycles(selection_eval=...)")
     if pruner.spectra is None and any(get_method(m).needs_spectra for m in _methods(pruner, grid, method_for)):
         pruner.analyze(progress=False)  # dense-model spectra, computed once (the paper's static cache)
-    state: dict[str, Any] = {"ser_start": None}
+    state: dict[str, Any] = {"ser_start": None, "base": pruner.config}
     if getattr(pruner.config, "drop_reference", None) == "baseline" and selection_eval is not None:
         state["reference"] = selection_eval(pruner.model)[pruner.config.selection_metric]
     records = []
@@ -166,7 +169,7 @@ def _methods(pruner, grid, method_for) -> set[str]:
 def _one_cycle(pruner, s, grid, train_step, evaluate, selection_eval, method_for, finetune, state) -> dict:
     t0 = time.perf_counter()
     if method_for is not None and method_for(s) != pruner.config.method:
-        pruner.config = _config_for(pruner, method_for(s))
+        pruner.config = _config_for(state["base"], method_for(s))
     pruner.prune(train_step=train_step, sparsity=s)
     rec = pruner.ledger.steps[-1]
     stage = rec.get("stage", pruner.config.method)

@@ -29,7 +29,7 @@ class HybridConfig(SERConfig):
         drop_threshold_pp (`float`, defaults to 0.7): allowed drop in percentage points (metric given as a
             fraction in [0, 1], e.g. accuracy 0.953).
         drop_reference (`str`, defaults to `"baseline"`): `"baseline"` (dense model on the selection split),
-            `"s20_start"` (post-FT metric at `switch_sparsity`) or `"first_completed"` (post-FT at the first grid
+            `"s20_start"` (post-FT metric at the first grid point >= `switch_sparsity`) or `"first_completed"` (post-FT at the first grid
             step).
         selection_metric (`str`, defaults to `"accuracy"`): key read from the selection evaluator's dict.
         transition_sparsity (`float`, *optional*): set by `run_cycles` once the drop rule fires; last magnitude
