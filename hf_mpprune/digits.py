@@ -45,7 +45,7 @@ def build_digits_vit(seed: int = 0):
     return ViTForImageClassification(cfg)
 
 
-def train_digits_vit(model, train: TensorDataset, *, epochs: int = 30, lr: float = 2e-3, batch_size: int = 64,
+def train_digits_vit(model, train: TensorDataset, *, epochs: int = 12, lr: float = 3e-3, batch_size: int = 64,
                      weight_decay: float = 0.05, seed: int = 0):  # fmt: skip
     """AdamW with linear warmup (1 epoch) and cosine decay; returns the model (trained in place)."""
     gen = torch.Generator().manual_seed(seed)
