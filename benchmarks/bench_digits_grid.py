@@ -127,7 +127,15 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrain-epochs", type=int, default=12)
     ap.add_argument("--timing", action="store_true", help="also time a 50%% Hybrid run, 3 cycles (0.2, 0.35, 0.5)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--merge", nargs="+", default=None, help="only print the table of these result JSON files")
     args = ap.parse_args(argv)
+    if args.merge:
+        runs = {}
+        for path in args.merge:
+            with open(path) as f:
+                runs.update(json.load(f)["runs"])
+        sys.stdout.write(summarise({"runs": runs}) + "\n")
+        return 0
     out = {"grid": args.grid, "seeds": args.seeds, "threads": torch.get_num_threads(), "runs": {}}
     for seed in args.seeds:
         splits = load_digits_splits(seed)
@@ -160,7 +168,20 @@ def summarise(out: dict) -> str:
     for i, s in enumerate(grid):
         cells = [_ms([r[m]["steps"][i]["post_ft"]["accuracy"] * 100 for r in runs]) for m in methods]
         lines.append(f"| {s:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "pre-FT (right after the prune step) test accuracy:", ""]
+    lines += ["| s | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for i, s in enumerate(grid):
+        cells = [_ms([r[m]["steps"][i]["pre_ft"]["accuracy"] * 100 for r in runs]) for m in methods]
+        lines.append(f"| {s:.2f} | " + " | ".join(cells) + " |")
+    lines.append("")
     lines.append("| seconds | " + " | ".join(_ms([r[m]["seconds"] for r in runs]) for m in methods) + " |")
+    lines += ["", "paired difference vs magnitude (pp, same seed and dense model), mean ± sd:", ""]
+    others = [m for m in methods if m != "magnitude"]
+    lines += ["| s | " + " | ".join(others) + " |", "|---" * (len(others) + 1) + "|"]
+    for i, s in enumerate(grid):
+        acc = {m: [r[m]["steps"][i]["post_ft"]["accuracy"] * 100 for r in runs] for m in methods}
+        diffs = [_ms([a - b for a, b in zip(acc[m], acc["magnitude"])]) for m in others]
+        lines.append(f"| {s:.2f} | " + " | ".join(diffs) + " |")
     return "\n".join(lines)
 
 
