@@ -1,8 +1,3 @@
 """Pruning methods. Each module registers itself; adding a method = one file + one import line here."""
 
-from . import (
-    hybrid,  # noqa: I001
-    magnitude,
-    rmt,  # noqa: I001
-    ser,  # noqa: I001
-)
+from . import hybrid, magnitude, rmt, ser  # cyclic methods (SER, Hybrid, classical RMT)
