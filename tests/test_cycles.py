@@ -1,5 +1,6 @@
 """SER, Hybrid, classical RMT and the cyclic pipeline on a tiny ViT (stub and tiny real train steps)."""
 
+import json
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from hf_mpprune import (
     HybridConfig,
     Masks,
     MPPruner,
+    PruningConfig,
     RMTConfig,
     SERConfig,
     make_train_step,
@@ -140,6 +142,19 @@ def test_hybrid_fixed_switch_rule_via_run_cycles(tiny_vit):
     assert [c["optimizer"] for c in ft] == ["sgd"] * 4
     assert recs[2]["restore_count"] > 0 and recs[0].get("restore_count") is None
     assert len(seen) == 2 * len(GRID)
+    ledger = json.loads(pruner.ledger.to_json())
+    assert [st["stage"] for st in ledger["steps"]] == ["magnitude", "magnitude", "ser", "ser"]
+    assert ledger["steps"][2]["config"]["phase_a_min_batches"] == 1
+
+
+def test_config_round_trip_and_validation():
+    cfg = HybridConfig(switch="drop_threshold", keep_ft_lr_ramp=(1.0, 3.0), transition_sparsity=0.3)
+    assert PruningConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    for bad in ({"switch": "sometimes"}, {"drop_reference": "eval_split"}, {"keep_ft_lr_ramp": (1.0, -1.0)}):
+        with pytest.raises(ConfigError):
+            HybridConfig(**bad)
+    with pytest.raises(ConfigError, match="theta_mode"):
+        RMTConfig(theta_mode="x")
 
 
 def test_hybrid_magnitude_steps_equal_global_magnitude(tiny_vit):
