@@ -15,6 +15,7 @@ from . import methods  # noqa: E402  (fills the registry)
 from .audit import LegalityReport, legality_audit  # noqa: E402
 from .certificates import budget_audit  # noqa: E402
 from .config import KeepPattern, PruningConfig, SpectralConfig  # noqa: E402
+from .cycles import CycleFinetune, TrainStep, make_train_step, run_cycles  # noqa: E402
 from .errors import (  # noqa: E402
     ConfigError,
     LedgerMismatchError,
@@ -30,8 +31,11 @@ from .layers import LayerSet, PrunableLayer, discover_layers  # noqa: E402
 from .ledger import Ledger  # noqa: E402
 from .macs import MACReport, mac_report  # noqa: E402
 from .masks import Masks  # noqa: E402
+from .methods.hybrid import HybridConfig  # noqa: E402
 from .methods.mp_wanda import MPWandaConfig  # noqa: E402
+from .methods.rmt import RMTConfig  # noqa: E402
 from .methods.seb import SEBConfig  # noqa: E402
+from .methods.ser import SERConfig  # noqa: E402
 from .methods.sparsegpt import SparseGPTConfig  # noqa: E402
 from .methods.wanda import WandaConfig  # noqa: E402
 from .permute import attach_permutations  # noqa: E402
@@ -52,6 +56,8 @@ from .trainer import (  # noqa: E402
 __all__ = [
     "ConfigError",
     "ConversionReport",
+    "CycleFinetune",
+    "HybridConfig",
     "KNCalibration",
     "KeepPattern",
     "LayerSet",
@@ -72,12 +78,15 @@ __all__ = [
     "PatternError",
     "PrunableLayer",
     "PruningConfig",
+    "RMTConfig",
     "Recipe",
     "SEBConfig",
+    "SERConfig",
     "SparseGPTConfig",
     "SpectralConfig",
     "SpectralError",
     "SpectralReport",
+    "TrainStep",
     "UnsupportedHardwareError",
     "WandaConfig",
     "__version__",
@@ -93,7 +102,9 @@ __all__ = [
     "list_methods",
     "load_recipe",
     "mac_report",
+    "make_train_step",
     "register_method",
     "remove_tome",
+    "run_cycles",
     "to_semi_structured",
 ]

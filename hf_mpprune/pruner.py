@@ -146,7 +146,8 @@ class MPPruner:
         ctx = PruneContext(self.layers, cfg, self.model, self.spectra, calibration, self.masks, train_step)
         t0 = time.perf_counter()
         masks = spec.fn(ctx)
-        self._validate(masks, cumulative=not spec.structured)  # k:n kept slots may revive (free restoration)
+        # k:n kept slots may revive weights (free restoration); so may SER with reservoir="all_zero" (it says so)
+        self._validate(masks, allow_revive=spec.structured or bool(ctx.record.get("revives_allowed")))
         masks.pattern = masks.pattern or cfg.pattern
         masks.apply_(self.model)
         self.masks = masks
@@ -163,7 +164,7 @@ class MPPruner:
         logger.info("%s: sparsity %.4f over %d layers", cfg.method, masks.sparsity(), len(masks))
         return masks
 
-    def _validate(self, masks: Masks, cumulative: bool = True) -> None:
+    def _validate(self, masks: Masks, allow_revive: bool = False) -> None:
         if set(masks.names) != set(self.layers.names):
             missing = sorted(set(self.layers.names) - set(masks.names))[:10]
             extra = sorted(set(masks.names) - set(self.layers.names))[:10]
@@ -171,7 +172,7 @@ class MPPruner:
                 f"method returned masks that do not match the registry (missing {missing}, extra {extra})"
             )
         masks.check_model(self.model)
-        if cumulative and self.masks is not None and not masks.is_subset_of(self.masks):
+        if self.masks is not None and not allow_revive and not masks.is_subset_of(self.masks):
             raise PatternError("new masks revive weights pruned in an earlier cycle (pruning must be cumulative)")
 
     def report(self) -> dict[str, Any]:
