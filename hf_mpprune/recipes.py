@@ -7,7 +7,7 @@ Sections (all but `model` and `pruning` optional)::
     seed: 0
     model: {id: google/vit-base-patch16-224, revision: main, dtype: float32}   # or builtin:digits-vit / builtin:minilm
     pruning:                             # one PruningConfig mapping, or a list of them (steps, run in order)
-      method: hybrid                     # registered name, or one of KNOWN_METHODS (validated fully when run)
+      method: hybrid                     # a registered method name (hf_mpprune.list_methods())
       sparsity: 0.5
       schedule: [0.05, 0.10, 0.50]       # optional cumulative targets (the last one = `sparsity`)
     calibration: {dataset: imagenet-1k, split: train, size: 256, seed: 0, batch_size: 32}
@@ -17,9 +17,8 @@ Sections (all but `model` and `pruning` optional)::
     output: {dir: vit-b16-hybrid-s050, plots: true}
     push: {repo_id: org/name, private: true, revision: null, create_pr: false, commit_message: null}
 
-A pruning step whose method is registered here is validated completely at load time (`PruningConfig.from_dict`,
-strict). A method in `KNOWN_METHODS` that is not installed is validated on the shared `PruningConfig` fields only;
-its own keys are checked when the recipe runs (where an unregistered method is an error). `distill` is a mapping
+Every pruning step is validated completely at load time (`PruningConfig.from_dict`, strict: unknown keys and
+unregistered methods are errors). `distill` is a mapping
 checked against `MPDistillationArguments` only when it runs (the trainer is optional).
 """
 
@@ -34,8 +33,6 @@ from .config import PruningConfig
 from .errors import ConfigError
 
 
-# Methods of the paper and its baselines (ALGORITHMS.md) a recipe may name even where they are not installed.
-KNOWN_METHODS = ("cast", "hybrid", "magnitude", "mp-wanda", "rmt", "seb", "ser", "sparsegpt", "wanda")
 BUILTIN_MODELS = ("builtin:digits-vit", "builtin:minilm")
 BUILTIN_DATASETS = ("builtin:digits", "builtin:minilm-text")
 
@@ -158,19 +155,9 @@ def _step(data: Any, where: str) -> PruningStep:
         if float(data["sparsity"]) != float(schedule[-1]):
             raise ConfigError(f"{where}: sparsity {data['sparsity']} != last schedule entry {schedule[-1]}")
     method = data.get("method", "magnitude")
-    if method in list_methods():
-        PruningConfig.from_dict(data, strict=True)
-    elif method in KNOWN_METHODS:
-        base = {f.name for f in dataclasses.fields(PruningConfig)}
-        try:  # the shared fields only; the method's own keys are checked when it runs
-            PruningConfig(**{k: v for k, v in data.items() if k in base})
-        except TypeError as e:
-            raise ConfigError(f"{where}: {e}") from e
-    else:
-        raise ConfigError(
-            f"{where}.method = {method!r} is not a registered method ({', '.join(list_methods())}) nor a known one "
-            f"({', '.join(KNOWN_METHODS)})"
-        )
+    if method not in list_methods():
+        raise ConfigError(f"{where}.method = {method!r} is not a registered method ({', '.join(list_methods())})")
+    PruningConfig.from_dict(data, strict=True)
     return PruningStep(data, [float(s) for s in schedule] if schedule else None)
 
 

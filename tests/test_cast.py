@@ -314,7 +314,7 @@ def test_bad_inputs(tiny_vit):
     odd = tiny_models.tiny_vit(intermediate_size=37)  # fc2 fan-in 37 = 9 groups + 1 tail column
     before = odd.vit.layers[0].mlp.fc2.weight[:, 36].clone()
     pr, _ = prune(odd, method="cast", pattern="2:4", targets=["re:mlp"])
-    row = next(r for r in pr.ledger.steps[-1]["legality"]["layers"] if r["name"] == "vit.layers.0.mlp.fc2")
+    row = next(r for r in pr.ledger.steps[-1]["legality"]["rows"] if r["name"] == "vit.layers.0.mlp.fc2")
     assert row["tail_columns"] == 1 and row["ok"] and torch.equal(odd.vit.layers[0].mlp.fc2.weight[:, 36], before)
     with pytest.raises(PatternError, match="not divisible by n=4"):
         prune(tiny_models.tiny_vit(intermediate_size=37), method="cast", pattern="2:4", strict_tail=True)
