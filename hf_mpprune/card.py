@@ -119,6 +119,9 @@ def metrics_table(pruner: "MPPruner") -> str:
         f"| {m['stage']} | {m['name']} | {m['dataset']} | {m['split']} | {m['value']:.4f} |"
         for m in pruner.ledger.metrics
     ]
+    certs = [a["certified_line"] for a in pruner.ledger.audits if a.get("certified_line")]
+    if certs:  # data-path certificates (ALGORITHMS.md §9): a bound, or a labelled estimate
+        rows += ["", "**Certificates.** " + " ".join(certs)]
     return "\n".join(rows)
 
 

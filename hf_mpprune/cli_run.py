@@ -146,24 +146,35 @@ def _evaluate(recipe: Recipe, pruner, data, stage: str) -> float | None:
     return acc
 
 
-def _audit(recipe: Recipe, pruner) -> None:
-    from .masks import kn_violations
+def _audit(recipe: Recipe, pruner, teacher, data) -> float | None:
+    """Legality (k:n) + exact MAC report, and on the digits task the exact head certificate (L_s = 1) when the
+    classifier was pruned. Everything goes to `ledger.audits`; returns sparse/dense MACs (None without data)."""
+    from .audit import legality_audit
 
     if recipe.audit is None or pruner.masks is None:
-        return
+        return None
     pattern = pruner.masks.pattern
     record: dict[str, Any] = {"kind": "legality", "pattern": str(pattern) if pattern else "unstructured"}
     if pattern is not None:
-        bad = {la.name: kn_violations(la.matrix_view(), pattern)[1] for la in pruner.layers}
-        record.update(bad_groups=sum(bad.values()), bad_layers=[k for k, v in bad.items() if v])
+        rep = legality_audit(pruner.model, pattern, layers=pruner.layers.names)
+        record.update(bad_groups=rep.totals()["bad_groups"], bad_layers=[r.name for r in rep.rows if r.bad_groups])
     zeros = sum(int((la.weight == 0).sum()) for la in pruner.layers)
     record.update(sparsity=pruner.masks.sparsity(), exact_zeros=zeros, pruned=pruner.masks.num_pruned)
     pruner.ledger.audits.append(record)
-    if recipe.audit.get("tome_r"):
-        logger.info(
-            "audit: tome_r=%s requested; token merging is applied by hf_mpprune.tome where installed",
-            recipe.audit["tome_r"],
-        )
+    if data is None:
+        return None
+    from .macs import mac_report
+
+    x = data["x"][data["evaluation"]]
+    macs = mac_report(pruner.model, {"pixel_values": x[:1]}, masks=pruner.masks, pattern=pattern)
+    pruner.ledger.audits.append({"kind": "macs", "dense_macs": macs.dense_macs, "sparse_macs": macs.sparse_macs})
+    head = [la.name for la in pruner.layers if la.role == "head"]
+    if teacher is not None and head and (pruner.masks[head[0]] == 0).any():
+        from .certificates import budget_audit
+
+        cert = budget_audit(teacher, pruner.model, head, {"pixel_values": x}, lipschitz="head")
+        pruner.ledger.audits.append({"kind": "certificate", **cert.to_ledger()})
+    return macs.sparse_macs / macs.dense_macs
 
 
 # ---- the recipe runner ----------------------------------------------------------------------------------------------
@@ -201,7 +212,7 @@ def run_recipe(
     if recipe.distill:
         _distill(recipe, pruner, teacher, data)
         acc = _evaluate(recipe, pruner, data, "distilled") if data is not None else acc
-    _audit(recipe, pruner)
+    macs_ratio = _audit(recipe, pruner, teacher, data)
     pruner.recipe = recipe.raw
     t2 = time.perf_counter()
     path = pruner.save_pretrained(out)
@@ -209,6 +220,7 @@ def run_recipe(
         pruner.spectra.plot(os.path.join(path, "spectra_plots"), layers=False)
     pruner.ledger.add_timing("save", time.perf_counter() - t2)
     result = {"output_dir": path, "sparsity": pruner.masks.sparsity(), "base_accuracy": base_acc, "accuracy": acc}
+    result["macs_ratio"] = macs_ratio
     if push:
         p = recipe.push
         info = pruner.push_to_hub(

@@ -353,7 +353,7 @@ def analyze(
     layers: "LayerSet",
     config: SpectralConfig | None = None,
     *,
-    chunk_bytes: int = 32 * 2**20,
+    chunk_bytes: int = 8 * 2**20,
     progress: bool = True,
 ) -> SpectralReport:
     """MP-fit every registered layer. Same-shape matrices are batched, each batch capped at `chunk_bytes` of
