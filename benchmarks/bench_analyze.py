@@ -22,18 +22,11 @@ import torch
 from hf_mpprune import SpectralConfig, analyze, discover_layers
 
 
-def _rss_peak_mb() -> float:
+def _status_mb(key: str) -> float:
+    """A memory line of /proc/self/status (VmHWM = peak RSS, VmRSS = current) in MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _rss_now_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -71,9 +64,9 @@ def bench_model(name, model, repeats, use_ww, device, with_svd=False):
     if with_svd:
         row["svdvals_s"], _ = timed(lambda: floor(layers, torch.linalg.svdvals), 1)
     _reset_peak()
-    base = _rss_now_mb()
+    base = _status_mb("VmRSS")
     row["analyze_s"], row["analyze_runs"] = timed(lambda: analyze(layers, cfg, progress=False), repeats)
-    row["analyze_peak_extra_mb"] = round(_rss_peak_mb() - base, 1)
+    row["analyze_peak_extra_mb"] = round(_status_mb("VmHWM") - base, 1)
     largest = max(la.shape[0] * la.shape[1] for la in layers)
     row["largest_matrix_f64_mb"] = round(8 * largest / 2**20, 1)
     row["analyze_over_floor"] = round(row["analyze_s"] / row["floor_s"], 3)
