@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hf_mpprune import MPDistillationArguments, MPDistillationTrainer, MPPruner, PruningConfig  # noqa: E402
-from hf_mpprune.digits import accuracy, build_digits_vit, load_digits_splits, train_digits_vit  # noqa: E402
+from hf_mpprune.digits import accuracy, load_digits_splits, trained_digits_vit  # noqa: E402
 from hf_mpprune.trainer import realised_sparsity  # noqa: E402
 
 
@@ -34,15 +34,7 @@ ARMS = {"kd": 0.5, "ce": 0.0}
 
 def dense_model(seed: int, splits, epochs: int):
     """The trained dense digits ViT of this seed, from the cache when present."""
-    from transformers import ViTForImageClassification
-
-    path = os.path.join(OUT, f"digits_vit_seed{seed}_ep{epochs}")
-    if os.path.isdir(path):
-        return ViTForImageClassification.from_pretrained(path)
-    model = build_digits_vit(seed)
-    train_digits_vit(model, splits, epochs=epochs, seed=seed)
-    model.save_pretrained(path)
-    return model
+    return trained_digits_vit(seed, splits, epochs=epochs, cache_dir=OUT)
 
 
 def finetune(student, teacher, masks, splits, kd_alpha: float, lr: float, seed: int):

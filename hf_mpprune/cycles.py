@@ -133,6 +133,7 @@ def run_cycles(
     selection_eval: Evaluator | None = None,
     method_for: Callable[[float], str] | None = None,
     finetune: CycleFinetune | None = None,
+    calibration: Any = None,
     progress: bool = True,
 ) -> list[dict]:
     """Prune → fine-tune → evaluate along `grid`; returns the per-step records (also in `pruner.ledger.steps`).
@@ -147,6 +148,8 @@ def run_cycles(
             input of the drop-threshold switch rule (`HybridConfig(switch="drop_threshold")`).
         method_for: optional `s -> method name` to change the method per step (fields carried over by name).
         finetune ([`CycleFinetune`]): fine-tune settings of non-SER steps.
+        calibration: model inputs for calibration-based methods (`wanda`, `mp-wanda`, `sparsegpt`, ...), passed to
+            every `prune` step; activations are re-collected each cycle on the current (pruned, fine-tuned) model.
     """
     grid, finetune = check_grid(grid), finetune or CycleFinetune()
     if getattr(pruner.config, "switch", None) == "drop_threshold" and selection_eval is None:
@@ -158,7 +161,9 @@ def run_cycles(
         state["reference"] = selection_eval(pruner.model)[pruner.config.selection_metric]
     records = []
     for s in tqdm(grid, desc="cycles", disable=not progress):
-        records.append(_one_cycle(pruner, s, grid, train_step, evaluate, selection_eval, method_for, finetune, state))
+        records.append(
+            _one_cycle(pruner, s, grid, train_step, evaluate, selection_eval, method_for, finetune, calibration, state)
+        )
     return records
 
 
@@ -166,11 +171,11 @@ def _methods(pruner, grid, method_for) -> set[str]:
     return {method_for(s) for s in grid} if method_for else {pruner.config.method}
 
 
-def _one_cycle(pruner, s, grid, train_step, evaluate, selection_eval, method_for, finetune, state) -> dict:
+def _one_cycle(pruner, s, grid, train_step, evaluate, selection_eval, method_for, finetune, calibration, state):
     t0 = time.perf_counter()
     if method_for is not None and method_for(s) != pruner.config.method:
         pruner.config = _config_for(state["base"], method_for(s))
-    pruner.prune(train_step=train_step, sparsity=s)
+    pruner.prune(calibration, train_step=train_step, sparsity=s)
     rec = pruner.ledger.steps[-1]
     stage = rec.get("stage", pruner.config.method)
     if stage == "ser" and state["ser_start"] is None:

@@ -83,3 +83,20 @@ def train_digits_vit(model, splits: dict[str, DigitsDataset], epochs: int = 30, 
         trainer.remove_callback(PrinterCallback)  # quiet: no metrics dict on stdout
         trainer.train()
     return accuracy(model, splits["val"])
+
+
+def trained_digits_vit(seed: int, splits: dict[str, DigitsDataset], epochs: int = 20, cache_dir: str | None = None):
+    """The dense digits ViT of `seed` trained for `epochs` (`train_digits_vit`), loaded from
+    `cache_dir/digits_vit_seed{seed}_ep{epochs}` when present and saved there after training otherwise."""
+    import os
+
+    from transformers import ViTForImageClassification
+
+    path = os.path.join(cache_dir, f"digits_vit_seed{seed}_ep{epochs}") if cache_dir else None
+    if path and os.path.isfile(os.path.join(path, "config.json")):
+        return ViTForImageClassification.from_pretrained(path).eval()
+    model = build_digits_vit(seed)
+    train_digits_vit(model, splits, epochs=epochs, seed=seed)
+    if path:
+        model.save_pretrained(path)
+    return model.eval()

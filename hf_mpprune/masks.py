@@ -107,10 +107,13 @@ class Masks:
 
     def freeze_(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list:
         """Freeze masks during any training (ALGORITHMS.md §1.4): mask each gradient after backward, and
-        (if `optimizer` is given) re-apply the masks after every `optimizer.step()`. Returns removable handles."""
+        (if `optimizer` is given) re-apply the masks after every `optimizer.step()`. Returns removable handles.
+        Weights that do not require grad (frozen by the user) get no gradient hook: they cannot move."""
         handles = []
         for n, m in self._m.items():
             w = _weight(model, n)
+            if not w.requires_grad:
+                continue
             mask = m.to(w.device)
             handles.append(w.register_hook(lambda g, mask=mask: g * mask))
         if optimizer is not None:

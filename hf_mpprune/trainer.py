@@ -269,8 +269,9 @@ class MPDistillationTrainer(Trainer):
         self.teacher = self._prepare_teacher(teacher) if teacher is not None else None
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
-        """Frozen teacher placed by accelerate (never `.to('cuda')`): eval mode, no grad, not DDP-wrapped."""
-        teacher.requires_grad_(False)
+        """Frozen teacher placed by accelerate (never `.to('cuda')`): eval mode, not DDP-wrapped, run under
+        `torch.no_grad`. Its `requires_grad` flags are left alone: the caller's dense model stays copyable into
+        further students."""
         teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         return teacher.eval()
 

@@ -287,3 +287,28 @@ def test_real_train_step_phase_a_moves_only_reservoir_and_finetune_keeps_masks(t
         assert bool((tiny_vit.get_submodule(n).weight[~masks[n]] == 0).all())
     with pytest.raises(ConfigError, match="teacher"):
         make_train_step(_data(), loss="kd")
+
+
+# ---- calibration-based methods along the grid ---------------------------------------------------------------
+def test_run_cycles_passes_calibration_each_step_and_stays_cumulative(tiny_vit):
+    from hf_mpprune.methods.wanda import WandaConfig
+
+    calib = [{"pixel_values": torch.randn(4, *_pixel_shape(tiny_vit), generator=torch.Generator().manual_seed(i))}
+             for i in range(4)]  # fmt: skip
+    with pytest.raises(ConfigError, match="needs calibration"):  # missing calibration: clear error, nothing pruned
+        run_cycles(_pruner(tiny_vit, WandaConfig(sparsity=0.3)), GRID, train_step=StubTrainStep(), progress=False)
+    assert Masks.from_model(tiny_vit, MPPruner(tiny_vit).layers.names).sparsity() < 0.01
+    pruner = _pruner(tiny_vit, WandaConfig(sparsity=0.3, calibration_samples=16, calibration_batch_size=4))
+    recs = run_cycles(pruner, GRID, train_step=StubTrainStep(), progress=False, calibration=calib)
+    assert [r["calibration"]["num_samples"] for r in recs] == [16] * len(GRID)
+    history = [r["mask_sha256"] for r in recs]
+    assert len(set(history)) == len(GRID)  # every step prunes more
+    # per-row floor rounding (the Wanda [D]): each layer prunes exactly floor(s * N_in) entries of every row
+    for layer in pruner.layers:
+        keep = layer.matrix_view(pruner.masks[layer.name])
+        assert (keep.shape[1] - keep.sum(1) == math.floor(GRID[-1] * keep.shape[1])).all(), layer.name
+
+
+def _pixel_shape(model):
+    c = model.config
+    return (c.num_channels, c.image_size, c.image_size)

@@ -106,12 +106,32 @@ def test_masks_stay_frozen_and_teacher_untouched(setup, digits, tmp_path, optim,
     for n, m in masks.items():
         state = trainer.optimizer.state[student.get_submodule(n).weight][key]
         assert torch.all(state[~m] == 0) and state[m].abs().sum() > 0
-    # the teacher: no grads, eval mode, bit-identical
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    # the teacher: no grads, eval mode, bit-identical, and its requires_grad flags left alone (a dense model the
+    # caller deep-copies into the next student must still train)
+    assert all(p.grad is None and p.requires_grad for p in teacher.parameters())
     assert not trainer.teacher.training
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
     logged = [h["sparsity"] for h in trainer.state.log_history if "loss" in h]
     assert len(logged) == 4 and all(s == 0.5 for s in logged)
+
+
+def test_user_frozen_masked_layer_and_teacher_reused_as_next_student(setup, digits, tmp_path):
+    teacher, student, masks = setup
+    frozen = next(iter(masks.names))
+    student.get_submodule(frozen).weight.requires_grad_(False)  # the user freezes one pruned layer
+    before = student.get_submodule(frozen).weight.detach().clone()
+    MPDistillationTrainer(
+        student, teacher, masks, args=make_args(tmp_path, num_train_epochs=1), train_dataset=digits
+    ).train()
+    assert torch.equal(student.get_submodule(frozen).weight, before)
+    assert realised_sparsity(student, masks) == masks.sparsity() == 0.5
+    # the same dense teacher, copied into a second student after a first distillation, trains normally
+    second = copy.deepcopy(teacher)
+    masks2 = MPPruner(second, PruningConfig("magnitude", 0.3)).prune()
+    MPDistillationTrainer(
+        second, teacher, masks2, args=make_args(tmp_path, num_train_epochs=1), train_dataset=digits
+    ).train()
+    assert realised_sparsity(second, masks2) == masks2.sparsity()
 
 
 def test_without_masks_decay_would_move_pruned_entries(setup, digits, tmp_path):

@@ -1,0 +1,142 @@
+"""k:n on the digits ViT with 3 epochs of frozen-mask KD (issue 5, ALGORITHMS.md §11.2): magnitude / Wanda /
+SparseGPT k:n vs CAST (+ permutation, + reconstruction), dense source, 3 seeds.
+
+Per seed: the dense digits ViT (`hf_mpprune.digits`, 20 epochs, cached under benchmarks/out/), calibration = 128
+shuffled training images (the same for every cell), one k:n prune per cell (legality asserted), then 3 epochs of
+KD from the dense model with `MPDistillationTrainer` (α 0.5, T 2, LS 0.1, AdamW wd 0.01, warmup 10%, cosine,
+batch 32). The KD learning rate of every (pattern, cell) is chosen from `--lrs` by the mean **val** accuracy over
+the seeds; the test split is only reported.
+
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/bench_digits_kn.py --seeds 0 1 2 --out benchmarks/out/digits_kn.json
+"""
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_MPPRUNE_EXPERIMENTAL_SILENCE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from hf_mpprune import MPDistillationArguments, MPDistillationTrainer, MPPruner, PruningConfig  # noqa: E402
+from hf_mpprune.digits import accuracy, load_digits_splits, trained_digits_vit  # noqa: E402
+from hf_mpprune.trainer import realised_sparsity  # noqa: E402
+
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+CELLS = {  # label: (method, extra options)
+    "magnitude": ("magnitude", {}),
+    "wanda": ("wanda-kn", {}),
+    "sparsegpt": ("sparsegpt-kn", {}),
+    "cast": ("cast", {}),
+    "cast+perm": ("cast", {"permute_align": True}),
+    "cast+rec": ("cast", {"reconstruct": True}),
+}
+
+
+def prune(dense, label: str, pattern: str, calib):
+    method, extra = CELLS[label]
+    model = copy.deepcopy(dense)
+    cfg = PruningConfig(method=method, pattern=pattern).resolve()
+    for k, v in extra.items():
+        setattr(cfg, k, v)
+    pruner = MPPruner(model, cfg)
+    t0 = time.perf_counter()
+    masks = pruner.prune(calibration=calib)
+    step = pruner.ledger.steps[-1]
+    assert step["legality"]["ok"], step["legality"]
+    return model, masks, time.perf_counter() - t0
+
+
+def distill(student, teacher, masks, splits, lr: float, seed: int, epochs: float):
+    with tempfile.TemporaryDirectory() as tmp:
+        args = MPDistillationArguments(
+            output_dir=tmp, kd_alpha=0.5, kd_temperature=2.0, label_smoothing=0.1, learning_rate=lr,
+            weight_decay=0.01, num_train_epochs=epochs, warmup_steps=0.1, per_device_train_batch_size=32,
+            use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=seed,
+            optim="adamw_torch", report_to="none",
+        )  # fmt: skip
+        MPDistillationTrainer(student, teacher, masks, args=args, train_dataset=splits["train"]).train()
+    assert realised_sparsity(student, masks) == masks.sparsity()
+    return accuracy(student, splits["val"]), accuracy(student, splits["test"])
+
+
+def _ms(xs) -> str:
+    xs = [100 * x for x in xs]
+    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.2f}"
+
+
+def summarise(rows: list[dict], lrs: list[float], epochs: float) -> str:
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    patterns = list(dict.fromkeys(r["pattern"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+    dense = {r["seed"]: r["dense_test"] for r in rows}
+    lines = [f"dense test: {_ms([dense[s] for s in seeds])} (seeds {seeds})", ""]
+    head = "| pattern | " + " | ".join(cells) + " |"
+    sep = "|---" * (len(cells) + 1) + "|"
+    pre, post, chosen = [head, sep], [head, sep], [head, sep]
+    for p in patterns:
+        a, b, c = [], [], []
+        for cell in cells:
+            rs = [r for r in rows if r["pattern"] == p and r["cell"] == cell]
+            a.append(_ms([r["pruned_test"] for r in rs]))
+            best = max(lrs, key=lambda lr: statistics.mean(r["kd"][str(lr)][0] for r in rs))
+            b.append(_ms([r["kd"][str(best)][1] for r in rs]))
+            c.append(f"{best:g}")
+        pre.append(f"| {p} | " + " | ".join(a) + " |")
+        post.append(f"| {p} | " + " | ".join(b) + " |")
+        chosen.append(f"| {p} | " + " | ".join(c) + " |")
+    return "\n".join(lines + ["test accuracy right after the k:n prune (no fine-tune):", "", *pre, "",
+                              f"test accuracy after {epochs:g} epochs of KD (LR chosen on val):", "", *post, "",
+                              "KD learning rate chosen on val:", "", *chosen])  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--patterns", nargs="+", default=["2:4", "4:8", "8:16"])
+    ap.add_argument("--cells", nargs="+", default=list(CELLS))
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3])
+    ap.add_argument("--epochs", type=float, default=3.0)
+    ap.add_argument("--dense-epochs", type=int, default=20)
+    ap.add_argument("--out", default=os.path.join(OUT, "digits_kn.json"))
+    ap.add_argument("--merge", nargs="+", default=None, help="only print the tables of these result files")
+    a = ap.parse_args()
+    if a.merge:
+        rows = [r for path in a.merge for r in json.load(open(path))["rows"]]
+        print(summarise(rows, a.lrs, a.epochs))
+        return 0
+    torch.set_flush_denormal(True)
+    rows, t_all = [], time.perf_counter()
+    for seed in a.seeds:
+        splits = load_digits_splits(seed)
+        dense = trained_digits_vit(seed, splits, epochs=a.dense_epochs, cache_dir=OUT)
+        for pattern in a.patterns:
+            for cell in a.cells:
+                model, masks, secs = prune(dense, cell, pattern, splits["train"])
+                row = {"seed": seed, "pattern": pattern, "cell": cell, "prune_seconds": secs,
+                       "sparsity": masks.sparsity(), "dense_test": accuracy(dense, splits["test"]),
+                       "pruned_val": accuracy(model, splits["val"]), "pruned_test": accuracy(model, splits["test"]),
+                       "kd": {}}  # fmt: skip
+                for lr in a.lrs:
+                    row["kd"][str(lr)] = distill(copy.deepcopy(model), dense, masks, splits, lr, seed, a.epochs)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+                with open(a.out, "w") as f:
+                    json.dump({"rows": rows, "lrs": a.lrs, "epochs": a.epochs}, f, indent=1)
+    print(summarise(rows, a.lrs, a.epochs))
+    print(f"wall {time.perf_counter() - t_all:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
