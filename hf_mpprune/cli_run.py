@@ -1,11 +1,12 @@
 """`hf-mpprune run RECIPE` (analyze → prune → distill → audit → save → push) and `hf-mpprune push DIR`.
 
-Offline builtins (`demo.py`): `builtin:digits-vit` (trained once, cached under `cache_dir`), data `builtin:digits`
-(fixed disjoint train / selection / evaluation splits; calibration is drawn from train), `builtin:minilm` with
-`builtin:minilm-text` (seeded synthetic token batches). Distillation runs on the builtin digits task with the
-masked KD loop of `demo.train` (KD α/T, masks frozen); for other models it is skipped with a logged note until the
-KD Trainer (`hf_mpprune.trainer`) gets a dataset hook in recipes. Hub models and datasets load through the normal
-caches, so they need network access (or a warm cache).
+Offline builtins: `builtin:digits-vit` (`hf_mpprune.digits`, trained once with `transformers.Trainer` and cached
+under `cache_dir`) with data `builtin:digits` (stratified train / val / test seeded by the recipe; calibration is
+drawn from train, `val` is the selection split, `test` is only reported), and `builtin:minilm` (`demo.py`) with
+`builtin:minilm-text` (seeded synthetic token batches). On the digits task, schedules run through `run_cycles`
+(per-cycle fine-tune) and `distill` through `MPDistillationTrainer`; for other models distillation is skipped with
+a logged note (no training set). Hub models and datasets load through the normal caches, so they need network
+access (or a warm cache).
 """
 
 import copy
@@ -25,13 +26,18 @@ logger = logging.getLogger(__name__)
 
 
 # ---- pipeline pieces ------------------------------------------------------------------------------------------------
-def _load(recipe: Recipe, cache_dir: str):
+DIGITS = "sklearn:digits"
+
+
+def _load(recipe: Recipe, cache_dir: str, splits):
     from . import demo
+    from .digits import trained_digits_vit
     from .pruner import MPPruner
 
     mid, cfg = recipe.model.id, recipe.pruning[0].build()
     if mid == "builtin:digits-vit":
-        pruner = MPPruner(demo.digits_vit(cache_dir, epochs=recipe.model.train_epochs or 25, seed=recipe.seed), cfg)
+        epochs = recipe.model.train_epochs or 20
+        pruner = MPPruner(trained_digits_vit(recipe.seed, splits, epochs=epochs, cache_dir=cache_dir), cfg)
     elif mid == "builtin:minilm":
         pruner = MPPruner(demo.minilm(), cfg)
     elif mid.startswith("builtin:"):
@@ -45,18 +51,23 @@ def _load(recipe: Recipe, cache_dir: str):
     return pruner
 
 
-def _data(recipe: Recipe, pruner) -> dict[str, Any] | None:
-    """Builtin digits data (for digits models) and the split records; None for models without a builtin task."""
-    from . import demo
-
+def _splits(recipe: Recipe) -> dict[str, Any] | None:
+    """The builtin digits task (`hf_mpprune.digits`: stratified train / val / test, seeded by the recipe) for the
+    digits model; None for models without a builtin task."""
     if recipe.model.id != "builtin:digits-vit":
         return None
-    data = demo.digits_data()
-    pruner.ledger.record_split("evaluation", data["evaluation"].tolist(), dataset=demo.DIGITS)
-    return data
+    from .digits import load_digits_splits
+
+    return load_digits_splits(recipe.seed)
 
 
-def _calibration(recipe: Recipe, pruner, data: dict | None) -> list[dict[str, torch.Tensor]] | None:
+def _record_splits(pruner, splits) -> None:
+    if splits is not None:  # val selects (drop-threshold switch), test is only reported
+        pruner.ledger.record_split("selection", splits["val"].index.tolist(), dataset=DIGITS)
+        pruner.ledger.record_split("evaluation", splits["test"].index.tolist(), dataset=DIGITS)
+
+
+def _calibration(recipe: Recipe, pruner, splits) -> list[dict[str, torch.Tensor]] | None:
     from . import demo
 
     spec = recipe.calibration
@@ -64,12 +75,13 @@ def _calibration(recipe: Recipe, pruner, data: dict | None) -> list[dict[str, to
         return None
     n = spec.size or 64
     if spec.dataset == "builtin:digits":
-        if data is None:
+        if splits is None:
             raise ConfigError("calibration dataset builtin:digits goes with model builtin:digits-vit")
-        g = torch.Generator().manual_seed(spec.seed)
-        idx = data["train"][torch.randperm(len(data["train"]), generator=g)[:n]]
-        pruner.ledger.record_split("calibration", idx.tolist(), dataset=demo.DIGITS)
-        return [{"pixel_values": data["x"][idx[i : i + spec.batch_size]]} for i in range(0, n, spec.batch_size)]
+        train = splits["train"]
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(spec.seed))[:n]
+        pruner.ledger.record_split("calibration", train.index[pick].tolist(), dataset=DIGITS)
+        x = train.x[pick]
+        return [{"pixel_values": x[i : i + spec.batch_size]} for i in range(0, len(x), spec.batch_size)]
     if spec.dataset == "builtin:minilm-text":
         pruner.ledger.record_split("calibration", range(n), dataset=f"synthetic:minilm-tokens:seed{spec.seed}")
         return demo.minilm_batches(n, spec.seed, spec.batch_size)
@@ -80,73 +92,86 @@ def _calibration(recipe: Recipe, pruner, data: dict | None) -> list[dict[str, to
     )
 
 
-def _train_step(recipe: Recipe, pruner, data: dict | None):
-    """For methods that train between steps, on the builtin digits task; follows the `TrainStep` protocol of the
-    cyclic pipeline: `(model, masks, *, phase, trainable, epochs, lr, optimizer, **kw) -> dict`."""
-    from . import demo
-
-    if data is None:
-        return None
-
-    def train_step(model, masks, *, phase="finetune", trainable=None, epochs=1.0, lr=5e-4, optimizer="adamw", **kw):
-        keep = {k: kw[k] for k in ("batch_size", "min_steps", "data_fraction") if k in kw}
-        secs = demo.train(
-            model or pruner.model, data, epochs=epochs, lr=lr, optimizer=optimizer, seed=recipe.seed,
-            masks=masks, trainable=trainable if phase == "ser_phase_a" else None, **keep,
-        )  # fmt: skip
-        return {"phase": phase, "seconds": round(secs, 3)}
-
-    return train_step
-
-
-def _prune(recipe: Recipe, pruner, calibration, data) -> None:
+def _prune(recipe: Recipe, pruner, calibration, splits) -> None:
+    """Each pruning step along its targets. With a training set, a step that trains between targets (SER, Hybrid)
+    or has a schedule runs through `run_cycles`: fine-tune after every target (`recipe.finetune`, SER steps with
+    their `keep_ft_*` settings), selection accuracy on `val`, reported accuracy on `test`."""
+    from .cycles import CycleFinetune, run_cycles
+    from .digits import accuracy
     from .registry import get_method
+    from .train_step import make_train_step
 
     for step in recipe.pruning:
         cfg = step.build().resolve()
         pruner.config = cfg
         spec = get_method(cfg.method)
-        train_step = _train_step(recipe, pruner, data) if spec.needs_training else None
-        for s in step.targets():
-            t0 = time.perf_counter()
-            pruner.prune(calibration, train_step=train_step, sparsity=None if cfg.pattern is not None else s)
-            pruner.ledger.add_timing("prune", time.perf_counter() - t0)
+        targets = step.targets()
+        t0 = time.perf_counter()
+        if splits is not None and cfg.pattern is None and (spec.needs_training or len(targets) > 1):
+            train_step = make_train_step(splits["train"], batch_size=64, seed=recipe.seed)
+            run_cycles(
+                pruner, targets, train_step=train_step, finetune=recipe.finetune or CycleFinetune(),
+                calibration=calibration, progress=False,
+                evaluate=lambda m: {"accuracy": accuracy(m, splits["test"])},
+                selection_eval=lambda m: {"accuracy": accuracy(m, splits["val"])},
+            )  # fmt: skip
+        else:
+            if spec.needs_training:
+                raise ConfigError(
+                    f"method {cfg.method!r} trains between steps; the recipe runner has a training set only for "
+                    "builtin:digits-vit. Use run_cycles(..., train_step=make_train_step(your_dataset)) from Python"
+                )
+            for s in targets:
+                pruner.prune(calibration, sparsity=None if cfg.pattern is not None else s)
+        pruner.ledger.add_timing("prune", time.perf_counter() - t0)
 
 
-def _distill(recipe: Recipe, pruner, teacher, data) -> None:
-    from . import demo
+def _distill(recipe: Recipe, pruner, teacher, splits) -> None:
+    """Frozen-mask KD with `MPDistillationTrainer` (the recipe's `distill` = `MPDistillationArguments` fields) on
+    the builtin digits train split; skipped with a logged note for models without a builtin training set."""
+    import tempfile
 
-    d = dict(recipe.distill or {})
-    if data is None:
+    from .trainer import MPDistillationArguments, MPDistillationTrainer
+
+    if splits is None:
         logger.warning(
             "distill: skipped for %s (only the builtin digits task has a distillation set)", recipe.model.id
         )
         return
     kw = {
-        "epochs": int(d.pop("num_train_epochs", 2)), "lr": float(d.pop("learning_rate", 5e-4)),
-        "kd_alpha": float(d.pop("kd_alpha", 0.5)), "kd_temperature": float(d.pop("kd_temperature", 2.0)),
-        "batch_size": int(d.pop("per_device_train_batch_size", 64)), "seed": int(d.pop("seed", recipe.seed)),
+        "num_train_epochs": 2.0, "learning_rate": 3e-4, "per_device_train_batch_size": 32, "warmup_steps": 0.1,
+        "weight_decay": 0.01, "optim": "adamw_torch", "seed": recipe.seed, "use_cpu": not torch.cuda.is_available(),
+        "save_strategy": "no", "logging_strategy": "no", "report_to": "none", "disable_tqdm": True,
+        **(recipe.distill or {}),
     }  # fmt: skip
-    if d:
-        logger.info(
-            "distill: keys %s are used by MPDistillationTrainer only; ignored by the builtin KD loop", sorted(d)
-        )
-    secs = demo.train(pruner.model, data, teacher=teacher, masks=pruner.masks, **kw)
-    pruner.ledger.add_step(kind="distill", trainer="builtin-kd-loop", mask_sha256=pruner.masks.sha256(), **kw)
-    pruner.ledger.add_timing("distill", secs)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            args = MPDistillationArguments(output_dir=tmp, **kw)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"recipe section 'distill': {e}") from e
+        trainer = MPDistillationTrainer(pruner.model, teacher, pruner.masks, args=args, train_dataset=splits["train"])
+        out = trainer.train()
+    pruner.model.eval()
+    keys = ("num_train_epochs", "learning_rate", "kd_alpha", "kd_temperature", "label_smoothing", "seed")
+    pruner.ledger.add_step(
+        kind="distill", trainer="MPDistillationTrainer", mask_sha256=pruner.masks.sha256(),
+        train_loss=round(float(out.training_loss), 6), **{k: getattr(args, k) for k in keys},
+    )  # fmt: skip
+    pruner.ledger.add_timing("distill", time.perf_counter() - t0)
 
 
-def _evaluate(recipe: Recipe, pruner, data, stage: str) -> float | None:
-    from . import demo
+def _evaluate(recipe: Recipe, pruner, splits, stage: str) -> float | None:
+    from .digits import accuracy
 
-    if data is None:
+    if splits is None:
         return None
-    acc = demo.accuracy(pruner.model, data)
-    pruner.ledger.add_metric("accuracy", acc, dataset=demo.DIGITS, split="evaluation", stage=stage)
+    acc = accuracy(pruner.model, splits["test"])
+    pruner.ledger.add_metric("accuracy", acc, dataset=DIGITS, split="test", stage=stage)
     return acc
 
 
-def _audit(recipe: Recipe, pruner, teacher, data) -> float | None:
+def _audit(recipe: Recipe, pruner, teacher, splits) -> float | None:
     """Legality (k:n) + exact MAC report, and on the digits task the exact head certificate (L_s = 1) when the
     classifier was pruned. Everything goes to `ledger.audits`; returns sparse/dense MACs (None without data)."""
     from .audit import legality_audit
@@ -161,11 +186,11 @@ def _audit(recipe: Recipe, pruner, teacher, data) -> float | None:
     zeros = sum(int((la.weight == 0).sum()) for la in pruner.layers)
     record.update(sparsity=pruner.masks.sparsity(), exact_zeros=zeros, pruned=pruner.masks.num_pruned)
     pruner.ledger.audits.append(record)
-    if data is None:
+    if splits is None:
         return None
     from .macs import mac_report
 
-    x = data["x"][data["evaluation"]]
+    x = splits["test"].x
     macs = mac_report(pruner.model, {"pixel_values": x[:1]}, masks=pruner.masks, pattern=pattern)
     pruner.ledger.audits.append({"kind": "macs", "dense_macs": macs.dense_macs, "sparse_macs": macs.sparse_macs})
     head = [la.name for la in pruner.layers if la.role == "head"]
@@ -197,22 +222,23 @@ def run_recipe(
     set_seed(recipe.seed)
     cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "hf_mpprune")
     t0 = time.perf_counter()
-    pruner = _load(recipe, cache_dir)
+    splits = _splits(recipe)
+    pruner = _load(recipe, cache_dir, splits)
     pruner.ledger.seeds["recipe"] = recipe.seed
     pruner.ledger.add_timing("load", time.perf_counter() - t0)
-    teacher = copy.deepcopy(pruner.model).eval() if recipe.distill else None
-    data = _data(recipe, pruner)
-    base_acc = _evaluate(recipe, pruner, data, "base")
-    calibration = _calibration(recipe, pruner, data)
+    teacher = copy.deepcopy(pruner.model).eval() if recipe.distill is not None else None
+    _record_splits(pruner, splits)
+    base_acc = _evaluate(recipe, pruner, splits, "base")
+    calibration = _calibration(recipe, pruner, splits)
     t1 = time.perf_counter()
     pruner.analyze(progress=False)
     pruner.ledger.add_timing("analyze", time.perf_counter() - t1)
-    _prune(recipe, pruner, calibration, data)
-    acc = _evaluate(recipe, pruner, data, "pruned")
-    if recipe.distill:
-        _distill(recipe, pruner, teacher, data)
-        acc = _evaluate(recipe, pruner, data, "distilled") if data is not None else acc
-    macs_ratio = _audit(recipe, pruner, teacher, data)
+    _prune(recipe, pruner, calibration, splits)
+    acc = _evaluate(recipe, pruner, splits, "pruned")
+    if recipe.distill is not None:
+        _distill(recipe, pruner, teacher, splits)
+        acc = _evaluate(recipe, pruner, splits, "distilled") if splits is not None else acc
+    macs_ratio = _audit(recipe, pruner, teacher, splits)
     pruner.recipe = recipe.raw
     t2 = time.perf_counter()
     path = pruner.save_pretrained(out)

@@ -54,6 +54,8 @@ class CycleFinetune:
     def __post_init__(self):
         if self.epochs < 0 or not self.lr > 0:
             raise ConfigError(f"CycleFinetune needs epochs >= 0 and lr > 0, got {self.epochs}, {self.lr}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"CycleFinetune optimizer={self.optimizer!r} must be 'sgd' or 'adamw'")
 
 
 # ---- pure pieces --------------------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ SPLITS = ("train", "val", "test")
 
 
 class DigitsDataset(Dataset):
-    """`{"pixel_values": (1, 8, 8) float, "labels": long}` items, the format `ViTForImageClassification` takes."""
+    """`{"pixel_values": (1, 8, 8) float, "labels": long}` items, the format `ViTForImageClassification` takes.
+    `index` holds each item's row in `sklearn.datasets.load_digits()` (for ledgers), when known."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None):
+        self.x, self.y, self.index = x, y, index
 
     def __len__(self) -> int:
         return len(self.y)
@@ -40,7 +41,7 @@ def load_digits_splits(seed: int = 0) -> dict[str, DigitsDataset]:
     train, rest = train_test_split(idx, test_size=0.4, stratify=y, random_state=seed)
     val, test = train_test_split(rest, test_size=0.5, stratify=y[rest], random_state=seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    return {name: DigitsDataset(xt[ix], yt[ix]) for name, ix in zip(SPLITS, (train, val, test))}
+    return {name: DigitsDataset(xt[ix], yt[ix], torch.from_numpy(ix)) for name, ix in zip(SPLITS, (train, val, test))}
 
 
 def build_digits_vit(seed: int = 0, hidden: int = 96, layers: int = 4, heads: int = 4, mlp: int = 384):

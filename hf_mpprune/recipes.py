@@ -12,14 +12,17 @@ Sections (all but `model` and `pruning` optional)::
       schedule: [0.05, 0.10, 0.50]       # optional cumulative targets (the last one = `sparsity`)
     calibration: {dataset: imagenet-1k, split: train, size: 256, seed: 0, batch_size: 32}
     evaluation: {dataset: imagenet-1k, split: validation, size: null, batch_size: 64}
+    finetune: {epochs: 1.0, lr: 3.0e-5, optimizer: sgd}   # per-cycle fine-tune between schedule steps (§11.1)
     distill: {kd_alpha: 0.5, kd_temperature: 2.0, num_train_epochs: 3, ...}   # MPDistillationArguments fields
     audit: {legality: true, macs: true, tome_r: 8}
     output: {dir: vit-b16-hybrid-s050, plots: true}
     push: {repo_id: org/name, private: true, revision: null, create_pr: false, commit_message: null}
 
 Every pruning step is validated completely at load time (`PruningConfig.from_dict`, strict: unknown keys and
-unregistered methods are errors). `distill` is a mapping
-checked against `MPDistillationArguments` only when it runs (the trainer is optional).
+unregistered methods are errors). `distill` keys are checked against the fields of `MPDistillationArguments` at
+load time (values are checked when the arguments are built). `finetune` holds `CycleFinetune` fields: with a
+training set (the builtin digits task) a schedule runs through `run_cycles`, fine-tuning after every step
+(SER steps use their own `keep_ft_*` settings); without `finetune` the paper default (1 epoch SGD 3e-5) applies.
 """
 
 import dataclasses
@@ -95,6 +98,7 @@ class Recipe:
     seed: int = 0
     calibration: DataSpec | None = None
     evaluation: DataSpec | None = None
+    finetune: Any = None  # hf_mpprune.cycles.CycleFinetune
     distill: dict[str, Any] | None = None
     audit: dict[str, Any] | None = None
     output: OutputSpec = field(default_factory=OutputSpec)
@@ -111,7 +115,7 @@ _SECTIONS = {
     "push": PushSpec,
 }
 _TOP = {"name": str, "description": str, "seed": int, "model": dict, "pruning": (dict, list), "calibration": dict,
-        "evaluation": dict, "distill": dict, "audit": dict, "output": dict, "push": dict}  # fmt: skip
+        "evaluation": dict, "finetune": dict, "distill": dict, "audit": dict, "output": dict, "push": dict}  # fmt: skip
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -174,6 +178,12 @@ def recipe_from_dict(data: Any, source: str = "") -> Recipe:
     if "model" not in data or "pruning" not in data:
         raise ConfigError("a recipe needs a 'model' section (id: <hub id or builtin:...>) and a 'pruning' section")
     kw: dict[str, Any] = {k: _section(k, cls, data[k]) for k, cls in _SECTIONS.items() if k in data}
+    if "finetune" in data:
+        from .cycles import CycleFinetune
+
+        kw["finetune"] = _section("finetune", CycleFinetune, data["finetune"])
+    if "distill" in data:
+        _check_distill(data["distill"])
     steps = data["pruning"] if isinstance(data["pruning"], list) else [data["pruning"]]
     if not steps:
         raise ConfigError("recipe 'pruning' is an empty list; give at least one step")
@@ -185,6 +195,20 @@ def recipe_from_dict(data: Any, source: str = "") -> Recipe:
     if not kw["model"].id.strip():
         raise ConfigError("model.id is empty: give a Hub id, a local directory or one of " + ", ".join(BUILTIN_MODELS))
     return Recipe(**kw, source=source, raw=data)
+
+
+def _check_distill(distill: dict[str, Any]) -> None:
+    from .trainer import MPDistillationArguments
+
+    fields = {f.name for f in dataclasses.fields(MPDistillationArguments) if f.init}
+    unknown = sorted(set(distill) - fields)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in recipe section 'distill'; it takes MPDistillationArguments fields "
+            "(kd_alpha, kd_temperature, num_train_epochs, learning_rate, per_device_train_batch_size, ...)"
+        )
+    if "output_dir" in distill:
+        raise ConfigError("distill.output_dir is set by the recipe runner (a temporary directory); use output.dir")
 
 
 def _check_steps_share_layers(steps: list[PruningStep]) -> None:
