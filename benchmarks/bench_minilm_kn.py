@@ -104,11 +104,14 @@ def batches(tok, texts, bs=16):
     ]
 
 
-def run_cell(dense, method, pattern, extra, calib, dense_w, source):
+def run_cell(dense, method, pattern, extra, calib, dense_w, source, source_method="magnitude"):
     model = copy.deepcopy(dense)
-    if source:  # unstructured magnitude source (per layer) before k:n
-        mag = get_method("magnitude").config_cls(sparsity=source, scope="layer", ignore=["re:pooler"])
-        MPPruner(model, mag).prune()
+    if source:  # unstructured source before k:n: per-layer magnitude, or mp-wanda (MP budgets, same calibration)
+        if source_method == "magnitude":
+            src = get_method("magnitude").config_cls(sparsity=source, scope="layer", ignore=["re:pooler"])
+        else:
+            src = get_method(source_method).config_cls(sparsity=source, ignore=["re:pooler"])
+        MPPruner(model, src).prune(calibration=calib if source_method != "magnitude" else None)
     cfg = PruningConfig(method=method, pattern=pattern, ignore=["re:pooler"]).resolve()
     for k, v in extra.items():
         setattr(cfg, k, v)
@@ -137,6 +140,7 @@ def main():
     ap.add_argument("--cells", nargs="+", default=[c[0] for c in CELLS])
     ap.add_argument("--num-calib", type=int, default=32)
     ap.add_argument("--sparse-source", type=float, default=0.0, help="unstructured magnitude source sparsity")
+    ap.add_argument("--source-method", default="magnitude", choices=["magnitude", "mp-wanda", "wanda"])
     ap.add_argument("--alpha-ser", type=float, nargs="+", default=[0.0])
     ap.add_argument("--out", default="/tmp/minilm_kn.json")
     args = ap.parse_args()
@@ -160,7 +164,14 @@ def main():
         for seed in args.seeds if method != "magnitude" else args.seeds[:1]:
             calib = batches(tok, sentences(args.num_calib, seed=seed, exclude=set(eval_texts)))
             model, sec, ok = run_cell(
-                dense, method, pattern, extra, calib, dense_w if args.sparse_source else None, args.sparse_source
+                dense,
+                method,
+                pattern,
+                extra,
+                calib,
+                dense_w if args.sparse_source else None,
+                args.sparse_source,
+                args.source_method,
             )
             assert ok
             vals.append(float(torch.nn.functional.cosine_similarity(embed(model, ev), ref).mean()))
@@ -170,6 +181,7 @@ def main():
             "cell": label,
             "alpha_ser": alpha,
             "source": args.sparse_source,
+            "source_method": args.source_method,
             "cos": vals,
             "mean": statistics.mean(vals),
             "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
@@ -177,7 +189,7 @@ def main():
         }
         results.append(row)
         print(
-            f"{pattern:>5} {label:<14} a={alpha:<4} src={args.sparse_source:<4} cos {row['mean']:.4f} ± {row['sd']:.4f} "
+            f"{pattern:>5} {label:<14} a={alpha:<4} src={args.source_method}@{args.sparse_source:<4} cos {row['mean']:.4f} ± {row['sd']:.4f} "
             f"({len(vals)} seeds, {row['seconds']:.1f} s/run)",
             flush=True,
         )
