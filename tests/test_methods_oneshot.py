@@ -1,6 +1,7 @@
 """One-shot methods (seb, wanda, mp-wanda, sparsegpt, reconstruct): exact counts, cumulative masks, determinism,
 independent references, OBS optimality, and bad input leaving the model unmodified."""
 
+import copy
 import math
 
 import numpy as np
@@ -35,11 +36,9 @@ def calib_for(kind: str) -> list[dict]:
 
 def expected_pruned(method: str, layers, s: float) -> int:
     """Each method's documented rounding."""
-    if method == "wanda":  # floor(s * N_in) per output row
-        return sum(la.shape[0] * math.floor(s * la.shape[1]) for la in layers)
     if method == "sparsegpt":  # floor(s * numel) per layer
         return sum(math.floor(s * la.numel) for la in layers)
-    return math.floor(s * layers.total_params)  # global: magnitude, seb, mp-wanda
+    return math.floor(s * layers.total_params)  # global: magnitude, seb, wanda (rounding="exact"), mp-wanda
 
 
 def state(model) -> dict[str, torch.Tensor]:
@@ -123,6 +122,29 @@ def test_wanda_matches_independent_reference():
             score = np.abs(w[r].astype(np.float64)) * norm
             ref[r, np.argsort(score, kind="stable")[: math.floor(0.5 * w.shape[1])]] = False
         assert np.array_equal(masks[name].numpy(), ref), name
+
+
+def test_wanda_rounding_row_is_reference_and_exact_is_exact_and_even():
+    model = tm.MLP((12, 10, 6))
+    torch.manual_seed(5)
+    cal = [{"x": torch.randn(20, 12)}]
+    ref = MPPruner(
+        copy.deepcopy(model), PruningConfig.from_dict({"method": "wanda", "sparsity": 0.3, "rounding": "row"})
+    )
+    m_row = ref.prune(calibration=cal)
+    assert [int((~m).sum(1).max()) for _, m in m_row.items()] == [3, 3]  # floor(0.3 * 12), floor(0.3 * 10) per row
+    assert m_row.num_pruned == 10 * 3 + 6 * 3 < math.floor(0.3 * 180)
+    pruner = MPPruner(model, PruningConfig(method="wanda", sparsity=0.3))
+    for s in (0.3, 0.45):  # cumulative along a grid: exact every time
+        m = pruner.prune(calibration=cal, sparsity=s)
+        assert m.num_pruned == math.floor(s * 180)
+        for name, keep in m.items():
+            per_row = (~keep).sum(1)
+            assert int(per_row.max() - per_row.min()) <= 1, (s, name)
+        # inside each row the pruned entries are the lowest scores: the exact rule only changes counts
+        assert pruner.ledger.steps[-1]["wanda"]["rounding"].startswith("exact")
+    with pytest.raises(ConfigError, match="rounding"):
+        PruningConfig.from_dict({"method": "wanda", "sparsity": 0.3, "rounding": "nearest"})
 
 
 def _layer_problem(seed=0, rows=12, cols=32, samples=200):

@@ -10,8 +10,6 @@ sentences disjoint from the reported evaluation split and from calibration (benc
 import math
 from dataclasses import dataclass
 
-import torch
-
 from ..budgets import SEBRegime, seb_weights
 from ..config import PruningConfig
 from ..errors import ConfigError
@@ -19,7 +17,7 @@ from ..masks import Masks
 from ..registry import PruneContext, register_method
 from ._oneshot import CalibrationOptions, calibration_batches, reconstruct_
 from .magnitude import select
-from .wanda import kn_prune, previous_matrix, row_prune, wanda_scores
+from .wanda import kn_prune, layer_budgets, previous_matrix, rows_keep, wanda_scores
 
 
 def _sigma2_rel(fit, shape) -> float:
@@ -100,37 +98,6 @@ def layer_weights(ctx: PruneContext) -> dict[str, float]:
     return seb_weights(signal, {la.name: la.role for la in ctx.layers}, cfg.sparsity, regime)
 
 
-def layer_budgets(numel: dict[str, int], weights: dict[str, float], sparsity: float, cap: float) -> dict[str, int]:
-    """Integer prune counts c_ℓ ∝ w_ℓ·n_ℓ with c_ℓ ≤ cap·n_ℓ and Σ c_ℓ = floor(s·P) exactly (water-filling on the
-    proportionality constant, then largest remainder; ties by layer order)."""
-    names = list(numel)
-    total = math.floor(sparsity * sum(numel.values()))
-    w = torch.tensor([weights[n] for n in names], dtype=torch.float64)
-    size = torch.tensor([numel[n] for n in names], dtype=torch.float64)
-    lo, hi = 0.0, 1.0 / float(w.min())
-    for _ in range(200):  # bisection on k: Σ min(k·w_ℓ, cap)·n_ℓ = total
-        k = 0.5 * (lo + hi)
-        lo, hi = (k, hi) if float((torch.clamp(k * w, max=cap) * size).sum()) < total else (lo, k)
-    ideal = torch.clamp(hi * w, max=cap) * size
-    counts = torch.minimum(ideal.floor(), (cap * size).floor()).long()
-    short = total - int(counts.sum())
-    frac = (ideal - counts).tolist()
-    for i in sorted(range(len(names)), key=lambda i: (-frac[i], i)):
-        if short <= 0:
-            break
-        if counts[i] < numel[names[i]]:
-            counts[i] += 1
-            short -= 1
-    return {n: int(c) for n, c in zip(names, counts)}
-
-
-def _rows_keep(scores: torch.Tensor, count: int, forced) -> torch.Tensor:
-    rows, cols = scores.shape
-    per = torch.full((rows,), count // rows, dtype=torch.long)
-    per[: count % rows] += 1
-    return row_prune(scores, per, forced)
-
-
 @register_method("mp-wanda", MPWandaConfig, needs_spectra=True, needs_calibration=True)
 def mp_wanda(ctx: PruneContext) -> Masks:
     """MP-budgeted Wanda: Wanda scores inside each layer, layer budgets from a shape-free MP statistic."""
@@ -158,7 +125,7 @@ def mp_wanda(ctx: PruneContext) -> Masks:
         counts = layer_budgets({la.name: la.numel for la in ctx.layers}, weights, cfg.sparsity, cfg.max_layer_sparsity)
         record["layer_counts"] = counts
         masks = Masks(
-            {la.name: la.from_matrix(_rows_keep(scores[la.name], counts[la.name], previous_matrix(ctx, la))) for la in ctx.layers}
+            {la.name: la.from_matrix(rows_keep(scores[la.name], counts[la.name], previous_matrix(ctx, la))) for la in ctx.layers}
         )  # fmt: skip
     ctx.record["mp_wanda"] = record
     if cfg.reconstruct:
