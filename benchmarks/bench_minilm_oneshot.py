@@ -56,6 +56,7 @@ def method_grid(mode: str, betas=(0.25, 0.5, 1.0), mappings=("layer", "global"))
             ("magnitude", {}),
             ("seb", {}),
             ("wanda", {}),
+            ("wanda[row]", {"rounding": "row"}),  # the reference Wanda rule, floor(s*N_in) per row
             ("mp-wanda", {}),
             ("sparsegpt", {}),
             ("wanda+reconstruct", {"reconstruct": True}),
@@ -96,7 +97,7 @@ def run(args) -> list[dict]:
     rows = []
     grid = [g for g in method_grid(args.mode, args.betas, args.mappings) if not args.only or g[0] in args.only]
     for s, (label, extra), seed in itertools.product(args.sparsities, grid, args.seeds):
-        name = label.split("+")[0]
+        name = label.split("+")[0].split("[")[0]
         if name in ("magnitude", "seb") and seed != args.seeds[0]:
             continue  # deterministic without calibration: one run
         model = copy.deepcopy(dense).to(device)

@@ -61,15 +61,6 @@ def kn_block_keep(scores: torch.Tensor, pattern: KeepPattern, prune: torch.Tenso
     return keep
 
 
-def _block_counts(rows: int, cols: int, sparsity: float, blocksize: int) -> list[int]:
-    """Exact number to prune in each column block so that the layer total is floor(s * rows * cols)."""
-    out = []
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        out.append(math.floor(sparsity * rows * i2) - math.floor(sparsity * rows * i1))
-    return out
-
-
 def sparsegpt_prune(
     W: torch.Tensor,
     H: torch.Tensor,
@@ -77,17 +68,21 @@ def sparsegpt_prune(
     blocksize: int = 128,
     percdamp: float = 0.01,
     prune: torch.Tensor | None = None,
+    count: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT on one layer. Returns (W_new in W's dtype, keep mask bool (out, in)).
 
     Args:
         W: (out, in) weights. H: (in, in) Hessian 2XᵀX/rows (see `hessian`).
-        sparsity: a fraction (exactly floor(s·out·in) pruned in the layer, distributed over the column blocks
-            by cumulative flooring; the OBS saliency picks which inside each block) or a `KeepPattern`.
+        sparsity: a fraction (exactly `count` = floor(s·out·in) pruned in the layer, spread over the column blocks
+            by a running budget: block b prunes floor(count·end_b/in) minus what earlier blocks pruned, at least its
+            forced entries; the OBS saliency picks which inside each block) or a `KeepPattern`.
         blocksize: columns per lazy-update block (rounded down to a multiple of n for k:n).
         percdamp: damping λ = percdamp · mean(diag H).
         prune: optional bool (out, in) of entries that must be pruned (earlier cycles); if a block already has
-            more of them than its budget, the block prunes those and no others.
+            more of them than its budget, the block prunes those and no others (later blocks prune less).
+        count: the layer's exact prune count for a fraction (default floor(s·out·in); callers spreading a global
+            floor(s·P) over layers pass their share).
     """
     rows, cols = W.shape
     pattern = sparsity if isinstance(sparsity, KeepPattern) else None
@@ -95,20 +90,22 @@ def sparsegpt_prune(
         blocksize = max(pattern.group, blocksize // pattern.group * pattern.group)
         kn_cols = cols // pattern.group * pattern.group
     else:
-        counts = _block_counts(rows, cols, float(sparsity), blocksize)
+        count = math.floor(float(sparsity) * rows * cols) if count is None else int(count)
+        done = 0
     w = W.detach().double().clone()
     u = _inv_chol_upper(damped(H, percdamp))
     keep = torch.ones(rows, cols, dtype=torch.bool)
     forced = prune.cpu() if prune is not None else torch.zeros(rows, cols, dtype=torch.bool)
-    for b, i1 in enumerate(range(0, cols, blocksize)):
+    for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         w1, u1 = w[:, i1:i2].clone(), u[i1:i2, i1:i2]
         err1 = torch.zeros_like(w1)
         d = u1.diagonal()
         if pattern is None:
             sal = (w1.square() / d.square()).masked_fill(forced[:, i1:i2], -1.0)
-            need = max(counts[b], int(forced[:, i1:i2].sum()))
-            keep[:, i1:i2] = keep_top([sal], need)[0]
+            need = max(count * i2 // cols - done, int(forced[:, i1:i2].sum()))
+            keep[:, i1:i2] = keep_top([sal], min(need, rows * (i2 - i1)))[0]
+            done += min(need, rows * (i2 - i1))
         for i in range(i2 - i1):
             c = i1 + i
             if pattern is not None and c < kn_cols and c % pattern.group == 0:

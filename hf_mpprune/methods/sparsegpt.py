@@ -12,15 +12,16 @@ from ..obs import sparsegpt_prune
 from ..registry import PruneContext, register_method
 from ..sequential import sequential_apply
 from ._oneshot import CalibrationOptions, calibration_batches
-from .wanda import previous_matrix
+from .wanda import layer_budgets, previous_matrix
 
 
 @dataclass
 class SparseGPTConfig(CalibrationOptions, PruningConfig):
     """SparseGPT: per layer H = 2XᵀX/rows (+ percdamp·mean diag), column blocks with lazy Cholesky(H⁻¹) updates.
 
-    Rounding [D]: each layer prunes exactly floor(s · M · N) entries (uniform per layer, as in the paper), split over
-    the column blocks by cumulative flooring; the global sparsity is Σ_ℓ floor(s·numel_ℓ)/P. With `pattern="k:n"`
+    Rounding [D]: exactly floor(s·P) entries overall, like every unstructured method: layer ℓ prunes floor(s·numel_ℓ)
+    (uniform per layer, as in the paper) plus one of the remainder by largest fraction (ties: layer order), spread
+    over the column blocks by a running budget (also exact along cumulative grids). With `pattern="k:n"`
     k of every n inputs are kept per row (tail columns dense). Cost: one partial forward of the calibration data per
     layer (forward order) plus one N×N Cholesky and O(M·N²) updates per layer.
 
@@ -46,11 +47,22 @@ def sparsegpt(ctx: PruneContext) -> Masks:
     cfg = ctx.config
     batches = calibration_batches(ctx)
     target = cfg.pattern if cfg.pattern is not None else cfg.sparsity
+    counts = {}
+    if cfg.pattern is None:
+        counts = layer_budgets(
+            {la.name: la.numel for la in ctx.layers}, dict.fromkeys(ctx.layers.names, 1.0), cfg.sparsity, 1.0
+        )
     keeps: dict[str, torch.Tensor] = {}
 
     def prune_layer(layer, h: torch.Tensor) -> torch.Tensor:
         w_new, keep = sparsegpt_prune(
-            layer.matrix_view().detach().cpu(), h, target, cfg.blocksize, cfg.percdamp, previous_matrix(ctx, layer)
+            layer.matrix_view().detach().cpu(),
+            h,
+            target,
+            cfg.blocksize,
+            cfg.percdamp,
+            previous_matrix(ctx, layer),
+            count=counts[layer.name] if cfg.pattern is None else None,
         )
         keeps[layer.name] = layer.from_matrix(keep)
         return w_new
@@ -59,7 +71,7 @@ def sparsegpt(ctx: PruneContext) -> Masks:
     ctx.record["sparsegpt"] = {
         "blocksize": cfg.blocksize,
         "percdamp": cfg.percdamp,
-        "rounding": "floor(s*numel) per layer, cumulative floor per column block",
+        "rounding": "exact: floor(s*P) overall, floor(s*numel_l) + largest remainder, running budget per block",
         "order": "forward, sequential on the pruned model",
     }
     return Masks({la.name: keeps[la.name] for la in ctx.layers}, cfg.pattern)
