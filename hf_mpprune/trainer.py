@@ -257,10 +257,11 @@ class MPDistillationTrainer(Trainer):
         teacher = teacher if teacher is not None else args.teacher_model_name_or_path
         if teacher is not None and teacher is model:
             raise ConfigError("the teacher is the student itself; pass a dense copy (copy.deepcopy before pruning)")
-        if isinstance(teacher, (str, os.PathLike)):
+        owned = isinstance(teacher, (str, os.PathLike))
+        if owned:
             from .pruner import load_model
 
-            teacher = load_model(teacher)
+            teacher = load_model(teacher).requires_grad_(False)  # ours alone: frozen outright
         super().__init__(model=model, args=args, **kwargs)
         self.model_accepts_loss_kwargs = False  # our loss, not the model's: no num_items_in_batch in forward
         self.masks: Masks | None = None
@@ -270,8 +271,8 @@ class MPDistillationTrainer(Trainer):
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
         """Frozen teacher placed by accelerate (never `.to('cuda')`): eval mode, not DDP-wrapped, run under
-        `torch.no_grad`. Its `requires_grad` flags are left alone: the caller's dense model stays copyable into
-        further students."""
+        `torch.no_grad`. A caller's teacher keeps its `requires_grad` flags (the dense model stays copyable into
+        further students); one loaded from a path is frozen outright."""
         teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         return teacher.eval()
 
