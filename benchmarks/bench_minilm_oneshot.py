@@ -55,6 +55,7 @@ def method_grid(mode: str, betas=(0.25, 0.5, 1.0), mappings=("layer", "global"))
         return [
             ("magnitude", {}),
             ("seb", {}),
+            ("rmt", {}),  # classical RMT baseline (§5), no calibration
             ("wanda", {}),
             ("wanda[row]", {"rounding": "row"}),  # the reference Wanda rule, floor(s*N_in) per row
             ("mp-wanda", {}),
@@ -98,7 +99,7 @@ def run(args) -> list[dict]:
     grid = [g for g in method_grid(args.mode, args.betas, args.mappings) if not args.only or g[0] in args.only]
     for s, (label, extra), seed in itertools.product(args.sparsities, grid, args.seeds):
         name = label.split("+")[0].split("[")[0]
-        if name in ("magnitude", "seb") and seed != args.seeds[0]:
+        if name in ("magnitude", "seb", "rmt") and seed != args.seeds[0]:
             continue  # deterministic without calibration: one run
         model = copy.deepcopy(dense).to(device)
         cfg = PruningConfig.from_dict({"method": name, "sparsity": s, "seed": seed, **extra})
