@@ -104,8 +104,11 @@ def steps_table(pruner: "MPPruner") -> str:
     for s in pruner.ledger.steps:
         tgt, ach = s.get("target_sparsity"), s.get("achieved_sparsity")
         sha = str(s.get("mask_sha256") or "")[:12]
+        method = s.get("method", s.get("kind", ""))
+        if s.get("stage") and s["stage"] != method:  # a cyclic method's stage, e.g. hybrid (magnitude) / (ser)
+            method = f"{method} ({s['stage']})"
         rows.append(
-            f"| {s.get('step_index', '')} | {s.get('method', s.get('kind', ''))} | "
+            f"| {s.get('step_index', '')} | {method} | "
             f"{_fmt(tgt) if tgt is not None else '–'} | {_fmt(ach) if ach is not None else '–'} | {sha} |"
         )
     return "\n".join(rows) or "| – | dense (no pruning step) | – | – | – |"

@@ -129,6 +129,10 @@ def test_hybrid_fixed_switch_rule_via_run_cycles(tiny_vit):
     recs = run_cycles(pruner, GRID, train_step=stub, evaluate=lambda m: seen.append(1) or {"accuracy": 0.5},
                       finetune=CycleFinetune(lr=1e-3), progress=False)  # fmt: skip
     assert [r["stage"] for r in recs] == ["magnitude", "magnitude", "ser", "ser"]
+    from hf_mpprune.card import steps_table
+
+    table = steps_table(pruner).splitlines()  # the model card names each cycle's stage
+    assert [row.split(" | ")[1] for row in table] == ["hybrid (magnitude)"] * 2 + ["hybrid (ser)"] * 2
     assert recs is not None and pruner.ledger.steps[-len(GRID) :] == recs
     for r, s in zip(recs, GRID):
         assert r["target_sparsity"] == s
