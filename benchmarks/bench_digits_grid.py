@@ -56,12 +56,13 @@ SER_KW = {
 CALIBRATED = ("wanda", "mp-wanda")
 
 
-def configs(s_max: float) -> dict[str, PruningConfig]:
+def configs(s_max: float, ser_overrides: dict | None = None) -> dict[str, PruningConfig]:
+    ser_kw = {**SER_KW, **(ser_overrides or {})}
     return {
         "magnitude": MagnitudeConfig(sparsity=s_max),
         "seb": SEBConfig(sparsity=s_max),
-        "ser": SERConfig(sparsity=s_max, **SER_KW),
-        "hybrid": HybridConfig(sparsity=s_max, **SER_KW),
+        "ser": SERConfig(sparsity=s_max, **ser_kw),
+        "hybrid": HybridConfig(sparsity=s_max, **ser_kw),
         "wanda": WandaConfig(sparsity=s_max),
         "mp-wanda": MPWandaConfig(sparsity=s_max),
         "rmt": RMTConfig(sparsity=s_max),
@@ -91,6 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", type=float, nargs="+", default=list(DEFAULT_GRID))
     ap.add_argument("--dense-epochs", type=int, default=20)
     ap.add_argument("--timing", action="store_true", help="also time a 50%% Hybrid run, 3 cycles (0.2, 0.35, 0.5)")
+    ap.add_argument(
+        "--ser-set", default=None, help='JSON overrides of the SER/Hybrid fields, e.g. {"keep_ft_lr": 0.01}'
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="+", default=None, help="only print the table of these result JSON files")
     args = ap.parse_args(argv)
@@ -102,7 +106,13 @@ def main(argv=None) -> int:
         sys.stdout.write(summarise({"runs": runs}) + "\n")
         return 0
     torch.set_flush_denormal(True)
-    out = {"grid": args.grid, "seeds": args.seeds, "threads": torch.get_num_threads(), "runs": {}}
+    out = {
+        "grid": args.grid,
+        "seeds": args.seeds,
+        "ser_set": args.ser_set,
+        "threads": torch.get_num_threads(),
+        "runs": {},
+    }
     for seed in args.seeds:
         splits = load_digits_splits(seed)
         t0 = time.perf_counter()
@@ -110,7 +120,8 @@ def main(argv=None) -> int:
         row = {"dense_test": accuracy(dense, splits["test"]), "dense_val": accuracy(dense, splits["val"]),
                "dense_seconds": time.perf_counter() - t0}  # fmt: skip
         for name in args.methods:
-            row[name] = run_method(dense, splits, configs(max(args.grid))[name], args.grid, seed)
+            cfgs = configs(max(args.grid), json.loads(args.ser_set) if args.ser_set else None)
+            row[name] = run_method(dense, splits, cfgs[name], args.grid, seed)
             sys.stdout.write(json.dumps({"seed": seed, "method": name, "seconds": round(row[name]["seconds"], 1),
                                          "post_ft": [st["post_ft"]["accuracy"] for st in row[name]["steps"]]}) + "\n")  # fmt: skip
         if args.timing:
