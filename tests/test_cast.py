@@ -203,9 +203,11 @@ def test_unfoldable_permutation_hook_survives_reload(tiny_vit, tmp_path):
     perm = torch.randperm(64)
     permute_with_hook(tiny_vit, layer, perm)
     torch.testing.assert_close(_out(tiny_vit, x), ref, rtol=1e-4, atol=1e-5)
-    torch.save(tiny_vit.state_dict(), tmp_path / "sd.pt")
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v.contiguous() for k, v in tiny_vit.state_dict().items()}, tmp_path / "sd.safetensors")
     attach_permutations(fresh, {layer.name: perm.tolist()})  # what a loader does with the ledger's perms
-    fresh.load_state_dict(torch.load(tmp_path / "sd.pt"))
+    fresh.load_state_dict(load_file(tmp_path / "sd.safetensors"))
     torch.testing.assert_close(_out(fresh, x), ref, rtol=1e-4, atol=1e-5)
 
 
