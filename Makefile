@@ -29,8 +29,12 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m hf_mpprune.demo --out mpprune-demo
 
 bench: $(STAMP)
+	mkdir -p benchmarks/out
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_analyze.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_minilm_oneshot.py --mode eval --out benchmarks/out/minilm_oneshot.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_digits_grid.py --seeds 0 1 2 --out benchmarks/out/digits_grid.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_digits_kn.py --seeds 0 1 2 --out benchmarks/out/digits_kn.json
+	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/bench_minilm_kn.py --seeds 0 1 2 --out benchmarks/out/minilm_kn.json
 
 clean:
 	rm -rf $(VENV) mpprune-demo .pytest_cache .ruff_cache
