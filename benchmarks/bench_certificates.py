@@ -17,32 +17,10 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from torch import nn
 
 from hf_mpprune import budget_audit
 from hf_mpprune.certificate_math import gaussian_budget_bound
-
-
-def train_mlp(seed: int, steps: int = 400):
-    torch.manual_seed(seed)
-    X, y = load_digits(return_X_y=True)
-    X, y = torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
-    perm = torch.randperm(len(X))
-    tr, te = perm[:1080], perm[1080:1440]  # T = 360 held-out images
-    net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    for _ in range(steps):
-        idx = tr[torch.randint(0, len(tr), (64,))]
-        loss = F.cross_entropy(net(X[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    with torch.no_grad():
-        acc = (net(X[te]).argmax(1) == y[te]).float().mean().item()
-    return net, X[te], y[te], acc
+from hf_mpprune.digits import train_digits_mlp
 
 
 def mask_check(net, X, y, idx: int, n_masks: int, seed: int) -> dict:
@@ -113,7 +91,7 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         t0 = time.perf_counter()
-        net, X, y, acc = train_mlp(seed)
+        net, X, y, acc = train_digits_mlp(seed, steps=400)
         for idx in (0, 2):
             r = {"seed": seed, "test_acc": acc, **mask_check(net, X, y, idx, args.masks, seed)}
             r.update({k: v for k, v in gaussian_check(net, X, idx, args.draws, seed).items() if k != "layer"})

