@@ -23,9 +23,9 @@ os.environ.setdefault("HF_MPPRUNE_EXPERIMENTAL_SILENCE", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from hf_mpprune.kn import candidates, cells  # noqa: E402
-from hf_mpprune.layers import PrunableLayer  # noqa: E402
-from hf_mpprune.methods.cast import CASTConfig, project  # noqa: E402
+from hf_mpprune.core.layers import PrunableLayer  # noqa: E402
+from hf_mpprune.methods.kn.cast import CASTConfig, project  # noqa: E402
+from hf_mpprune.methods.kn.geometry import candidates, cells  # noqa: E402
 
 
 SHAPES = {

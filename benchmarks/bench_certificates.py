@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from hf_mpprune import budget_audit
-from hf_mpprune.certificate_math import gaussian_budget_bound
-from hf_mpprune.digits import train_digits_mlp
+from hf_mpprune.builtins.digits import train_digits_mlp
+from hf_mpprune.certify.bounds import gaussian_budget_bound
 
 
 def mask_check(net, X, y, idx: int, n_masks: int, seed: int) -> dict:

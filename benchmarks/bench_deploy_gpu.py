@@ -14,8 +14,8 @@ from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_mpprune import Masks, mac_report
-from hf_mpprune.config import KeepPattern
-from hf_mpprune.speed import speed_audit
+from hf_mpprune.core.config import KeepPattern
+from hf_mpprune.deploy.speed import speed_audit
 
 
 def two_four_masks(model):

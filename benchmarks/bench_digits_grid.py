@@ -3,7 +3,7 @@
 Methods, all registered ones, run by `run_cycles` along the full grid with cumulative masks: global magnitude,
 SEB (four-regime table, dense spectra), SER (from the first grid point), Hybrid (magnitude ≤ 0.20, SER after),
 Wanda and mp-wanda (calibration: 128 shuffled training images, re-collected every cycle on the current model);
-classical RMT on request. Splits: `hf_mpprune.digits` stratified 60/20/20 train/val/test per seed; `val` is the
+classical RMT on request. Splits: `hf_mpprune.builtins.digits` stratified 60/20/20 train/val/test per seed; `val` is the
 selection split, the test split is only reported, never used for a choice (all hyper-parameters below were fixed
 before any run). Per-cycle fine-tune: 1 epoch of KD from the dense model (α 0.5, T 2, LS 0.1, §11.2), SGD
 momentum 0.9; SER steps use the §6 ratios (keep-FT LR = 5/3 × magnitude LR, linear ramp 1→2).
@@ -37,12 +37,12 @@ from hf_mpprune import (  # noqa: E402
     make_train_step,
     run_cycles,
 )
-from hf_mpprune.cycles import DEFAULT_GRID  # noqa: E402
-from hf_mpprune.digits import accuracy, load_digits_splits, trained_digits_vit  # noqa: E402
+from hf_mpprune.builtins.digits import accuracy, load_digits_splits, trained_digits_vit  # noqa: E402
 from hf_mpprune.methods.magnitude import MagnitudeConfig  # noqa: E402
 from hf_mpprune.methods.mp_wanda import MPWandaConfig  # noqa: E402
 from hf_mpprune.methods.seb import SEBConfig  # noqa: E402
 from hf_mpprune.methods.wanda import WandaConfig  # noqa: E402
+from hf_mpprune.training.cycles import DEFAULT_GRID  # noqa: E402
 
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")

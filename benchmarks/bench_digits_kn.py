@@ -1,7 +1,7 @@
 """k:n on the digits ViT with 3 epochs of frozen-mask KD (issue 5, ALGORITHMS.md §11.2): magnitude / Wanda /
 SparseGPT k:n vs CAST (+ permutation, + reconstruction), dense source, 3 seeds.
 
-Per seed: the dense digits ViT (`hf_mpprune.digits`, 20 epochs, cached under benchmarks/out/), calibration = 128
+Per seed: the dense digits ViT (`hf_mpprune.builtins.digits`, 20 epochs, cached under benchmarks/out/), calibration = 128
 shuffled training images (the same for every cell), one k:n prune per cell (legality asserted), then 3 epochs of
 KD from the dense model with `MPDistillationTrainer` (α 0.5, T 2, LS 0.1, AdamW wd 0.01, warmup 10%, cosine,
 batch 32). The KD learning rate of every (pattern, cell) is chosen from `--lrs` by the mean **val** accuracy over
@@ -27,8 +27,8 @@ os.environ.setdefault("HF_MPPRUNE_EXPERIMENTAL_SILENCE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hf_mpprune import MPDistillationArguments, MPDistillationTrainer, MPPruner, PruningConfig  # noqa: E402
-from hf_mpprune.digits import accuracy, load_digits_splits, trained_digits_vit  # noqa: E402
-from hf_mpprune.trainer import realised_sparsity  # noqa: E402
+from hf_mpprune.builtins.digits import accuracy, load_digits_splits, trained_digits_vit  # noqa: E402
+from hf_mpprune.training.trainer import realised_sparsity  # noqa: E402
 
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")

@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hf_mpprune import MPDistillationArguments, MPDistillationTrainer, MPPruner, PruningConfig  # noqa: E402
-from hf_mpprune.digits import accuracy, load_digits_splits, trained_digits_vit  # noqa: E402
-from hf_mpprune.trainer import realised_sparsity  # noqa: E402
+from hf_mpprune.builtins.digits import accuracy, load_digits_splits, trained_digits_vit  # noqa: E402
+from hf_mpprune.training.trainer import realised_sparsity  # noqa: E402
 
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")

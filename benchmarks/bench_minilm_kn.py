@@ -21,8 +21,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import torch  # noqa: E402
 
 from hf_mpprune import MPPruner, PruningConfig  # noqa: E402
-from hf_mpprune.kn import KNCalibration  # noqa: E402
-from hf_mpprune.registry import get_method  # noqa: E402
+from hf_mpprune.core.registry import get_method  # noqa: E402
+from hf_mpprune.methods.kn.geometry import KNCalibration  # noqa: E402
 
 
 SUBJECTS = [

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from hf_mpprune import MPPruner, PruningConfig  # noqa: E402
-from hf_mpprune.calibration_sources import TokenWindows, make_sentences  # noqa: E402
+from hf_mpprune.builtins.sources import TokenWindows, make_sentences  # noqa: E402
 
 
 def splits(sentences: list[str]) -> dict[str, list[str]]:

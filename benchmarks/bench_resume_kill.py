@@ -26,9 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from hf_mpprune import Masks, MPDistillationArguments, MPDistillationTrainer, MPPruner, PruningConfig  # noqa: E402
-from hf_mpprune.constants import MASKS_NAME  # noqa: E402
-from hf_mpprune.digits import build_digits_vit, load_digits_splits  # noqa: E402
-from hf_mpprune.trainer import realised_sparsity  # noqa: E402
+from hf_mpprune.builtins.digits import build_digits_vit, load_digits_splits  # noqa: E402
+from hf_mpprune.core.constants import MASKS_NAME  # noqa: E402
+from hf_mpprune.training.trainer import realised_sparsity  # noqa: E402
 
 
 EPOCHS = 2

@@ -4,19 +4,16 @@ import logging as _logging
 import os as _os
 
 
-__version__ = "0.1.0"
-
 _root = _logging.getLogger("hf_mpprune")
 _root.addHandler(_logging.NullHandler())
 if _os.environ.get("HF_MPPRUNE_VERBOSITY"):
     _root.setLevel(_os.environ["HF_MPPRUNE_VERBOSITY"].upper())
 
 from . import methods  # noqa: E402  (fills the registry)
-from .audit import LegalityReport, legality_audit  # noqa: E402
-from .certificates import budget_audit  # noqa: E402
-from .config import KeepPattern, PruningConfig, SpectralConfig  # noqa: E402
-from .cycles import CycleFinetune, TrainStep, make_train_step, run_cycles  # noqa: E402
-from .errors import (  # noqa: E402
+from .certify.audit import budget_audit  # noqa: E402
+from .core.config import KeepPattern, PruningConfig, SpectralConfig  # noqa: E402
+from .core.constants import __version__  # noqa: E402
+from .core.errors import (  # noqa: E402
     ConfigError,
     LedgerMismatchError,
     MPPruneError,
@@ -26,26 +23,28 @@ from .errors import (  # noqa: E402
     SpectralError,
     UnsupportedHardwareError,
 )
-from .kn import KNCalibration  # noqa: E402
-from .layers import LayerSet, PrunableLayer, discover_layers  # noqa: E402
-from .ledger import Ledger  # noqa: E402
-from .macs import MACReport, mac_report  # noqa: E402
-from .masks import Masks  # noqa: E402
+from .core.layers import LayerSet, PrunableLayer, discover_layers  # noqa: E402
+from .core.ledger import Ledger  # noqa: E402
+from .core.masks import Masks  # noqa: E402
+from .core.registry import get_method, list_methods, register_method  # noqa: E402
+from .deploy.macs import MACReport, mac_report  # noqa: E402
+from .deploy.semi_structured import ConversionReport, to_semi_structured  # noqa: E402
+from .deploy.tome import apply_tome, remove_tome  # noqa: E402
 from .methods.hybrid import HybridConfig  # noqa: E402
+from .methods.kn.geometry import KNCalibration  # noqa: E402
+from .methods.kn.legality import LegalityReport, legality_audit  # noqa: E402
+from .methods.kn.permute import attach_permutations  # noqa: E402
 from .methods.mp_wanda import MPWandaConfig  # noqa: E402
 from .methods.rmt import RMTConfig  # noqa: E402
 from .methods.seb import SEBConfig  # noqa: E402
 from .methods.ser import SERConfig  # noqa: E402
 from .methods.sparsegpt import SparseGPTConfig  # noqa: E402
 from .methods.wanda import WandaConfig  # noqa: E402
-from .permute import attach_permutations  # noqa: E402
 from .pruner import MPPruner  # noqa: E402
-from .recipes import Recipe, load_recipe  # noqa: E402
-from .registry import get_method, list_methods, register_method  # noqa: E402
-from .semi_structured import ConversionReport, to_semi_structured  # noqa: E402
-from .spectral import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
-from .tome import apply_tome, remove_tome  # noqa: E402
-from .trainer import (  # noqa: E402
+from .recipes.schema import Recipe, load_recipe  # noqa: E402
+from .spectral.fit import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
+from .training.cycles import CycleFinetune, TrainStep, make_train_step, run_cycles  # noqa: E402
+from .training.trainer import (  # noqa: E402
     MaskFreezeCallback,
     MPDistillationArguments,
     MPDistillationTrainer,

@@ -12,13 +12,13 @@ from typing import Any
 
 from torch import nn
 
-from .config import PruningConfig, SpectralConfig
-from .errors import ConfigError, PatternError
-from .layers import LayerSet, discover_layers
-from .ledger import Ledger, environment
-from .masks import Masks
-from .registry import PruneContext, get_method
-from .spectral import SpectralReport, analyze
+from .core.config import PruningConfig, SpectralConfig
+from .core.errors import ConfigError, PatternError
+from .core.layers import LayerSet, discover_layers
+from .core.ledger import Ledger, environment
+from .core.masks import Masks
+from .core.registry import PruneContext, get_method
+from .spectral.fit import SpectralReport, analyze
 
 
 logger = logging.getLogger(__name__)
@@ -68,16 +68,16 @@ class MPPruner:
         `cache_dir`, `local_files_only`, `subfolder`, `force_download`) are passed through; other keyword arguments
         (e.g. `dtype=`) go to the model's `from_pretrained`. An explicit `config` overrides the saved one.
         """
-        from .hub import load_pretrained
+        from .hub.checkpoint import load_pretrained
 
         return load_pretrained(cls, name_or_path, config, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> str:
-        """Write a transformers directory plus sidecars and a model card, atomically (see `hf_mpprune.hub`).
+        """Write a transformers directory plus sidecars and a model card, atomically (see `hf_mpprune.hub.checkpoint`).
 
         Keyword arguments: `processor` (saved alongside), `card` (default True), `model_name`, `max_shard_size`.
         """
-        from .hub import save_pretrained
+        from .hub.checkpoint import save_pretrained
 
         return save_pretrained(self, save_directory, **kwargs)
 
@@ -92,8 +92,8 @@ class MPPruner:
         commit_message: str | None = None,
         processor: Any = None,
     ):
-        """Upload weights, sidecars and card to `repo_id` in one commit (see `hf_mpprune.hub.push_to_hub`)."""
-        from .hub import push_to_hub
+        """Upload weights, sidecars and card to `repo_id` in one commit (see `hf_mpprune.hub.checkpoint.push_to_hub`)."""
+        from .hub.checkpoint import push_to_hub
 
         return push_to_hub(
             self, repo_id, private=private, revision=revision, create_pr=create_pr, token=token,
@@ -138,7 +138,7 @@ class MPPruner:
                 "pruning is cumulative; pick a target >= the current sparsity"
             )
         if spec.experimental:
-            from .errors import warn_experimental
+            from .core.errors import warn_experimental
 
             warn_experimental(spec.name)
         if spec.needs_spectra and self.spectra is None:

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from hf_mpprune import Masks
-from hf_mpprune.config import KeepPattern
+from hf_mpprune.core.config import KeepPattern
 
 
 def kn_mask(weight: torch.Tensor, keep: int = 2, group: int = 4) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hf_mpprune import ConfigError, discover_layers
-from hf_mpprune.calibration import as_batches, capture, input_sq_norms, run_batches
+from hf_mpprune.core.calibration import as_batches, capture, input_sq_norms, run_batches
 
 
 class RowDataset:

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from hf_mpprune import ConfigError, KeepPattern, MPPruner, MPPruneWarning, PatternError, PruningConfig
-from hf_mpprune.audit import legality_audit
-from hf_mpprune.calibration import capture, run_batches
-from hf_mpprune.cast_math import search
-from hf_mpprune.kn import KNCalibration, all_patterns, cells, sample_patterns, topk_cells
-from hf_mpprune.obs import obs_reconstruct, sparsegpt_prune
-from hf_mpprune.permute import attach_permutations, bucket_permutation, fold, fold_pairs, permute_with_hook
-from hf_mpprune.registry import get_method
+from hf_mpprune.core.calibration import capture, run_batches
+from hf_mpprune.core.obs import obs_reconstruct, sparsegpt_prune
+from hf_mpprune.core.registry import get_method
+from hf_mpprune.methods.kn.cast_math import search
+from hf_mpprune.methods.kn.geometry import KNCalibration, all_patterns, cells, sample_patterns, topk_cells
+from hf_mpprune.methods.kn.legality import legality_audit
+from hf_mpprune.methods.kn.permute import attach_permutations, bucket_permutation, fold, fold_pairs, permute_with_hook
 from tests import tiny_models
 
 

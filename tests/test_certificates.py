@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_mpprune import budget_audit
-from hf_mpprune.certificate_math import (
+from hf_mpprune.builtins.digits import train_digits_mlp
+from hf_mpprune.certify.bounds import (
     check_step,
     cross_entropy,
     elastic_net_verdict,
@@ -19,10 +20,9 @@ from hf_mpprune.certificate_math import (
     margins,
     weight_norms,
 )
-from hf_mpprune.cli import main
-from hf_mpprune.digits import train_digits_mlp
-from hf_mpprune.errors import ConfigError
-from hf_mpprune.ledger import Ledger
+from hf_mpprune.cli.main import main
+from hf_mpprune.core.errors import ConfigError
+from hf_mpprune.core.ledger import Ledger
 from tests.tiny_models import MLP, vit_inputs
 
 

@@ -12,10 +12,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification
 
-import hf_mpprune.hub as hub
+import hf_mpprune.hub.checkpoint as hub
 from hf_mpprune import ConfigError, KeepPattern, LedgerMismatchError, Masks, MPPruner, MPPruneWarning, PruningConfig
-from hf_mpprune.constants import CONFIG_NAME, LEDGER_NAME, MASKS_NAME, RECIPE_NAME, SPECTRA_NAME
-from hf_mpprune.ledger import sha256_file
+from hf_mpprune.core.constants import CONFIG_NAME, LEDGER_NAME, MASKS_NAME, RECIPE_NAME, SPECTRA_NAME
+from hf_mpprune.core.ledger import sha256_file
 from tests.tiny_models import vit_inputs
 
 

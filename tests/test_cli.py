@@ -2,7 +2,7 @@
 
 import json
 
-from hf_mpprune.cli import main
+from hf_mpprune.cli.main import main
 
 
 def test_analyze_cli(tiny_vit, tmp_path, capsys):

@@ -2,8 +2,8 @@ import json
 
 import torch
 
-from hf_mpprune.cli import main
-from hf_mpprune.constants import MASKS_NAME
+from hf_mpprune.cli.main import main
+from hf_mpprune.core.constants import MASKS_NAME
 from tests.kn_helpers import two_four_masks
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from hf_mpprune import ConfigError, KeepPattern, PruningConfig, get_method, list_methods
-from hf_mpprune.errors import MPPruneWarning
+from hf_mpprune.core.errors import MPPruneWarning
 
 
 @pytest.mark.parametrize("name", list_methods())

@@ -19,9 +19,9 @@ from hf_mpprune import (
     make_train_step,
     run_cycles,
 )
-from hf_mpprune.budgets import keep_top
-from hf_mpprune.cycles import drop_fired, ramp_multiplier
+from hf_mpprune.methods.budgets import keep_top
 from hf_mpprune.methods.rmt import apportion
+from hf_mpprune.training.cycles import drop_fired, ramp_multiplier
 
 
 GRID = [0.1, 0.2, 0.25, 0.3]
@@ -129,7 +129,7 @@ def test_hybrid_fixed_switch_rule_via_run_cycles(tiny_vit):
     recs = run_cycles(pruner, GRID, train_step=stub, evaluate=lambda m: seen.append(1) or {"accuracy": 0.5},
                       finetune=CycleFinetune(lr=1e-3), progress=False)  # fmt: skip
     assert [r["stage"] for r in recs] == ["magnitude", "magnitude", "ser", "ser"]
-    from hf_mpprune.card import steps_table
+    from hf_mpprune.hub.card import steps_table
 
     table = steps_table(pruner).splitlines()  # the model card names each cycle's stage
     assert [row.split(" | ")[1] for row in table] == ["hybrid (magnitude)"] * 2 + ["hybrid (ser)"] * 2

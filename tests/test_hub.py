@@ -18,7 +18,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 
 from hf_mpprune import MPPruner, PruningConfig
-from hf_mpprune.constants import LEDGER_NAME, MASKS_NAME
+from hf_mpprune.core.constants import LEDGER_NAME, MASKS_NAME
 from tests.hub_server import HubServer
 from tests.tiny_models import tiny_vit, vit_inputs
 

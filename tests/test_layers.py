@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from hf_mpprune import ConfigError, NoPrunableLayersError, discover_layers
-from hf_mpprune.errors import MPPruneWarning
-from hf_mpprune.layers import classify_role
+from hf_mpprune.core.errors import MPPruneWarning
+from hf_mpprune.core.layers import classify_role
 from tests import tiny_models
 
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from hf_mpprune import ConfigError, MPPruner, PruningConfig
-from hf_mpprune.ledger import Ledger, indices_sha256, sha256_file, weights_sha256
+from hf_mpprune.core.ledger import Ledger, indices_sha256, sha256_file, weights_sha256
 
 
 def test_record_split_hashes_and_disjointness():

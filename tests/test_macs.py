@@ -4,8 +4,8 @@ from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_mpprune import Masks, apply_tome, mac_report, remove_tome
-from hf_mpprune.config import KeepPattern
-from hf_mpprune.macs import sparse_macs, vit_closed_form
+from hf_mpprune.core.config import KeepPattern
+from hf_mpprune.deploy.macs import sparse_macs, vit_closed_form
 from tests.kn_helpers import block_linear_names, kn_mask, two_four_masks
 from tests.tiny_models import MLP, bert_inputs, tiny_resnet, vit_inputs
 

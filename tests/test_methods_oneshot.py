@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from hf_mpprune import ConfigError, KeepPattern, MPPruner, PruningConfig
-from hf_mpprune.masks import kn_violations
+from hf_mpprune.core.masks import kn_violations
+from hf_mpprune.core.obs import hessian, obs_reconstruct, sparsegpt_prune
 from hf_mpprune.methods.mp_wanda import layer_budgets
-from hf_mpprune.obs import hessian, obs_reconstruct, sparsegpt_prune
 from tests import tiny_models as tm
 
 
@@ -242,8 +242,8 @@ def test_bad_config_and_target_below_current(tiny_bert):
 
 
 def test_cli_prune_saves_model_masks_ledger(tmp_path, tiny_bert):
-    from hf_mpprune.cli import main
-    from hf_mpprune.masks import Masks
+    from hf_mpprune.cli.main import main
+    from hf_mpprune.core.masks import Masks
 
     src, out = tmp_path / "src", tmp_path / "out"
     tiny_bert.save_pretrained(src)

@@ -9,12 +9,12 @@ import pytest
 import yaml
 
 from hf_mpprune import ConfigError, MPPruner, list_methods
-from hf_mpprune.cli_run import run_recipe
-from hf_mpprune.recipes import load_recipe, recipe_from_dict
+from hf_mpprune.recipes.runner import run_recipe
+from hf_mpprune.recipes.schema import LIBRARY, load_recipe, recipe_from_dict
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")))
+FILES = sorted(glob.glob(os.path.join(LIBRARY, "*.yaml")))
 GOOD = {"model": {"id": "builtin:digits-vit"}, "pruning": {"method": "magnitude", "sparsity": 0.5}}
 
 
@@ -74,7 +74,7 @@ def test_push_without_repo_id_fails_before_work(tmp_path):
 
 
 def test_run_digits_magnitude_recipe_ci_size(tmp_path):
-    data = yaml.safe_load(open(os.path.join(ROOT, "recipes", "digits_vit_magnitude_s050.yaml")))
+    data = yaml.safe_load(open(os.path.join(LIBRARY, "digits_vit_magnitude_s050.yaml")))
     data["model"]["train_epochs"] = 1  # CI size: the dense model is barely trained; the pipeline is what we test
     data["distill"]["num_train_epochs"] = 1
     data["output"]["plots"] = False
@@ -99,9 +99,9 @@ def test_run_digits_magnitude_recipe_ci_size(tmp_path):
 
 
 def test_cli_run_minilm_magnitude(tmp_path, capsys, minilm_path):
-    from hf_mpprune.cli import main
+    from hf_mpprune.cli.main import main
 
-    rc = main(["run", os.path.join(ROOT, "recipes", "minilm_magnitude_s050.yaml"), "--output", str(tmp_path / "m")])
+    rc = main(["run", os.path.join(LIBRARY, "minilm_magnitude_s050.yaml"), "--output", str(tmp_path / "m")])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert result["sparsity"] == pytest.approx(0.5, abs=1e-5) and result["accuracy"] is None

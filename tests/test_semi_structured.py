@@ -5,7 +5,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_mpprune import ConfigError, PatternError, UnsupportedHardwareError, legality_audit, to_semi_structured
-from hf_mpprune.semi_structured import choose_backend, shape_reason
+from hf_mpprune.deploy.semi_structured import choose_backend, shape_reason
 from tests.kn_helpers import block_linear_names, two_four_masks
 from tests.tiny_models import vit_inputs
 
@@ -52,7 +52,7 @@ def test_negative_zeros_are_counted_and_legal(tiny_vit):
 
 def test_cpu_refusal_is_clear_and_logged(tiny_vit, caplog):
     model, _ = _pruned(tiny_vit)
-    with caplog.at_level(logging.ERROR, logger="hf_mpprune.semi_structured"):
+    with caplog.at_level(logging.ERROR, logger="hf_mpprune.deploy.semi_structured"):
         with pytest.raises(UnsupportedHardwareError, match="CUDA GPU.*no speedup.*strict=False"):
             to_semi_structured(model)
     assert "no 2:4 kernel" in caplog.text
@@ -63,7 +63,7 @@ def test_cpu_non_strict_is_a_noop(tiny_vit, caplog):
     x = vit_inputs(batch=2)
     with torch.no_grad():
         ref = model(pixel_values=x["pixel_values"].bfloat16()).logits
-    with caplog.at_level(logging.WARNING, logger="hf_mpprune.semi_structured"):
+    with caplog.at_level(logging.WARNING, logger="hf_mpprune.deploy.semi_structured"):
         report = to_semi_structured(model, strict=False)
     assert "no-op" in caplog.text
     assert report.backend == "none" and report.converted == []
@@ -143,7 +143,7 @@ def test_gpu_converted_matches_dense_masked(tome_r):
 
 def test_negative_zeros_are_written_as_positive_zeros(tiny_vit, monkeypatch):
     """The conversion step canonicalises −0.0 (checked on CPU with an identity stand-in for the GPU kernel)."""
-    from hf_mpprune.semi_structured import ConversionReport, _convert
+    from hf_mpprune.deploy.semi_structured import ConversionReport, _convert
 
     model, masks = _pruned(tiny_vit)
     name = block_linear_names(model)[0]

@@ -5,7 +5,7 @@ import torch
 from transformers import DeiTConfig, DeiTForImageClassification, ViTConfig, ViTForImageClassification
 
 from hf_mpprune import ConfigError, apply_tome, remove_tome
-from hf_mpprune.tome import merge_tokens, tome_state, tome_token_schedule
+from hf_mpprune.deploy.tome import merge_tokens, tome_state, tome_token_schedule
 from tests.kn_helpers import two_four_masks
 from tests.tiny_models import vit_inputs
 

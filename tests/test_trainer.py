@@ -21,10 +21,10 @@ from hf_mpprune import (
     PruningConfig,
     kd_loss,
 )
-from hf_mpprune.constants import MASKS_NAME
-from hf_mpprune.digits import DigitsDataset, build_digits_vit, load_digits_splits
+from hf_mpprune.builtins.digits import DigitsDataset, build_digits_vit, load_digits_splits
+from hf_mpprune.core.constants import MASKS_NAME
 from hf_mpprune.metrics import compute_topk, embedding_agreement, make_compute_metrics
-from hf_mpprune.trainer import feature_loss, mean_pool, realised_sparsity
+from hf_mpprune.training.trainer import feature_loss, mean_pool, realised_sparsity
 
 
 torch.set_flush_denormal(True)

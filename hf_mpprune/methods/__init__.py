@@ -1,3 +1,10 @@
-"""Pruning methods. Each module registers itself; adding a method = one file + one import line here."""
+"""Pruning methods: one module per method, each registering itself in `hf_mpprune.core.registry`.
 
-from . import cast, hybrid, kn_baselines, magnitude, mp_wanda, rmt, seb, ser, sparsegpt, wanda
+Owns the shared helpers (`common`: calibration options and batches, reconstruction, row budgets, cumulative
+selection; `budgets`: SEB layer weights and global keep-top), one file per unstructured method and `kn/` for k:n
+methods. Adding a method = one file that calls `@register_method(...)` + one import line here. May import:
+`hf_mpprune.core` and `hf_mpprune.spectral`; a method module never imports another method module.
+"""
+
+from . import hybrid, magnitude, mp_wanda, rmt, seb, ser, sparsegpt, wanda
+from .kn import baselines, cast

@@ -1,14 +1,14 @@
 """Hybrid Magnitude–SER (ALGORITHMS.md §7): global magnitude at low sparsity, SER steps after the switch.
 
-The registry entry runs ONE grid step (`MPPruner.prune(sparsity=s)`); `hf_mpprune.cycles.run_cycles` drives the
+The registry entry runs ONE grid step (`MPPruner.prune(sparsity=s)`); `hf_mpprune.training.cycles.run_cycles` drives the
 grid, the per-cycle fine-tunes and, for `switch="drop_threshold"`, the switch decision on a selection split.
 """
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from ..masks import Masks
-from ..registry import PruneContext, register_method
+from ..core.errors import ConfigError
+from ..core.masks import Masks
+from ..core.registry import PruneContext, register_method
 from .magnitude import select
 from .ser import SERConfig, ser_step
 

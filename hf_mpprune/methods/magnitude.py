@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..budgets import keep_top
-from ..config import PruningConfig
-from ..errors import ConfigError
-from ..masks import Masks
-from ..registry import PruneContext, register_method
-from ._oneshot import CalibrationOptions, calibration_batches, reconstruct_
+from ..core.config import PruningConfig
+from ..core.errors import ConfigError
+from ..core.masks import Masks
+from ..core.registry import PruneContext, register_method
+from .budgets import keep_top
+from .common import CalibrationOptions, calibration_batches, reconstruct_
 
 
 @dataclass
@@ -64,7 +64,7 @@ def magnitude(ctx: PruneContext) -> Masks:
     """Global (or per-layer) unstructured magnitude pruning, cumulative across cycles; k:n with `pattern`."""
     batches = calibration_batches(ctx) if ctx.config.reconstruct else None  # fail before any work if missing
     if ctx.config.pattern is not None:  # k largest |W| per (row, group), head skipped (ALGORITHMS.md §8.10)
-        from .kn_baselines import magnitude_kn
+        from .kn.baselines import magnitude_kn
 
         masks = magnitude_kn(ctx)
     else:

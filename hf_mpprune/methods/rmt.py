@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..budgets import keep_top
-from ..config import PruningConfig
-from ..errors import ConfigError, SpectralError
-from ..masks import Masks
-from ..registry import PruneContext, register_method
-from ..spectral import fit_mp
+from ..core.config import PruningConfig
+from ..core.errors import ConfigError, SpectralError
+from ..core.masks import Masks
+from ..core.registry import PruneContext, register_method
+from ..spectral.fit import fit_mp
+from .budgets import keep_top
 
 
 @dataclass

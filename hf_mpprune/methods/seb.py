@@ -3,12 +3,12 @@
 import dataclasses
 from dataclasses import dataclass
 
-from ..budgets import SEBRegime, seb_regime, seb_weights
-from ..config import PruningConfig
-from ..errors import ConfigError
-from ..masks import Masks
-from ..registry import PruneContext, register_method
-from ._oneshot import CalibrationOptions, calibration_batches, reconstruct_
+from ..core.config import PruningConfig
+from ..core.errors import ConfigError
+from ..core.masks import Masks
+from ..core.registry import PruneContext, register_method
+from .budgets import SEBRegime, seb_regime, seb_weights
+from .common import CalibrationOptions, calibration_batches, reconstruct_
 from .magnitude import select
 
 

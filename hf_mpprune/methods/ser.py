@@ -2,7 +2,7 @@
 paper's engine is not public; this follows the §6.2 step list and the §6.4 recommended defaults.
 
 One call = one SER step to the target sparsity `s` (the keep fine-tune, phase B, is the cyclic pipeline's job:
-`hf_mpprune.cycles.run_cycles` runs it with this config's `keep_ft_*` settings after every SER step).
+`hf_mpprune.training.cycles.run_cycles` runs it with this config's `keep_ft_*` settings after every SER step).
 """
 
 import copy
@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..budgets import keep_top, seb_regime, seb_weights
-from ..config import PruningConfig
-from ..errors import ConfigError
-from ..masks import Masks
-from ..registry import PruneContext, register_method
+from ..core.config import PruningConfig
+from ..core.errors import ConfigError
+from ..core.masks import Masks
+from ..core.registry import PruneContext, register_method
+from .budgets import keep_top, seb_regime, seb_weights
 from .magnitude import cumulative_scores
 
 
@@ -144,7 +144,9 @@ def ser_step(ctx: PruneContext) -> Masks:
     """One SER step: SEB over-prune → train the reservoir (phase A) → restore the top Δ·ρ_ℓ entries exactly."""
     cfg: SERConfig = ctx.config
     if ctx.train_step is None or ctx.model is None:
-        raise ConfigError("SER trains the reservoir: pass prune(train_step=...) (see hf_mpprune.cycles.TrainStep)")
+        raise ConfigError(
+            "SER trains the reservoir: pass prune(train_step=...) (see hf_mpprune.training.cycles.TrainStep)"
+        )
     if ctx.spectra is None:
         raise ConfigError("SER needs the dense-model spectra: call pruner.analyze() first")
     s, layers = cfg.sparsity, ctx.layers
@@ -177,7 +179,7 @@ def ser_step(ctx: PruneContext) -> Masks:
         phase_a_lr=cfg.resolved_phase_a_lr, revives_allowed=cfg.reservoir == "all_zero",
         decisions={"overprune": "additive", "accounting": "post_reinsert_exact", "restore_multiplier":
                    cfg.restore_multiplier, "reservoir": cfg.reservoir, "restored_values": cfg.restored_values,
-                   "phase_b": "run by hf_mpprune.cycles.run_cycles (keep_ft_* fields), LR ramp"},
+                   "phase_b": "run by hf_mpprune.training.cycles.run_cycles (keep_ft_* fields), LR ramp"},
     )  # fmt: skip
     return Masks(final)
 

@@ -1,17 +1,17 @@
 """SparseGPT (Frantar & Alistarh, 2023) as a registered one-shot baseline: OBS mask selection with weight updates,
-layers calibrated sequentially on the already pruned model. Math in `hf_mpprune.obs`."""
+layers calibrated sequentially on the already pruned model. Math in `hf_mpprune.core.obs`."""
 
 from dataclasses import dataclass
 
 import torch
 
-from ..config import PruningConfig
-from ..errors import ConfigError
-from ..masks import Masks
-from ..obs import sparsegpt_prune
-from ..registry import PruneContext, register_method
-from ..sequential import sequential_apply
-from ._oneshot import CalibrationOptions, calibration_batches
+from ..core.config import PruningConfig
+from ..core.errors import ConfigError
+from ..core.masks import Masks
+from ..core.obs import sparsegpt_prune
+from ..core.registry import PruneContext, register_method
+from ..core.sequential import sequential_apply
+from .common import CalibrationOptions, calibration_batches
 from .wanda import layer_budgets, previous_matrix
 
 

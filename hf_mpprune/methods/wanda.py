@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..calibration import input_sq_norms
-from ..config import KeepPattern, PruningConfig
-from ..errors import ConfigError
-from ..masks import Masks
-from ..registry import PruneContext, register_method
-from ._oneshot import CalibrationOptions, calibration_batches, check_rows, reconstruct_
+from ..core.calibration import input_sq_norms
+from ..core.config import KeepPattern, PruningConfig
+from ..core.errors import ConfigError
+from ..core.masks import Masks
+from ..core.registry import PruneContext, register_method
+from .common import CalibrationOptions, calibration_batches, check_rows, reconstruct_
 
 
 @dataclass

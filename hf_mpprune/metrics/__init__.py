@@ -43,7 +43,7 @@ def embedding_agreement(student, teacher) -> dict[str, float]:
     s = np.asarray(student, dtype=np.float64)
     t = np.asarray(teacher, dtype=np.float64)
     if s.shape != t.shape:
-        from ..errors import ConfigError
+        from ..core.errors import ConfigError
 
         raise ConfigError(f"embeddings must have the same shape, got {s.shape} and {t.shape}")
     num = (s * t).sum(-1)
@@ -72,7 +72,7 @@ def make_compute_metrics(kind: str = "classification", k: Sequence[int] = (1, 5)
             return embedding_agreement(eval_pred.predictions, eval_pred.label_ids)
 
     else:
-        from ..errors import ConfigError
+        from ..core.errors import ConfigError
 
         raise ConfigError(f"kind must be 'classification' or 'embedding', got {kind!r}")
     return compute

@@ -1,0 +1,108 @@
+"""`hf-mpprune prune MODEL --method M --sparsity S [--pattern k:n] [--calibration SRC] --output DIR`."""
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+from ..core.errors import ConfigError
+
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_SOURCES = ("digits", "minilm-sentences", "random")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prune", help="prune a model one-shot with a registered method and save it")
+    p.add_argument("model", help="local model directory or Hub id (offline: must be in the HF cache)")
+    p.add_argument("--method", required=True, help="registered method name (see hf_mpprune.list_methods())")
+    p.add_argument("--sparsity", type=float, default=0.5, help="target fraction of zero weights in [0, 1)")
+    p.add_argument("--pattern", default=None, help="k:n semi-structured pattern, k kept of every n (e.g. 2:4)")
+    p.add_argument(
+        "--calibration", choices=CALIBRATION_SOURCES, default=None,
+        help="offline calibration inputs: digits (vision), minilm-sentences (text, needs the model's tokenizer), "
+        "random; required by calibration-based methods",
+    )  # fmt: skip
+    p.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra method config fields (JSON)")
+    p.add_argument("--output", required=True, help="directory for the pruned model, masks and ledger")
+    p.set_defaults(func=run_prune)
+
+
+def _extra_fields(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: write KEY=VALUE, e.g. --set reconstruct=true")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def calibration_data(source: str | None, model, model_path: str, samples: int, seed: int):
+    """The calibration dataset named on the command line (None when not asked for)."""
+    from ..builtins import sources as cs
+
+    if source is None:
+        return None
+    if source == "digits":
+        try:
+            return cs.digits_pixels(model.config, num=max(samples, 256))
+        except ImportError as e:
+            raise ConfigError("--calibration digits needs scikit-learn: pip install scikit-learn") from e
+    if source == "random":
+        return cs.random_inputs(model.config, num=samples, seed=seed)
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--calibration minilm-sentences needs a tokenizer in {model_path!r}: {e}") from e
+    return cs.TokenWindows(tok, cs.make_sentences()[:256])
+
+
+class _Indexed:
+    """A list of sample dicts seen as an indexable dataset (so calibration sampling is shuffled with the seed)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def run_prune(args) -> int:
+    from ..core.config import PruningConfig
+    from ..core.constants import LEDGER_NAME, MASKS_NAME
+    from ..core.registry import get_method
+    from ..pruner import MPPruner
+
+    fields = {"method": args.method, "sparsity": args.sparsity, "seed": args.seed, **_extra_fields(args.set)}
+    if args.pattern:
+        fields["pattern"] = args.pattern
+    if "calibration_samples" in {f.name for f in dataclasses.fields(get_method(args.method).config_cls)}:
+        fields.setdefault("calibration_samples", args.samples)
+    cfg = PruningConfig.from_dict(fields)  # unknown method / bad values fail before the model loads
+    pruner = MPPruner.from_pretrained(args.model, cfg)
+    data = calibration_data(args.calibration, pruner.model, args.model, args.samples, args.seed)
+    if isinstance(data, list):
+        data = _Indexed(data)
+    masks = pruner.prune(calibration=data)
+    os.makedirs(args.output, exist_ok=True)
+    if hasattr(pruner, "save_pretrained"):
+        pruner.save_pretrained(args.output)
+    else:  # minimal fallback: model + masks + ledger
+        pruner.model.save_pretrained(args.output)
+        masks.save(os.path.join(args.output, MASKS_NAME))
+        pruner.ledger.to_json(os.path.join(args.output, LEDGER_NAME))
+    sys.stdout.write(f"{args.method}: sparsity {masks.sparsity():.4f} over {len(masks)} layers -> {args.output}\n")
+    return 0

@@ -1,0 +1,217 @@
+"""Honest speed audit of a 2:4 model (ALGORITHMS.md §13.4): same-dtype dense is the primary denominator.
+
+Variants, each optionally with the same ToMe `r`:
+* `dense_bf16` (primary denominator), `dense_fp32_autocast` (the paper's headline denominator, §13.2), and
+  `dense_bf16_compiled` when `torch.compile` works (compiled only at `compile_batches`, to bound compile time);
+* `sparse_bf16` (`to_semi_structured`) and `sparse_bf16_compiled`.
+Every variant is timed per forward (CUDA events on GPU) after warm-up; median and IQR are reported. On CPU only the
+dense-masked model is timed, and no speedup is claimed: PyTorch has no CPU 2:4 kernel.
+"""
+
+import copy
+import logging
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..core.masks import Masks
+from .semi_structured import to_semi_structured
+from .tome import apply_tome
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Timing:
+    variant: str
+    batch: int
+    median_ms: float
+    q25_ms: float
+    q75_ms: float
+    reps: int
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.q75_ms - self.q25_ms
+
+    @property
+    def items_per_s(self) -> float:
+        return 1e3 * self.batch / self.median_ms
+
+
+@dataclass
+class SpeedReport:
+    stamps: dict = field(default_factory=dict)
+    timings: list[Timing] = field(default_factory=list)
+    equivalence: dict = field(default_factory=dict)
+    conversion: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def ratios(self) -> list[dict]:
+        """Speedup of `sparse_bf16*` over each dense denominator at each batch (t_dense / t_sparse)."""
+        by = {(t.variant, t.batch): t.median_ms for t in self.timings}
+        out = []
+        for (v, b), t in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            if not v.startswith("sparse"):
+                continue
+            for d in ("dense_bf16", "dense_fp32_autocast", "dense_bf16_compiled"):
+                if (d, b) in by:
+                    out.append({"batch": b, "sparse": v, "dense": d, "speedup": by[(d, b)] / t})
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for t, row in zip(self.timings, d["timings"]):
+            row.update(iqr_ms=t.iqr_ms, items_per_s=t.items_per_s)
+        d["ratios"] = self.ratios()
+        return d
+
+    def to_markdown(self) -> str:
+        lines = [", ".join(f"{k}={v}" for k, v in self.stamps.items()), ""]
+        lines += ["| variant | batch | median ms | IQR ms | items/s |", "|---|---:|---:|---:|---:|"]
+        for t in self.timings:
+            lines.append(f"| {t.variant} | {t.batch} | {t.median_ms:.3f} | {t.iqr_ms:.3f} | {t.items_per_s:.1f} |")
+        if self.ratios():
+            lines += ["", "| batch | sparse | vs dense | speedup |", "|---:|---|---|---:|"]
+            lines += [f"| {r['batch']} | {r['sparse']} | {r['dense']} | {r['speedup']:.3f}x |" for r in self.ratios()]
+        lines += [f"- {n}" for n in self.notes] + [f"- error {k}: {v}" for k, v in self.errors.items()]
+        return "\n".join(lines)
+
+
+# ---- pure helpers ------------------------------------------------------------------------------------------------
+def summarize(times_ms: list[float]) -> tuple[float, float, float]:
+    """(median, q25, q75) of a list of timings."""
+    q = statistics.quantiles(times_ms, n=4, method="inclusive") if len(times_ms) > 1 else [times_ms[0]] * 3
+    return statistics.median(times_ms), q[0], q[2]
+
+
+def make_inputs(model: nn.Module, batch: int, device, dtype=None, seq_len: int = 128) -> dict:
+    """Random inputs of the model's native size: pixel_values for vision configs, else input_ids."""
+    cfg = model.config
+    if hasattr(cfg, "image_size") and hasattr(cfg, "num_channels"):
+        size = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
+        x = torch.randn(batch, cfg.num_channels, size, size, device=device)
+        return {"pixel_values": x.to(dtype) if dtype is not None else x}
+    return {"input_ids": torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)}
+
+
+# ---- timing ------------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def time_forward(fn, inputs: dict, warmup: int = 10, reps: int = 50) -> list[float]:
+    """Per-call times in ms: CUDA events on GPU, perf_counter on CPU."""
+    cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in inputs.values())
+    for _ in range(warmup):
+        fn(**inputs)
+    if not cuda:
+        out = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn(**inputs)
+            out.append(1e3 * (time.perf_counter() - t))
+        return out
+    torch.cuda.synchronize()
+    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for a, b in ev:
+        a.record()
+        fn(**inputs)
+        b.record()
+    torch.cuda.synchronize()
+    return [a.elapsed_time(b) for a, b in ev]
+
+
+def stamps(device: torch.device) -> dict:
+    import transformers
+
+    s = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        s.update(device=torch.cuda.get_device_name(device), capability=f"sm{major}{minor}")
+        s.update(cuda=str(torch.version.cuda), cusparselt=str(torch.backends.cusparselt.version()))
+        try:
+            import subprocess
+
+            q = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+            s["driver"] = subprocess.run(q, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            s["driver"] = "unknown"
+    else:
+        s.update(device=platform.processor() or platform.machine(), threads=torch.get_num_threads())
+    return s
+
+
+def _variants(model, masks, device, tome_r, compile_ok, report) -> dict:
+    """Build the GPU variants: name -> (callable, input dtype)."""
+    bf16 = copy.deepcopy(model).to(device=device, dtype=torch.bfloat16).eval()
+    fp32 = copy.deepcopy(model).to(device).float().eval()
+    sparse = copy.deepcopy(model).to(device=device, dtype=torch.bfloat16).eval()
+    for m in (bf16, fp32, sparse) if tome_r else ():
+        apply_tome(m, r=tome_r)
+    eq_in = make_inputs(model, 2, device, torch.bfloat16)
+    conv = to_semi_structured(sparse, masks=masks, example_inputs=eq_in)
+    report.conversion = conv.to_dict()
+
+    def autocast(**kw):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return fp32(**{k: v.float() for k, v in kw.items()})
+
+    v = {"dense_bf16": bf16, "dense_fp32_autocast": autocast, "sparse_bf16": sparse}
+    if compile_ok:
+        v["dense_bf16_compiled"] = torch.compile(bf16)
+        v["sparse_bf16_compiled"] = torch.compile(sparse)
+    with torch.inference_mode():
+        ref, out = bf16(**eq_in).logits.float(), sparse(**eq_in).logits.float()
+        r32 = autocast(**eq_in).logits.float()
+    report.equivalence = {
+        "batch": 2,
+        "max_abs_diff_sparse_vs_dense_bf16": float((out - ref).abs().max()),
+        "max_abs_diff_dense_autocast_vs_dense_bf16": float((r32 - ref).abs().max()),
+        "max_abs_logit_dense_bf16": float(ref.abs().max()),
+        "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
+    }
+    return v
+
+
+def speed_audit(
+    model: nn.Module,
+    masks: Masks | None = None,
+    batches=(1, 16, 64, 128, 256),
+    tome_r: int = 0,
+    compile: bool = True,
+    compile_batches=(128,),
+    warmup: int = 10,
+    reps: int = 50,
+    device: str | None = None,
+) -> SpeedReport:
+    """Time dense-masked vs 2:4 variants over a batch sweep (see the module docstring)."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    report = SpeedReport(stamps={**stamps(dev), "tome_r": tome_r})
+    if dev.type != "cuda":
+        report.notes.append("CPU: no 2:4 kernel exists; timing the dense-masked model only, no speedup claimed")
+        m = copy.deepcopy(model).eval()
+        if tome_r:
+            apply_tome(m, r=tome_r)
+        for b in batches:
+            med, q25, q75 = summarize(time_forward(m, make_inputs(m, b, dev), warmup, reps))
+            report.timings.append(Timing("dense_fp32", b, med, q25, q75, reps))
+        return report
+    variants = _variants(model, masks, dev, tome_r, compile, report)
+    for b in batches:
+        x = make_inputs(model, b, dev, torch.bfloat16)
+        for name, fn in variants.items():
+            if name.endswith("compiled") and b not in compile_batches:
+                continue
+            try:
+                med, q25, q75 = summarize(time_forward(fn, x, warmup, reps))
+            except Exception as e:  # noqa: BLE001 - OOM / compile failures are recorded, not fatal
+                report.errors[f"{name}@{b}"] = f"{type(e).__name__}: {str(e)[:200]}"
+                torch.cuda.empty_cache()
+                continue
+            report.timings.append(Timing(name, b, med, q25, q75, reps))
+            logger.info("%s b=%d: %.3f ms", name, b, med)
+    return report

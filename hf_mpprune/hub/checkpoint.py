@@ -1,0 +1,308 @@
+"""Checkpoints: `save_pretrained` / `from_pretrained` / `push_to_hub` for an `MPPruner`.
+
+A checkpoint is a normal transformers directory (config.json + safetensors with exact +0.0 zeros) plus sidecars
+(`constants.py`): `mpprune_config.json`, `mpprune_masks.safetensors` (bit-packed, SHA-256), `mpprune_ledger.json`
+(mask SHA-256 and weights SHA-256), `mpprune_spectra.json` (if analysed), `recipe.yaml` and a `README.md` card.
+`AutoModelFor*.from_pretrained(dir)` loads it without hf_mpprune. Input-channel permutations (CAST +perm) must be
+folded into the weights before saving; `ledger.permutations` only records them (see `ledger.py`).
+
+Writes are atomic (`atomic.py`): everything goes to a temporary directory next to the target, which replaces the
+target only once complete.
+"""
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+import yaml
+
+from ..core.config import PruningConfig
+from ..core.constants import CONFIG_NAME, LEDGER_NAME, MASKS_NAME, RECIPE_NAME, SPECTRA_NAME
+from ..core.errors import ConfigError, LedgerMismatchError, MPPruneWarning
+from ..core.ledger import Ledger, weights_sha256
+from ..core.masks import Masks
+from .atomic import atomic_directory
+
+
+if TYPE_CHECKING:
+    from ..pruner import MPPruner
+
+logger = logging.getLogger(__name__)
+
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download")
+# Never download these from a Hub repo: our checkpoints are safetensors only.
+_IGNORE = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.ot", "*.onnx", "*.tflite", "*.gguf"]
+
+
+# ---- verification ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def verify_masks(model: torch.nn.Module, masks: Masks) -> dict[str, int]:
+    """Check mask ⇔ zero pattern. A pruned-by-mask weight that is nonzero raises `LedgerMismatchError` naming the
+    layers; kept-by-mask weights that are exactly 0 (e.g. bf16 underflow) are allowed and returned per layer."""
+    masks.check_model(model)
+    bad, kept_zero = {}, {}
+    for name, m in masks.items():
+        w = model.get_submodule(name).weight
+        m = m.to(w.device)
+        n_bad = int((~m & (w != 0)).sum())
+        if n_bad:
+            bad[name] = n_bad
+        n_zero = int((m & (w == 0)).sum())
+        if n_zero:
+            kept_zero[name] = n_zero
+    if bad:
+        shown = ", ".join(f"{k} ({v} nonzero)" for k, v in list(bad.items())[:10])
+        raise LedgerMismatchError(
+            f"weights do not match their masks: pruned-by-mask entries are nonzero in {len(bad)} layer(s): {shown}. "
+            "The weights were modified after pruning (e.g. trained without `masks.freeze_`): re-apply the masks "
+            "with `masks.apply_(model)` or load with plain transformers"
+        )
+    if kept_zero:
+        logger.info(
+            "%d kept-by-mask weights are exactly 0 in %d layers (allowed)", sum(kept_zero.values()), len(kept_zero)
+        )
+    return kept_zero
+
+
+# ---- save ----------------------------------------------------------------------------------------------------------
+def save_pretrained(
+    pruner: "MPPruner", save_directory: str | os.PathLike, *, processor: Any = None, card: bool = True,
+    existing_card: str | None = None, model_name: str | None = None, max_shard_size: str | int | None = None,
+) -> str:  # fmt: skip
+    """Write the checkpoint atomically; returns the directory. Nothing is written when the masks do not match
+    the weights (`LedgerMismatchError`) or the model is not a transformers `PreTrainedModel` (`ConfigError`)."""
+    from transformers import PreTrainedModel
+
+    model = pruner.model
+    if not isinstance(model, PreTrainedModel):
+        raise ConfigError(
+            f"save_pretrained needs a transformers PreTrainedModel, got {type(model).__name__}; "
+            "for a plain nn.Module save `pruner.masks.save(path)` and the state dict yourself"
+        )
+    target = os.path.abspath(os.fspath(save_directory))
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ConfigError(f"save_directory {target!r} exists and is not a directory; pick another path")
+    if pruner.masks is not None:
+        verify_masks(model, pruner.masks)
+        _canonical_zeros_(model, pruner.masks)
+    if card and existing_card is None and os.path.isfile(os.path.join(target, "README.md")):
+        with open(os.path.join(target, "README.md"), encoding="utf-8") as f:
+            existing_card = f.read()
+    with atomic_directory(target) as tmp:
+        kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+        model.save_pretrained(tmp, **kwargs)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        _write_sidecars(pruner, tmp)
+        if card:
+            from .card import make_card
+
+            text = make_card(pruner, model_name=model_name or os.path.basename(target), existing=existing_card)
+            _write_text(os.path.join(tmp, "README.md"), text)
+    logger.info("saved checkpoint to %s", target)
+    return target
+
+
+@torch.no_grad()
+def _canonical_zeros_(model: torch.nn.Module, masks: Masks) -> None:
+    """Pruned entries must be +0.0 on disk (−0.0 breaks some 2:4 kernels); values are untouched otherwise."""
+    for name, m in masks.items():
+        w = model.get_submodule(name).weight
+        w.masked_fill_(~m.to(w.device), 0.0)
+
+
+def _write_sidecars(pruner: "MPPruner", tmp: str) -> None:
+    ledger = pruner.ledger
+    ledger.identity["weights_sha256"] = weights_sha256(tmp)
+    if pruner.config is not None:
+        pruner.config.to_json_file(os.path.join(tmp, CONFIG_NAME))
+    if pruner.masks is not None:
+        ledger.identity["mask_sha256"] = pruner.masks.save(os.path.join(tmp, MASKS_NAME))
+    if pruner.spectra is not None:
+        pruner.spectra.to_json(os.path.join(tmp, SPECTRA_NAME), include_singular_values=True)
+    ledger.to_json(os.path.join(tmp, LEDGER_NAME))
+    _write_text(os.path.join(tmp, RECIPE_NAME), _recipe_text(pruner))
+
+
+def _recipe_text(pruner: "MPPruner") -> str:
+    recipe = getattr(pruner, "recipe", None)
+    if recipe is None:
+        recipe = {"model": {"id": pruner.ledger.identity.get("base_model") or "unknown"}}
+        if pruner.config is not None:
+            recipe["pruning"] = {k: v for k, v in pruner.config.to_dict().items() if k != "hf_mpprune_version"}
+    head = "# hf_mpprune recipe that produced this checkpoint (run: hf-mpprune run recipe.yaml)\n"
+    return head + yaml.safe_dump(recipe, sort_keys=False)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# ---- load ----------------------------------------------------------------------------------------------------------
+def resolve_local(name_or_path: str | os.PathLike, hub: dict[str, Any]) -> tuple[str, str | None]:
+    """Return (local directory, Hub commit or None). Hub ids are fetched with `snapshot_download` (no pickles)."""
+    path = os.path.expanduser(os.fspath(name_or_path))
+    sub = hub.get("subfolder") or ""
+    if os.path.isdir(path):
+        return os.path.join(path, sub), None
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
+    if looks_local:
+        raise FileNotFoundError(f"no model directory at {path!r}")
+    from huggingface_hub import snapshot_download
+
+    kw = {k: hub[k] for k in ("revision", "token", "cache_dir", "local_files_only", "force_download") if k in hub}
+    try:
+        local = snapshot_download(path, ignore_patterns=_IGNORE, **kw)
+    except Exception as e:  # the hub raises many types (offline, 404, auth); all mean "cannot load"
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        hint = (
+            " (HF_HUB_OFFLINE=1: only local dirs and models already in the HF cache can be loaded)" if offline else ""
+        )
+        raise OSError(f"cannot load a model config from {path!r}{hint}: {e}") from e
+    return os.path.join(local, sub), os.path.basename(os.path.normpath(local))
+
+
+def load_pretrained(
+    cls: type["MPPruner"], name_or_path: str | os.PathLike, config: PruningConfig | None = None, **kwargs: Any
+) -> "MPPruner":
+    """Load a model; if our sidecars are present also restore config, masks (verified), ledger and spectra."""
+    from ..pruner import load_model
+
+    hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+    local, commit = resolve_local(name_or_path, hub)
+    model = load_model(local, **kwargs)
+    if not os.path.isfile(os.path.join(local, LEDGER_NAME)):
+        pruner = cls(model, config)
+        pruner.ledger.identity.update(
+            base_model=os.fspath(name_or_path), base_weights_sha256=weights_sha256(local, exclude=(MASKS_NAME,))
+        )
+        if commit is not None:
+            pruner.ledger.identity["base_revision"] = commit
+        return pruner
+    return _restore(cls, model, local, config)
+
+
+def _restore(cls: type["MPPruner"], model: torch.nn.Module, local: str, config: PruningConfig | None) -> "MPPruner":
+    from ..core.layers import discover_layers
+    from ..spectral.fit import SpectralReport
+
+    ledger = Ledger.from_json(os.path.join(local, LEDGER_NAME))
+    if config is None and os.path.isfile(os.path.join(local, CONFIG_NAME)):
+        config = _saved_config(os.path.join(local, CONFIG_NAME))
+    masks = None
+    if os.path.isfile(os.path.join(local, MASKS_NAME)):
+        masks = Masks.load(os.path.join(local, MASKS_NAME), expected_sha256=ledger.identity.get("mask_sha256"))
+    pruner = cls(model, config)
+    if config is None and masks is not None:
+        pruner.layers = discover_layers(model, masks.names)
+    if masks is not None:
+        if set(masks.names) != set(pruner.layers.names):
+            diff = sorted(set(masks.names) ^ set(pruner.layers.names))[:10]
+            raise LedgerMismatchError(f"masks in {local} do not cover the configured layers (differ: {diff})")
+        verify_masks(model, masks)
+    _check_weights_hash(local, ledger)
+    try:
+        ledger.check_disjoint()
+    except ConfigError as e:
+        warnings.warn(f"the ledger in {local} records overlapping data splits: {e}", MPPruneWarning, stacklevel=3)
+    pruner.masks, pruner.ledger = masks, ledger
+    if os.path.isfile(os.path.join(local, SPECTRA_NAME)):
+        with open(os.path.join(local, SPECTRA_NAME), encoding="utf-8") as f:
+            pruner.spectra = SpectralReport.from_dict(json.load(f))
+    return pruner
+
+
+def _saved_config(path: str) -> PruningConfig | None:
+    try:
+        return PruningConfig.from_json_file(path, strict=False)
+    except ConfigError as e:  # e.g. a method that is not installed here
+        warnings.warn(
+            f"cannot restore the pruning config ({e}); masks and ledger are still loaded", MPPruneWarning, stacklevel=3
+        )
+        return None
+
+
+def _check_weights_hash(local: str, ledger: Ledger) -> None:
+    want = ledger.identity.get("weights_sha256")
+    if not want:
+        return
+    have = weights_sha256(local, exclude=(MASKS_NAME,))
+    if have != want:
+        changed = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        warnings.warn(
+            f"weights file(s) {changed} differ from the SHA-256 in the ledger: the weights were re-saved after "
+            "pruning; masks still match the zeros, but the ledger's metrics may not describe these weights",
+            MPPruneWarning,
+            stacklevel=3,
+        )
+
+
+# ---- push ----------------------------------------------------------------------------------------------------------
+def push_to_hub(
+    pruner: "MPPruner", repo_id: str | None = None, *, private: bool | None = None, revision: str | None = None,
+    create_pr: bool = False, token: str | bool | None = None, commit_message: str | None = None, processor: Any = None,
+):  # fmt: skip
+    """Upload weights, sidecars and card in **one** commit; returns the `CommitInfo`. An existing card in the repo
+    is updated (user text outside our marked section kept). `repo_id` is required and checked before any I/O."""
+    if not isinstance(repo_id, str) or not repo_id.strip() or repo_id.count("/") > 1:
+        raise ConfigError(f"push_to_hub needs repo_id='org/name' (or 'name'), got {repo_id!r}")
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision and not create_pr:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    existing = None
+    try:
+        with open(hf_hub_download(repo_id, "README.md", revision=revision, token=token), encoding="utf-8") as f:
+            existing = f.read()
+    except Exception as e:  # no card yet (404) is the normal case
+        logger.info("no existing card in %s (%s)", repo_id, type(e).__name__)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_pretrained(
+            pruner, os.path.join(tmp, "ckpt"), processor=processor, existing_card=existing,
+            model_name=repo_id.split("/")[-1],
+        )  # fmt: skip
+        ops = _operations(api, repo_id, revision, folder)
+        msg = commit_message or f"Upload pruned checkpoint ({_summary(pruner)}) with hf_mpprune"
+        # create_commit = exactly one commit (upload_folder may split large uploads into several)
+        return api.create_commit(
+            repo_id=repo_id, operations=ops, commit_message=msg, revision=revision, create_pr=create_pr
+        )
+
+
+def _operations(api, repo_id: str, revision: str | None, folder: str) -> list:
+    """Add every file of the checkpoint; delete stale weight shards left in the repo by an earlier push."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    ops: list = []
+    for dirpath, _, files in os.walk(folder):
+        for name in sorted(files):
+            full = os.path.join(dirpath, name)
+            ops.append(
+                CommitOperationAdd(
+                    path_in_repo=os.path.relpath(full, folder).replace(os.sep, "/"), path_or_fileobj=full
+                )
+            )
+    ours = {op.path_in_repo for op in ops}
+    try:
+        remote = api.list_repo_files(repo_id, revision=revision)
+    except Exception as e:  # a new repo or branch: nothing to delete
+        logger.info("cannot list %s (%s): no stale files removed", repo_id, type(e).__name__)
+        remote = []
+    weights = (".safetensors", "model.safetensors.index.json")
+    stale = [f for f in remote if f not in ours and f.endswith(weights)]
+    ops += [CommitOperationDelete(path_in_repo=f) for f in stale]
+    return ops
+
+
+def _summary(pruner: "MPPruner") -> str:
+    if pruner.masks is None:
+        return "dense"
+    method = pruner.config.method if pruner.config is not None else "pruned"
+    return f"{method}, sparsity {pruner.masks.sparsity():.3f}"

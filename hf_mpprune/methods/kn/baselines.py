@@ -1,0 +1,138 @@
+"""k:n baselines in the CAST registry (ALGORITHMS.md §8.10): magnitude k:n (via `magnitude` with a pattern),
+Wanda k:n (|W|·‖x‖ top-k per (row, group)) and SparseGPT k:n (OBS pruning, sequential over layers).
+
+All share CAST's eligibility (task head skipped structurally, ineligible convs skipped, tail columns left as they
+are, rows < n an error), its kept-slot masks and its legality audit in the ledger record.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from ...core.calibration import as_batches, input_sq_norms
+from ...core.errors import ConfigError, PatternError
+from ...core.masks import Masks
+from ...core.obs import sparsegpt_prune
+from ...core.registry import PruneContext, register_method
+from .geometry import (
+    KNMethodConfig,
+    cells,
+    column_order,
+    from_grouped,
+    kn_keep,
+    plan,
+    sequential_hessians,
+    source_keep,
+    to_grouped,
+    unwrap,
+)  # fmt: skip
+from .legality import legality_audit
+
+
+def kn_select(ctx: PruneContext, scores: dict[str, torch.Tensor], eligible, cfg_like) -> Masks:
+    """Keep the top-k scores per (row, group) of every eligible layer (previously pruned entries score lowest);
+    other layers keep their source mask. Masks are applied to the model and audited (record["legality"])."""
+    pattern, grouping = ctx.config.pattern, cfg_like["conv_grouping"]
+    masks = {}
+    for la in ctx.layers:
+        base = source_keep(la, ctx.previous)
+        if la in eligible:
+            order = column_order(la, grouping)
+            s = to_grouped(la, scores[la.name].detach().float(), order).masked_fill(~to_grouped(la, base, order), -1)
+            base = from_grouped(la, kn_keep(s, pattern, to_grouped(la, base, order)), order)
+        masks[la.name] = base
+    return _finish(ctx, Masks(masks, pattern), eligible, grouping)
+
+
+def _finish(ctx, masks: Masks, eligible, grouping) -> Masks:
+    masks.apply_(ctx.model)
+    audit = legality_audit(ctx.model, ctx.config.pattern, layers=Masks({la.name: masks[la.name] for la in eligible}),
+                           conv_grouping=grouping)  # fmt: skip
+    ctx.record["legality"] = audit.to_dict()
+    if not audit.ok:
+        raise PatternError(f"{ctx.config.method} produced an illegal {ctx.config.pattern} model: {audit.totals()}")
+    return masks
+
+
+def magnitude_kn(ctx: PruneContext) -> Masks:
+    """Magnitude k:n: the k largest |W| per (row, group); head skipped; flattened conv grouping."""
+    eligible, skipped = plan(ctx.layers, ctx.config.pattern)
+    ctx.record["kn"] = {"pattern": str(ctx.config.pattern), "skipped": skipped, "mask": "kept-slot pattern"}
+    return kn_select(ctx, {la.name: la.weight.abs() for la in eligible}, eligible, {"conv_grouping": "flattened"})
+
+
+def _setup(ctx: PruneContext):
+    cfg = ctx.config
+    data, _ = unwrap(ctx.calibration)
+    if data is None or ctx.model is None:
+        raise ConfigError(f"{cfg.method} needs calibration data and the model: MPPruner(...).prune(calibration=...)")
+    batches = as_batches(data, num_samples=cfg.num_calibration_samples, batch_size=cfg.calibration_batch_size,
+                         seed=cfg.seed)  # fmt: skip
+    eligible, skipped = plan(ctx.layers, cfg.pattern, skip_head=cfg.skip_head, conv_grouping=cfg.conv_grouping,
+                             strict_tail=cfg.strict_tail)  # fmt: skip
+    ctx.record["calibration"] = batches.record()
+    ctx.record["kn"] = {"pattern": str(cfg.pattern), "skipped": skipped, "mask": "kept-slot pattern"}
+    return batches, eligible
+
+
+@dataclass
+class WandaKNConfig(KNMethodConfig):
+    """Wanda k:n: score |W_ij|·‖x_j‖₂ over the calibration inputs, keep the top k per (row, group) of n."""
+
+    method: str = "wanda-kn"
+
+
+@register_method("wanda-kn", WandaKNConfig, needs_calibration=True, structured=True)
+@torch.no_grad()
+def wanda_kn(ctx: PruneContext) -> Masks:
+    """Wanda k:n baseline: |W|·‖x‖ top-k per (row, group)."""
+    batches, eligible = _setup(ctx)
+    norms = input_sq_norms(ctx.model, eligible, batches)
+    scores = {}
+    for la in eligible:
+        mat = la.matrix_view(la.weight.detach()).abs().double().cpu() * norms[la.name].sqrt().unsqueeze(0)
+        scores[la.name] = la.from_matrix(mat)
+    return kn_select(ctx, scores, eligible, {"conv_grouping": ctx.config.conv_grouping})
+
+
+@dataclass
+class SparseGPTKNConfig(KNMethodConfig):
+    """SparseGPT k:n: OBS pruning column by column with k kept of every n (sequential over layers).
+
+    Args:
+        blocksize (`int`, defaults to 128): lazy-update block (rounded to a multiple of n).
+        percdamp (`float`, defaults to 0.01): Hessian damping, fraction of the mean diagonal.
+    """
+
+    method: str = "sparsegpt-kn"
+    blocksize: int = 128
+    percdamp: float = 0.01
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.blocksize < 1 or not 0 <= self.percdamp < 1:
+            raise ConfigError(f"blocksize={self.blocksize} must be >= 1 and percdamp={self.percdamp} in [0, 1)")
+
+
+@register_method("sparsegpt-kn", SparseGPTKNConfig, needs_calibration=True, structured=True)
+@torch.no_grad()
+def sparsegpt_kn(ctx: PruneContext) -> Masks:
+    """SparseGPT k:n baseline (OBS updates of the remaining weights)."""
+    cfg = ctx.config
+    batches, eligible = _setup(ctx)
+    keeps = {}
+
+    def prune_layer(layer, h):
+        order = column_order(layer, cfg.conv_grouping)
+        w = to_grouped(layer, layer.weight.detach(), order).cpu()
+        hg = h if order is None else h[order][:, order]
+        w_new, keep = sparsegpt_prune(w, hg, cfg.pattern, blocksize=cfg.blocksize, percdamp=cfg.percdamp)
+        gn = cells(w, cfg.pattern.group).shape[1] * cfg.pattern.group
+        keep[:, gn:] = to_grouped(layer, source_keep(layer, ctx.previous), order)[:, gn:].cpu()
+        w_new[:, gn:] = w[:, gn:]
+        layer.weight.copy_(from_grouped(layer, w_new, order).to(layer.weight.device))
+        keeps[layer.name] = from_grouped(layer, keep, order)
+
+    sequential_hessians(ctx.model, eligible, batches, prune_layer)
+    masks = {la.name: keeps.get(la.name, source_keep(la, ctx.previous)) for la in ctx.layers}
+    return _finish(ctx, Masks(masks, cfg.pattern), eligible, cfg.conv_grouping)
