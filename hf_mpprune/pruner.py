@@ -23,8 +23,6 @@ from .spectral.fit import SpectralReport, analyze
 
 logger = logging.getLogger(__name__)
 
-_HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download")
-
 
 class MPPruner:
     """Prune a model with an MP-guided method.
@@ -184,30 +182,3 @@ class MPPruner:
         if self.spectra is not None:
             out["spectra"] = {r.name: (r.fit.sigma_plus, r.fit.bulk_fraction, r.fit.n_spikes) for r in self.spectra}
         return out
-
-
-def load_model(name_or_path: str | os.PathLike, **kwargs: Any) -> nn.Module:
-    """Load a model with the architecture class named in its `config.json` (falls back to `AutoModel`)."""
-    import transformers
-    from transformers import AutoConfig, AutoModel
-
-    path = str(name_or_path)
-    looks_local = path.startswith((".", "/", "~")) or os.sep in path.rstrip(os.sep).split(os.sep, 2)[-1]
-    if looks_local and not os.path.isdir(os.path.expanduser(path)):
-        raise FileNotFoundError(f"no model directory at {path!r}")
-    hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
-    try:
-        cfg = AutoConfig.from_pretrained(path, **hub)
-    except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        hint = (
-            " (HF_HUB_OFFLINE=1: only local dirs and models already in the HF cache can be loaded)" if offline else ""
-        )
-        raise OSError(f"cannot load a model config from {path!r}{hint}: {e}") from e
-    archs = getattr(cfg, "architectures", None) or []
-    model_cls = getattr(transformers, archs[0], None) if archs else None
-    if model_cls is None:
-        model_cls = AutoModel
-    model = model_cls.from_pretrained(path, config=cfg, **hub, **kwargs)
-    model.eval()
-    return model

@@ -8,7 +8,7 @@ import torch
 from scipy import integrate, optimize
 
 from hf_mpprune import SpectralConfig, SpectralError, fit_mp
-from hf_mpprune.spectral.fit import mp_cdf, mp_edges, mp_pdf, mp_quantile, tw1_quantile
+from hf_mpprune.spectral.law import mp_cdf, mp_edges, mp_pdf, mp_quantile, tw1_quantile
 
 
 SHAPES = [(256, 256), (256, 768), (768, 256), (384, 1536), (1536, 384), (512, 512)]

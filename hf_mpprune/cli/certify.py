@@ -80,7 +80,7 @@ def _default_layers(dense, pruned, estimator: str) -> list[str]:
 
 def _run(args) -> int:
     from ..certify.audit import budget_audit
-    from ..pruner import load_model
+    from ..core.loading import load_model
 
     dense, pruned = load_model(args.dense), load_model(args.model)
     samples, labels = make_samples(dense.config, args.samples, args.data, args.seed)

@@ -45,8 +45,8 @@ def register(sub) -> None:
 
 
 def _load(path: str):
+    from ..core.loading import load_model
     from ..core.masks import Masks
-    from ..pruner import load_model
 
     model = load_model(path)
     mpath = os.path.join(path, MASKS_NAME)

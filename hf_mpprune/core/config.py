@@ -104,6 +104,25 @@ def _check_patterns(name: str, value) -> list[str] | None:
     return list(value)
 
 
+# method name -> config class; filled by `registry.register_method`, read by `PruningConfig.resolve/from_dict`.
+_CONFIG_CLASSES: dict[str, type] = {}
+
+
+def config_class(method: str) -> type:
+    """The config class registered for `method` (`ConfigError` naming the registered methods otherwise)."""
+    try:
+        return _CONFIG_CLASSES[method]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"unknown pruning method {method!r}; registered methods: {', '.join(sorted(_CONFIG_CLASSES))}"
+        ) from None
+
+
+def add_config_class(method: str, cls: type) -> None:
+    """Called by the registry when a method is registered (the config layer never imports the registry)."""
+    _CONFIG_CLASSES[method] = cls
+
+
 @dataclass
 class PruningConfig:
     """Common pruning settings; method-specific configs subclass this.
@@ -151,14 +170,12 @@ class PruningConfig:
     # ---- dispatch -------------------------------------------------------------------------------------
     def resolve(self) -> "PruningConfig":
         """Return this config as an instance of its method's registered config class."""
-        from .registry import get_method
-
-        spec = get_method(self.method)
-        if type(self) is spec.config_cls:
+        config_cls = config_class(self.method)
+        if type(self) is config_cls:
             return self
-        if not isinstance(self, PruningConfig) or not issubclass(spec.config_cls, type(self)):
+        if not isinstance(self, PruningConfig) or not issubclass(config_cls, type(self)):
             raise ConfigError(f"{type(self).__name__} cannot be used for method {self.method!r}")
-        return spec.config_cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        return config_cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     # ---- serialisation --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -176,13 +193,11 @@ class PruningConfig:
         Unknown keys raise `ConfigError` (`strict=True`, recipes) or are dropped with a warning
         (`strict=False`, checkpoints written by a newer version).
         """
-        from .registry import get_method
-
         if not isinstance(data, dict):
             raise ConfigError(f"a pruning config must be a mapping, got {type(data).__name__}")
         data = dict(data)
         data.pop("hf_mpprune_version", None)
-        target_cls = get_method(data.get("method", cls.method)).config_cls if "method" in data else cls
+        target_cls = config_class(data["method"]) if "method" in data else cls
         known = {f.name for f in dataclasses.fields(target_cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -9,30 +9,26 @@ import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .config import PruningConfig
+from torch import nn
+
+from .config import PruningConfig, add_config_class
 from .errors import ConfigError
-
-
-if TYPE_CHECKING:
-    import torch
-
-    from ..spectral.fit import SpectralReport
-    from .layers import LayerSet
-    from .masks import Masks
+from .layers import LayerSet
+from .masks import Masks
 
 
 @dataclass
 class PruneContext:
     """Everything a mask function may read. Optional parts are None when the method does not need them."""
 
-    layers: "LayerSet"
+    layers: LayerSet
     config: PruningConfig
-    model: "torch.nn.Module | None" = None
-    spectra: "SpectralReport | None" = None
+    model: nn.Module | None = None
+    spectra: Any = None  # a `hf_mpprune.spectral.SpectralReport` when the method needs spectra
     calibration: Any = None  # method-specific statistics (e.g. input norms), or the raw batches
-    previous: "Masks | None" = None  # masks of the previous cycle (cumulative pruning)
+    previous: Masks | None = None  # masks of the previous cycle (cumulative pruning)
     train_step: Callable | None = None  # for methods that train (SER, Hybrid)
     record: dict = field(default_factory=dict)  # the method writes ledger details here
 
@@ -41,7 +37,7 @@ class PruneContext:
 class MethodSpec:
     name: str
     config_cls: type[PruningConfig]
-    fn: Callable[[PruneContext], "Masks"]
+    fn: Callable[[PruneContext], Masks]
     needs_spectra: bool = False
     needs_calibration: bool = False
     needs_training: bool = False
@@ -75,8 +71,9 @@ def register_method(
         if default != name:
             raise ConfigError(f"{config_cls.__name__}.method defaults to {default!r}, expected {name!r}")
 
-    def wrap(fn: Callable[[PruneContext], "Masks"]):
+    def wrap(fn: Callable[[PruneContext], Any]):
         doc = (fn.__doc__ or "").strip().splitlines()
+        add_config_class(name, config_cls)
         _REGISTRY[name] = MethodSpec(
             name, config_cls, fn, needs_spectra, needs_calibration, needs_training, structured, experimental,
             doc[0] if doc else "",

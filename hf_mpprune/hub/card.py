@@ -10,15 +10,12 @@ and only the text between our `hf-mpprune:begin/end` markers is replaced; user t
 import os
 import re
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..core.constants import LIBRARY_TAG
 
-
-if TYPE_CHECKING:
-    from ..pruner import MPPruner
 
 BEGIN, END = "<!-- hf-mpprune:begin", "<!-- hf-mpprune:end -->"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -36,7 +33,7 @@ def template_text() -> str:
     return resources.files("hf_mpprune").joinpath("hub/templates/model_card.md").read_text(encoding="utf-8")
 
 
-def card_tags(pruner: "MPPruner") -> list[str]:
+def card_tags(pruner: Any) -> list[str]:
     tags = [LIBRARY_TAG, "pruned", "sparse"]
     pattern = pruner.masks.pattern if pruner.masks is not None else None
     tags += [str(pattern), "semi-structured"] if pattern is not None else ["unstructured"]
@@ -49,7 +46,7 @@ def card_tags(pruner: "MPPruner") -> list[str]:
     return tags
 
 
-def _base_model(pruner: "MPPruner") -> str | None:
+def _base_model(pruner: Any) -> str | None:
     base = str(pruner.ledger.identity.get("base_model") or "")
     return base if _REPO_ID.match(base) and not os.path.exists(base) else None
 
@@ -58,7 +55,7 @@ def _pipeline_tag(model_class: str) -> str | None:
     return next((tag for suffix, tag in _PIPELINES if model_class.endswith(suffix)), None)
 
 
-def _eval_results(pruner: "MPPruner") -> list[EvalResult]:
+def _eval_results(pruner: Any) -> list[EvalResult]:
     out = []
     for m in pruner.ledger.metrics:
         if m.get("stage") == "base":
@@ -72,7 +69,7 @@ def _eval_results(pruner: "MPPruner") -> list[EvalResult]:
     return out
 
 
-def card_data(pruner: "MPPruner", model_name: str, model_class: str) -> ModelCardData:
+def card_data(pruner: Any, model_name: str, model_class: str) -> ModelCardData:
     results = _eval_results(pruner)
     datasets = sorted({m["dataset"] for m in pruner.ledger.metrics if _REPO_ID.match(m["dataset"])})
     return ModelCardData(
@@ -87,7 +84,7 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def layer_table(pruner: "MPPruner") -> str:
+def layer_table(pruner: Any) -> str:
     sparsity = pruner.masks.layer_sparsity() if pruner.masks is not None else {}
     fits = pruner.spectra.by_layer() if pruner.spectra is not None else {}
     rows = []
@@ -99,7 +96,7 @@ def layer_table(pruner: "MPPruner") -> str:
     return "\n".join(rows)
 
 
-def steps_table(pruner: "MPPruner") -> str:
+def steps_table(pruner: Any) -> str:
     rows = []
     for s in pruner.ledger.steps:
         tgt, ach = s.get("target_sparsity"), s.get("achieved_sparsity")
@@ -114,7 +111,7 @@ def steps_table(pruner: "MPPruner") -> str:
     return "\n".join(rows) or "| – | dense (no pruning step) | – | – | – |"
 
 
-def metrics_table(pruner: "MPPruner") -> str:
+def metrics_table(pruner: Any) -> str:
     if not pruner.ledger.metrics:
         return "No evaluation recorded in the ledger."
     rows = ["| stage | metric | dataset | split | value |", "|---|---|---|---|---|"]
@@ -128,7 +125,7 @@ def metrics_table(pruner: "MPPruner") -> str:
     return "\n".join(rows)
 
 
-def _summary(pruner: "MPPruner") -> str:
+def _summary(pruner: Any) -> str:
     base = pruner.ledger.identity.get("base_model") or "a model"
     if pruner.masks is None:
         return f"Dense checkpoint of `{base}` with an hf_mpprune spectral analysis (no pruning yet)."
@@ -142,7 +139,7 @@ def _summary(pruner: "MPPruner") -> str:
 
 
 # ---- assembling and updating --------------------------------------------------------------------------------------
-def make_card(pruner: "MPPruner", *, model_name: str, existing: str | None = None, repo_or_path: str = "") -> str:
+def make_card(pruner: Any, *, model_name: str, existing: str | None = None, repo_or_path: str = "") -> str:
     """Render the card; if `existing` card text is given, update it instead of replacing it."""
     model_class = (getattr(getattr(pruner.model, "config", None), "architectures", None) or ["AutoModel"])[0]
     data = card_data(pruner, model_name, model_class)

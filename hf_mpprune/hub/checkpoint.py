@@ -15,7 +15,7 @@ import logging
 import os
 import tempfile
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
@@ -24,18 +24,12 @@ from ..core.config import PruningConfig
 from ..core.constants import CONFIG_NAME, LEDGER_NAME, MASKS_NAME, RECIPE_NAME, SPECTRA_NAME
 from ..core.errors import ConfigError, LedgerMismatchError, MPPruneWarning
 from ..core.ledger import Ledger, weights_sha256
+from ..core.loading import load_model, resolve_local, split_hub_kwargs
 from ..core.masks import Masks
 from .atomic import atomic_directory
 
 
-if TYPE_CHECKING:
-    from ..pruner import MPPruner
-
 logger = logging.getLogger(__name__)
-
-HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download")
-# Never download these from a Hub repo: our checkpoints are safetensors only.
-_IGNORE = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.ot", "*.onnx", "*.tflite", "*.gguf"]
 
 
 # ---- verification ------------------------------------------------------------------------------------------------
@@ -70,7 +64,7 @@ def verify_masks(model: torch.nn.Module, masks: Masks) -> dict[str, int]:
 
 # ---- save ----------------------------------------------------------------------------------------------------------
 def save_pretrained(
-    pruner: "MPPruner", save_directory: str | os.PathLike, *, processor: Any = None, card: bool = True,
+    pruner: Any, save_directory: str | os.PathLike, *, processor: Any = None, card: bool = True,
     existing_card: str | None = None, model_name: str | None = None, max_shard_size: str | int | None = None,
 ) -> str:  # fmt: skip
     """Write the checkpoint atomically; returns the directory. Nothing is written when the masks do not match
@@ -115,7 +109,7 @@ def _canonical_zeros_(model: torch.nn.Module, masks: Masks) -> None:
         w.masked_fill_(~m.to(w.device), 0.0)
 
 
-def _write_sidecars(pruner: "MPPruner", tmp: str) -> None:
+def _write_sidecars(pruner: Any, tmp: str) -> None:
     ledger = pruner.ledger
     ledger.identity["weights_sha256"] = weights_sha256(tmp)
     if pruner.config is not None:
@@ -128,7 +122,7 @@ def _write_sidecars(pruner: "MPPruner", tmp: str) -> None:
     _write_text(os.path.join(tmp, RECIPE_NAME), _recipe_text(pruner))
 
 
-def _recipe_text(pruner: "MPPruner") -> str:
+def _recipe_text(pruner: Any) -> str:
     recipe = getattr(pruner, "recipe", None)
     if recipe is None:
         recipe = {"model": {"id": pruner.ledger.identity.get("base_model") or "unknown"}}
@@ -144,36 +138,11 @@ def _write_text(path: str, text: str) -> None:
 
 
 # ---- load ----------------------------------------------------------------------------------------------------------
-def resolve_local(name_or_path: str | os.PathLike, hub: dict[str, Any]) -> tuple[str, str | None]:
-    """Return (local directory, Hub commit or None). Hub ids are fetched with `snapshot_download` (no pickles)."""
-    path = os.path.expanduser(os.fspath(name_or_path))
-    sub = hub.get("subfolder") or ""
-    if os.path.isdir(path):
-        return os.path.join(path, sub), None
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
-    if looks_local:
-        raise FileNotFoundError(f"no model directory at {path!r}")
-    from huggingface_hub import snapshot_download
-
-    kw = {k: hub[k] for k in ("revision", "token", "cache_dir", "local_files_only", "force_download") if k in hub}
-    try:
-        local = snapshot_download(path, ignore_patterns=_IGNORE, **kw)
-    except Exception as e:  # the hub raises many types (offline, 404, auth); all mean "cannot load"
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        hint = (
-            " (HF_HUB_OFFLINE=1: only local dirs and models already in the HF cache can be loaded)" if offline else ""
-        )
-        raise OSError(f"cannot load a model config from {path!r}{hint}: {e}") from e
-    return os.path.join(local, sub), os.path.basename(os.path.normpath(local))
-
-
 def load_pretrained(
-    cls: type["MPPruner"], name_or_path: str | os.PathLike, config: PruningConfig | None = None, **kwargs: Any
-) -> "MPPruner":
+    cls: type, name_or_path: str | os.PathLike, config: PruningConfig | None = None, **kwargs: Any
+) -> Any:
     """Load a model; if our sidecars are present also restore config, masks (verified), ledger and spectra."""
-    from ..pruner import load_model
-
-    hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+    hub = split_hub_kwargs(kwargs)
     local, commit = resolve_local(name_or_path, hub)
     model = load_model(local, **kwargs)
     if not os.path.isfile(os.path.join(local, LEDGER_NAME)):
@@ -187,7 +156,7 @@ def load_pretrained(
     return _restore(cls, model, local, config)
 
 
-def _restore(cls: type["MPPruner"], model: torch.nn.Module, local: str, config: PruningConfig | None) -> "MPPruner":
+def _restore(cls: type, model: torch.nn.Module, local: str, config: PruningConfig | None) -> Any:
     from ..core.layers import discover_layers
     from ..spectral.fit import SpectralReport
 
@@ -244,7 +213,7 @@ def _check_weights_hash(local: str, ledger: Ledger) -> None:
 
 # ---- push ----------------------------------------------------------------------------------------------------------
 def push_to_hub(
-    pruner: "MPPruner", repo_id: str | None = None, *, private: bool | None = None, revision: str | None = None,
+    pruner: Any, repo_id: str | None = None, *, private: bool | None = None, revision: str | None = None,
     create_pr: bool = False, token: str | bool | None = None, commit_message: str | None = None, processor: Any = None,
 ):  # fmt: skip
     """Upload weights, sidecars and card in **one** commit; returns the `CommitInfo`. An existing card in the repo
@@ -301,7 +270,7 @@ def _operations(api, repo_id: str, revision: str | None, folder: str) -> list:
     return ops
 
 
-def _summary(pruner: "MPPruner") -> str:
+def _summary(pruner: Any) -> str:
     if pruner.masks is None:
         return "dense"
     method = pruner.config.method if pruner.config is not None else "pruned"

@@ -3,16 +3,11 @@ one-page overview (σ₊, bulk fraction, fit error, spikes by layer). matplotlib
 
 import os
 import re
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..core.errors import ConfigError
-from .fit import mp_pdf
-
-
-if TYPE_CHECKING:
-    from .fit import LayerSpectrum, SpectralReport
+from .law import mp_pdf
 
 
 def _plt():
@@ -26,7 +21,7 @@ def _plt():
     return plt
 
 
-def plot_layer(row: "LayerSpectrum", path: str) -> str:
+def plot_layer(row, path: str) -> str:
     """Histogram of λ = s²/norm with the fitted MP density over it; λ₊ and the spikes marked."""
     plt = _plt()
     f = row.fit
@@ -47,7 +42,7 @@ def plot_layer(row: "LayerSpectrum", path: str) -> str:
     return path
 
 
-def plot_overview(report: "SpectralReport", path: str) -> str:
+def plot_overview(report, path: str) -> str:
     plt = _plt()
     names = [r.name for r in report.rows]
     x = np.arange(len(names))
@@ -72,7 +67,7 @@ def plot_overview(report: "SpectralReport", path: str) -> str:
     return path
 
 
-def plot_report(report: "SpectralReport", out_dir, *, layers: bool = True) -> list[str]:
+def plot_report(report, out_dir, *, layers: bool = True) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = [plot_overview(report, os.path.join(out_dir, "overview.png"))]
     if layers:

@@ -259,7 +259,7 @@ class MPDistillationTrainer(Trainer):
             raise ConfigError("the teacher is the student itself; pass a dense copy (copy.deepcopy before pruning)")
         owned = isinstance(teacher, (str, os.PathLike))
         if owned:
-            from ..pruner import load_model
+            from ..core.loading import load_model
 
             teacher = load_model(teacher).requires_grad_(False)  # ours alone: frozen outright
         super().__init__(model=model, args=args, **kwargs)
