@@ -1,5 +1,12 @@
-"""hf_mpprune: Marchenko–Pastur random-matrix pruning for Hugging Face models."""
+"""hf_mpprune: Marchenko–Pastur random-matrix pruning for Hugging Face models.
 
+The pipeline, one subpackage per stage (docs/architecture.md): `core` (layers, masks, ledger, configs, registry)
+→ `spectral` (MP fit) → `methods` (one file per pruning method) → `training` (frozen-mask Trainer, cycles) →
+`deploy` (2:4, ToMe, MACs) → `certify` (data-path audits) → `hub` (checkpoints, cards) → `MPPruner` →
+`recipes` / `cli`. Every public name is importable from here.
+"""
+
+# ruff: noqa: E402
 import logging as _logging
 import os as _os
 
@@ -9,11 +16,11 @@ _root.addHandler(_logging.NullHandler())
 if _os.environ.get("HF_MPPRUNE_VERBOSITY"):
     _root.setLevel(_os.environ["HF_MPPRUNE_VERBOSITY"].upper())
 
-from . import methods  # noqa: E402  (fills the registry)
-from .certify.audit import budget_audit  # noqa: E402
-from .core.config import KeepPattern, PruningConfig, SpectralConfig  # noqa: E402
-from .core.constants import __version__  # noqa: E402
-from .core.errors import (  # noqa: E402
+from . import methods  # fills the registry
+from .certify.audit import budget_audit
+from .core.config import KeepPattern, PruningConfig, SpectralConfig
+from .core.constants import __version__
+from .core.errors import (
     ConfigError,
     LedgerMismatchError,
     MPPruneError,
@@ -23,36 +30,34 @@ from .core.errors import (  # noqa: E402
     SpectralError,
     UnsupportedHardwareError,
 )
-from .core.layers import LayerSet, PrunableLayer, discover_layers  # noqa: E402
-from .core.ledger import Ledger  # noqa: E402
-from .core.masks import Masks  # noqa: E402
-from .core.registry import get_method, list_methods, register_method  # noqa: E402
-from .deploy.macs import MACReport, mac_report  # noqa: E402
-from .deploy.semi_structured import ConversionReport, to_semi_structured  # noqa: E402
-from .deploy.tome import apply_tome, remove_tome  # noqa: E402
-from .methods.hybrid import HybridConfig  # noqa: E402
-from .methods.kn.geometry import KNCalibration  # noqa: E402
-from .methods.kn.legality import LegalityReport, legality_audit  # noqa: E402
-from .methods.kn.permute import attach_permutations  # noqa: E402
-from .methods.mp_wanda import MPWandaConfig  # noqa: E402
-from .methods.rmt import RMTConfig  # noqa: E402
-from .methods.seb import SEBConfig  # noqa: E402
-from .methods.ser import SERConfig  # noqa: E402
-from .methods.sparsegpt import SparseGPTConfig  # noqa: E402
-from .methods.wanda import WandaConfig  # noqa: E402
-from .pruner import MPPruner  # noqa: E402
-from .recipes.schema import Recipe, load_recipe  # noqa: E402
-from .spectral.fit import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
-from .training.cycles import CycleFinetune, TrainStep, make_train_step, run_cycles  # noqa: E402
-from .training.trainer import (  # noqa: E402
-    MaskFreezeCallback,
-    MPDistillationArguments,
-    MPDistillationTrainer,
-    kd_loss,
-)
+from .core.layers import LayerSet, PrunableLayer, discover_layers
+from .core.ledger import Ledger
+from .core.masks import Masks
+from .core.registry import get_method, list_methods, register_method
+from .deploy.macs import MACReport, mac_report
+from .deploy.semi_structured import ConversionReport, to_semi_structured
+from .deploy.tome import apply_tome, remove_tome
+from .methods.kn.baselines import SparseGPTKNConfig, WandaKNConfig
+from .methods.kn.cast import CASTConfig
+from .methods.kn.geometry import KNCalibration
+from .methods.kn.legality import LegalityReport, legality_audit
+from .methods.kn.permute import attach_permutations
+from .methods.magnitude import MagnitudeConfig
+from .methods.mp_wanda import MPWandaConfig
+from .methods.rmt import RMTConfig
+from .methods.seb import SEBConfig
+from .methods.ser import HybridConfig, SERConfig
+from .methods.sparsegpt import SparseGPTConfig
+from .methods.wanda import WandaConfig
+from .pruner import MPPruner
+from .recipes.schema import Recipe, load_recipe
+from .spectral.fit import MPFit, SpectralReport, analyze, fit_mp
+from .training.cycles import CycleFinetune, TrainStep, make_train_step, run_cycles
+from .training.trainer import MaskFreezeCallback, MPDistillationArguments, MPDistillationTrainer, kd_loss
 
 
 __all__ = [
+    "CASTConfig",
     "ConfigError",
     "ConversionReport",
     "CycleFinetune",
@@ -71,6 +76,7 @@ __all__ = [
     "MPPruneWarning",
     "MPPruner",
     "MPWandaConfig",
+    "MagnitudeConfig",
     "MaskFreezeCallback",
     "Masks",
     "NoPrunableLayersError",
@@ -82,12 +88,14 @@ __all__ = [
     "SEBConfig",
     "SERConfig",
     "SparseGPTConfig",
+    "SparseGPTKNConfig",
     "SpectralConfig",
     "SpectralError",
     "SpectralReport",
     "TrainStep",
     "UnsupportedHardwareError",
     "WandaConfig",
+    "WandaKNConfig",
     "__version__",
     "analyze",
     "apply_tome",

@@ -13,11 +13,12 @@ from typing import Any
 from torch import nn
 
 from .core.config import PruningConfig, SpectralConfig
-from .core.errors import ConfigError, PatternError
+from .core.errors import ConfigError, PatternError, warn_experimental
 from .core.layers import LayerSet, discover_layers
 from .core.ledger import Ledger, environment
 from .core.masks import Masks
 from .core.registry import PruneContext, get_method
+from .hub.checkpoint import load_pretrained, push_to_hub, save_pretrained
 from .spectral.fit import SpectralReport, analyze
 
 
@@ -66,7 +67,6 @@ class MPPruner:
         `cache_dir`, `local_files_only`, `subfolder`, `force_download`) are passed through; other keyword arguments
         (e.g. `dtype=`) go to the model's `from_pretrained`. An explicit `config` overrides the saved one.
         """
-        from .hub.checkpoint import load_pretrained
 
         return load_pretrained(cls, name_or_path, config, **kwargs)
 
@@ -75,7 +75,6 @@ class MPPruner:
 
         Keyword arguments: `processor` (saved alongside), `card` (default True), `model_name`, `max_shard_size`.
         """
-        from .hub.checkpoint import save_pretrained
 
         return save_pretrained(self, save_directory, **kwargs)
 
@@ -91,7 +90,6 @@ class MPPruner:
         processor: Any = None,
     ):
         """Upload weights, sidecars and card to `repo_id` in one commit (see `hf_mpprune.hub.checkpoint.push_to_hub`)."""
-        from .hub.checkpoint import push_to_hub
 
         return push_to_hub(
             self, repo_id, private=private, revision=revision, create_pr=create_pr, token=token,
@@ -136,8 +134,6 @@ class MPPruner:
                 "pruning is cumulative; pick a target >= the current sparsity"
             )
         if spec.experimental:
-            from .core.errors import warn_experimental
-
             warn_experimental(spec.name)
         if spec.needs_spectra and self.spectra is None:
             self.analyze(progress=False)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hf_mpprune.methods.budgets import SEBRegime, seb_regime, seb_weights
+from hf_mpprune.methods.common import SEBRegime, seb_regime, seb_weights
 
 
 def test_seb_weights_formula():

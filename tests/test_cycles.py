@@ -19,9 +19,9 @@ from hf_mpprune import (
     make_train_step,
     run_cycles,
 )
-from hf_mpprune.methods.budgets import keep_top
+from hf_mpprune.core.masks import keep_top
 from hf_mpprune.methods.rmt import apportion
-from hf_mpprune.training.cycles import drop_fired, ramp_multiplier
+from hf_mpprune.methods.ser import drop_fired, ramp_multiplier
 
 
 GRID = [0.1, 0.2, 0.25, 0.3]

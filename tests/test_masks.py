@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from hf_mpprune import KeepPattern, LedgerMismatchError, Masks, PatternError, discover_layers
-from hf_mpprune.core.masks import kn_violations
-from hf_mpprune.methods.budgets import keep_top
+from hf_mpprune.core.masks import keep_top, kn_violations
 
 
 def random_masks(model, density=0.5, seed=0):

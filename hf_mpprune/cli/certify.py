@@ -13,8 +13,11 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from ..certify.audit import budget_audit
 from ..certify.bounds import ESTIMATORS
 from ..core.errors import ConfigError
+from ..core.layers import discover_layers
+from ..core.loading import load_model
 
 
 def register(sub) -> None:
@@ -30,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the ledger record (JSON) to this file")
     p.add_argument("--json", action="store_true", help="print the JSON record instead of a summary")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=run_certify)
 
 
 def make_samples(config, n: int, data: str, seed: int = 0):
@@ -63,7 +66,6 @@ def make_samples(config, n: int, data: str, seed: int = 0):
 
 
 def _default_layers(dense, pruned, estimator: str) -> list[str]:
-    from ..core.layers import discover_layers
 
     pm = dict(pruned.named_modules())
     names = [
@@ -78,9 +80,7 @@ def _default_layers(dense, pruned, estimator: str) -> list[str]:
     return names
 
 
-def _run(args) -> int:
-    from ..certify.audit import budget_audit
-    from ..core.loading import load_model
+def run_certify(args) -> int:
 
     dense, pruned = load_model(args.dense), load_model(args.model)
     samples, labels = make_samples(dense.config, args.samples, args.data, args.seed)

@@ -8,8 +8,19 @@ import json
 import logging
 import os
 import sys
+from argparse import Namespace
+
+import torch
 
 from ..core.constants import MASKS_NAME
+from ..core.errors import ConfigError
+from ..core.loading import load_model
+from ..core.masks import Masks
+from ..deploy.macs import mac_report
+from ..deploy.speed import make_inputs, speed_audit
+from ..deploy.tome import apply_tome
+from ..methods.kn.legality import legality_audit
+from .certify import run_certify
 
 
 logger = logging.getLogger(__name__)
@@ -45,8 +56,6 @@ def register(sub) -> None:
 
 
 def _load(path: str):
-    from ..core.loading import load_model
-    from ..core.masks import Masks
 
     model = load_model(path)
     mpath = os.path.join(path, MASKS_NAME)
@@ -65,12 +74,6 @@ def _emit(payload: dict, markdown: str, args) -> None:
 
 
 def _run_audit(args) -> int:
-    import torch
-
-    from ..deploy.macs import mac_report
-    from ..deploy.speed import make_inputs
-    from ..deploy.tome import apply_tome
-    from ..methods.kn.legality import legality_audit
 
     model, masks = _load(args.model)
     legal = legality_audit(model, args.pattern)
@@ -80,11 +83,6 @@ def _run_audit(args) -> int:
     payload = {"legality": legal.to_dict(), "macs": macs.to_dict(), "tome": tome, "masks_sidecar": masks is not None}
     _emit(payload, legal.to_markdown() + "\n\n" + macs.to_markdown(), args)
     if args.certificates:
-        from argparse import Namespace
-
-        from ..core.errors import ConfigError
-        from .certify import _run as run_certify
-
         if not args.dense:
             raise ConfigError("audit --certificates needs --dense DENSE_DIR (the model the pruned one came from)")
         cert = Namespace(model=args.model, dense=args.dense, samples=args.samples, data=args.data, seed=0,
@@ -94,7 +92,6 @@ def _run_audit(args) -> int:
 
 
 def _run_bench(args) -> int:
-    from ..deploy.speed import speed_audit
 
     model, masks = _load(args.model)
     report = speed_audit(

@@ -8,7 +8,9 @@ import logging
 import os
 import sys
 
+from ..core.config import PruningConfig, SpectralConfig
 from ..core.errors import MPPruneError
+from ..pruner import MPPruner
 
 
 def _register_analyze(sub) -> None:
@@ -26,8 +28,6 @@ def _register_analyze(sub) -> None:
 
 
 def _run_analyze(args) -> int:
-    from ..core.config import PruningConfig, SpectralConfig
-    from ..pruner import MPPruner
 
     if args.plot and not args.out:
         raise MPPruneError("--plot needs --out DIR")

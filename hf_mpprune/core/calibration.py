@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import default_data_collator
 
 from .errors import ConfigError
 from .layers import LayerSet, PrunableLayer
@@ -43,7 +44,6 @@ class CalibrationBatches:
 
 
 def _collate(rows: list[Mapping]) -> dict[str, torch.Tensor]:
-    from transformers import default_data_collator
 
     return default_data_collator([dict(r) for r in rows])
 

@@ -24,7 +24,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import accelerate
+import huggingface_hub
 import numpy as np
+import torch
+import transformers
 
 from .constants import __version__
 from .errors import ConfigError
@@ -39,10 +43,6 @@ _SECRET_KEY = re.compile(r"token|secret|password|authorization", re.IGNORECASE)
 
 def environment() -> dict[str, str]:
     """Versions of everything that changes numbers, plus host and (if any) GPU name."""
-    import accelerate
-    import huggingface_hub
-    import torch
-    import transformers
 
     env = {
         "hf_mpprune": __version__,

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from torch import nn
 
@@ -37,7 +38,7 @@ class Masks:
     @classmethod
     def from_model(cls, model: nn.Module, names: list[str], pattern: KeepPattern | None = None) -> "Masks":
         """Masks = nonzero pattern of the named weights."""
-        return cls({n: _weight(model, n) != 0 for n in names}, pattern)
+        return cls({n: weight_of(model, n) != 0 for n in names}, pattern)
 
     # ---- mapping protocol ---------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -91,7 +92,7 @@ class Masks:
     def check_model(self, model: nn.Module) -> None:
         """Raise a clear error if a mask names a missing layer or has the wrong shape."""
         for n, m in self._m.items():
-            w = _weight(model, n)
+            w = weight_of(model, n)
             if tuple(w.shape) != tuple(m.shape):
                 raise PatternError(f"mask of {n!r} has shape {tuple(m.shape)} but the weight is {tuple(w.shape)}")
 
@@ -99,7 +100,7 @@ class Masks:
     def apply_(self, model: nn.Module) -> nn.Module:
         """Zero pruned weights in place. Zeros are written as +0.0 (−0.0 breaks some 2:4 kernels)."""
         for n, m in self._m.items():
-            w = _weight(model, n)
+            w = weight_of(model, n)
             w.masked_fill_(~m.to(w.device), 0.0)
             # canonicalise −0.0 among kept entries too, so "zero" always means +0.0
             w.add_(0.0)
@@ -111,7 +112,7 @@ class Masks:
         Weights that do not require grad (frozen by the user) get no gradient hook: they cannot move."""
         handles = []
         for n, m in self._m.items():
-            w = _weight(model, n)
+            w = weight_of(model, n)
             if not w.requires_grad:
                 continue
             mask = m.to(w.device)
@@ -149,7 +150,6 @@ class Masks:
     @classmethod
     def load(cls, path: str | os.PathLike, *, expected_sha256: str | None = None) -> "Masks":
         """Read a mask file; verify its stored (and, if given, the expected) SHA-256."""
-        from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="numpy") as f:
@@ -176,7 +176,7 @@ class Masks:
         return out
 
 
-def _weight(model: nn.Module, name: str) -> torch.Tensor:
+def weight_of(model: nn.Module, name: str) -> torch.Tensor:
     try:
         return model.get_submodule(name).weight
     except AttributeError:
@@ -194,3 +194,29 @@ def kn_violations(matrix: torch.Tensor, pattern: KeepPattern) -> tuple[int, int,
     grouped = (matrix[:, : g * pattern.group] != 0).reshape(m, g, pattern.group)  # (M, G, n)
     bad = int((grouped.sum(-1) > pattern.keep).sum())
     return m * g, bad, n_in - g * pattern.group
+
+
+def keep_top(scores: list[torch.Tensor], num_prune: int) -> list[torch.Tensor]:
+    """Masks (True = kept) that prune exactly `num_prune` entries with the lowest scores, across all tensors.
+
+    Ties are broken by position in the concatenation (earlier layers, then row-major index, go first), so the
+    result is exact to the entry and deterministic. Memory: one float32 copy of all scores, no sort.
+    """
+    flat = torch.cat([s.detach().reshape(-1).float() for s in scores])  # (P,)
+    total = flat.numel()
+    if not 0 <= num_prune <= total:
+        raise ValueError(f"cannot prune {num_prune} of {total} entries")
+    if num_prune == 0:
+        keep = torch.ones(total, dtype=torch.bool)
+    else:
+        thr = torch.kthvalue(flat, num_prune).values
+        below = flat < thr
+        tie = (flat == thr).nonzero().squeeze(1)
+        need = num_prune - int(below.sum())
+        keep = ~below
+        keep[tie[:need]] = False
+    out, start = [], 0
+    for s in scores:
+        out.append(keep[start : start + s.numel()].reshape(s.shape))
+        start += s.numel()
+    return out

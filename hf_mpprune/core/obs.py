@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from ..methods.budgets import keep_top
 from .config import KeepPattern
+from .masks import keep_top
 
 
 __all__ = ["damped", "hessian", "kn_block_keep", "obs_reconstruct", "sparsegpt_prune"]

@@ -34,6 +34,24 @@ class PruneContext:
 
 
 @dataclass(frozen=True)
+class CycleHooks:
+    """What a method tells the cyclic driver (`hf_mpprune.training.run_cycles`), so the driver never tests names.
+
+    Every hook is optional; `state` is a dict the driver keeps for the whole run.
+    - `start(config, selection_eval, model, state)`: once before the first cycle (e.g. validate that a selection
+      evaluator is given, measure a reference metric on it).
+    - `finetune(config, stage, sparsity, grid, state) -> dict | None`: keyword arguments (epochs, lr, optimizer) of
+      the keep fine-tune after a step of `stage`; None = the run's default `CycleFinetune`.
+    - `after(config, sparsity, selection_metrics, state) -> (new config or None, ledger record or None)`: after
+      each fine-tune (e.g. a switch rule that changes the config for the next cycles).
+    """
+
+    start: Callable | None = None
+    finetune: Callable | None = None
+    after: Callable | None = None
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     config_cls: type[PruningConfig]
@@ -44,6 +62,7 @@ class MethodSpec:
     structured: bool = False  # produces k:n masks
     experimental: bool = False
     description: str = ""
+    cycle: CycleHooks = field(default_factory=CycleHooks)
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -58,6 +77,7 @@ def register_method(
     needs_training: bool = False,
     structured: bool = False,
     experimental: bool = False,
+    cycle: CycleHooks | None = None,
 ):
     """Decorator registering a mask function under `name`. Validates eagerly: a broken method fails at import."""
     if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
@@ -76,7 +96,7 @@ def register_method(
         add_config_class(name, config_cls)
         _REGISTRY[name] = MethodSpec(
             name, config_cls, fn, needs_spectra, needs_calibration, needs_training, structured, experimental,
-            doc[0] if doc else "",
+            doc[0] if doc else "", cycle or CycleHooks(),
         )  # fmt: skip
         return fn
 

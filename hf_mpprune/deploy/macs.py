@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.sparse import SparseSemiStructuredTensor
 
 from ..core.config import KeepPattern
 from ..core.masks import Masks, kn_violations
@@ -129,7 +130,6 @@ def _matrix(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
 
 
 def _dense_weight(w: torch.Tensor) -> torch.Tensor:
-    from torch.sparse import SparseSemiStructuredTensor
 
     return w.to_dense() if isinstance(w, SparseSemiStructuredTensor) else w
 

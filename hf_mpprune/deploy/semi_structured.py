@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 
 from ..core.config import KeepPattern
 from ..core.errors import ConfigError, PatternError, UnsupportedHardwareError
@@ -151,7 +152,6 @@ def _audit(targets: dict[str, nn.Linear], masks: Masks | None) -> int:
 
 
 def _bench(backend: str, weight: torch.Tensor, reps: int = 20) -> float:
-    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 
     SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
     w = to_sparse_semi_structured(weight)
@@ -261,7 +261,6 @@ def to_semi_structured(
 
 
 def _convert(targets: dict[str, nn.Linear], backend: str, report: ConversionReport) -> None:
-    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 
     SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
     for name, lin in targets.items():

@@ -12,10 +12,12 @@ import copy
 import logging
 import platform
 import statistics
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+import transformers
 from torch import nn
 
 from ..core.masks import Masks
@@ -126,7 +128,6 @@ def time_forward(fn, inputs: dict, warmup: int = 10, reps: int = 50) -> list[flo
 
 
 def stamps(device: torch.device) -> dict:
-    import transformers
 
     s = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
     if device.type == "cuda":
@@ -134,8 +135,6 @@ def stamps(device: torch.device) -> dict:
         s.update(device=torch.cuda.get_device_name(device), capability=f"sm{major}{minor}")
         s.update(cuda=str(torch.version.cuda), cusparselt=str(torch.backends.cusparselt.version()))
         try:
-            import subprocess
-
             q = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
             s["driver"] = subprocess.run(q, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):

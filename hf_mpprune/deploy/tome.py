@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..core.errors import ConfigError
 
@@ -111,7 +112,6 @@ def _attention_forward(self, hidden_states, attention_mask=None, **kwargs):
         if attention_mask is not None:
             raise ConfigError("ToMe cannot combine an attention_mask with merged tokens; call the model without one")
         attention_mask = state.size.log().to(query_states.dtype).transpose(1, 2).unsqueeze(1)  # (B, 1, 1, N)
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     eager = sys.modules[type(self).__module__].eager_attention_forward
     interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager)

@@ -19,14 +19,19 @@ from typing import Any
 
 import torch
 import yaml
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download
+from transformers import PreTrainedModel
 
 from ..core.config import PruningConfig
 from ..core.constants import CONFIG_NAME, LEDGER_NAME, MASKS_NAME, RECIPE_NAME, SPECTRA_NAME
 from ..core.errors import ConfigError, LedgerMismatchError, MPPruneWarning
+from ..core.layers import discover_layers
 from ..core.ledger import Ledger, weights_sha256
 from ..core.loading import load_model, resolve_local, split_hub_kwargs
 from ..core.masks import Masks
+from ..spectral.fit import SpectralReport
 from .atomic import atomic_directory
+from .card import make_card
 
 
 logger = logging.getLogger(__name__)
@@ -69,7 +74,6 @@ def save_pretrained(
 ) -> str:  # fmt: skip
     """Write the checkpoint atomically; returns the directory. Nothing is written when the masks do not match
     the weights (`LedgerMismatchError`) or the model is not a transformers `PreTrainedModel` (`ConfigError`)."""
-    from transformers import PreTrainedModel
 
     model = pruner.model
     if not isinstance(model, PreTrainedModel):
@@ -93,8 +97,6 @@ def save_pretrained(
             processor.save_pretrained(tmp)
         _write_sidecars(pruner, tmp)
         if card:
-            from .card import make_card
-
             text = make_card(pruner, model_name=model_name or os.path.basename(target), existing=existing_card)
             _write_text(os.path.join(tmp, "README.md"), text)
     logger.info("saved checkpoint to %s", target)
@@ -157,8 +159,6 @@ def load_pretrained(
 
 
 def _restore(cls: type, model: torch.nn.Module, local: str, config: PruningConfig | None) -> Any:
-    from ..core.layers import discover_layers
-    from ..spectral.fit import SpectralReport
 
     ledger = Ledger.from_json(os.path.join(local, LEDGER_NAME))
     if config is None and os.path.isfile(os.path.join(local, CONFIG_NAME)):
@@ -220,7 +220,6 @@ def push_to_hub(
     is updated (user text outside our marked section kept). `repo_id` is required and checked before any I/O."""
     if not isinstance(repo_id, str) or not repo_id.strip() or repo_id.count("/") > 1:
         raise ConfigError(f"push_to_hub needs repo_id='org/name' (or 'name'), got {repo_id!r}")
-    from huggingface_hub import HfApi, hf_hub_download
 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -247,7 +246,6 @@ def push_to_hub(
 
 def _operations(api, repo_id: str, revision: str | None, folder: str) -> list:
     """Add every file of the checkpoint; delete stale weight shards left in the repo by an earlier push."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     ops: list = []
     for dirpath, _, files in os.walk(folder):

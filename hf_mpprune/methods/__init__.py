@@ -6,5 +6,5 @@ methods. Adding a method = one file that calls `@register_method(...)` + one imp
 `hf_mpprune.core` and `hf_mpprune.spectral`; a method module never imports another method module.
 """
 
-from . import hybrid, magnitude, mp_wanda, rmt, seb, ser, sparsegpt, wanda
+from . import magnitude, mp_wanda, rmt, seb, ser, sparsegpt, wanda
 from .kn import baselines, cast

@@ -1,13 +1,17 @@
-"""Shared glue of the one-shot calibration methods (wanda, mp-wanda, sparsegpt, seb with reconstruct): calibration
-options, sampling the batches, and the optional sequential OBS re-fit of the kept weights."""
+"""The helpers that several methods share, in one module, so that every method file imports only this module and
+`hf_mpprune.core`: calibration options and batches and the optional sequential OBS re-fit (one-shot methods),
+cumulative global / per-layer selection (magnitude family), Wanda scores and exact row budgets (Wanda family), and
+the SEB layer weights (docs/algorithms.md §3, §4.1, §4.3)."""
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from ..core.calibration import CalibrationBatches, as_batches
+from ..core.calibration import CalibrationBatches, as_batches, input_sq_norms
+from ..core.config import KeepPattern
 from ..core.errors import ConfigError
-from ..core.masks import Masks
+from ..core.masks import Masks, keep_top
 from ..core.obs import obs_reconstruct
 from ..core.registry import PruneContext
 from ..core.sequential import sequential_apply
@@ -77,3 +81,185 @@ def check_rows(layer, norms: torch.Tensor) -> None:
             f"layer {layer.name!r}: captured inputs have {norms.numel()} columns but the weight has {layer.shape[1]} "
             "(grouped convolutions are not supported by activation-aware methods): add it to ignore=[...]"
         )
+
+
+# ---- cumulative selection (magnitude family) ---------------------------------------------------------------
+def cumulative_scores(ctx: PruneContext, raw: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Scores with previously pruned entries forced to -1 so they stay pruned (scores are >= 0)."""
+    out = []
+    for layer in ctx.layers:
+        s = raw[layer.name].detach().float().cpu()
+        if ctx.previous is not None and layer.name in ctx.previous:
+            s = s.masked_fill(~ctx.previous[layer.name].cpu(), -1.0)
+        out.append(s)
+    return out
+
+
+def select(ctx: PruneContext, raw: dict[str, torch.Tensor], scope: str = "global") -> Masks:
+    """Keep the highest scores: exactly floor(s * P_total) pruned globally, or floor(s * numel) per layer."""
+    scores = cumulative_scores(ctx, raw)
+    s = ctx.config.sparsity
+    if scope == "global":
+        keeps = keep_top(scores, math.floor(s * sum(t.numel() for t in scores)))
+    else:
+        keeps = [keep_top([t], math.floor(s * t.numel()))[0] for t in scores]
+    return Masks({layer.name: k for layer, k in zip(ctx.layers, keeps)})
+
+
+# ---- Wanda scores and exact row budgets (Wanda family) ------------------------------------------------------
+def wanda_scores(ctx: PruneContext, batches) -> dict[str, torch.Tensor]:
+    """|W| · ‖x_j‖₂ per layer as (out, in) float64 matrices (CPU)."""
+    sq = input_sq_norms(ctx.model, ctx.layers, batches)
+    out = {}
+    for layer in ctx.layers:
+        check_rows(layer, sq[layer.name])
+        out[layer.name] = layer.matrix_view().detach().cpu().double().abs() * sq[layer.name].sqrt().unsqueeze(0)
+    return out
+
+
+def row_prune(scores: torch.Tensor, counts: torch.Tensor, forced: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep mask (out, in): row r prunes its `counts[r]` lowest scores (ties: lower column first). Entries in
+    `forced` (pruned earlier) are pruned first; a row with more forced entries than its count prunes just those."""
+    if forced is not None:
+        scores = scores.masked_fill(forced, -1.0)
+        counts = torch.maximum(counts, forced.sum(1))
+    order = torch.argsort(scores, dim=1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order).contiguous())
+    return rank >= counts.unsqueeze(1)
+
+
+def kn_prune(scores: torch.Tensor, pattern: KeepPattern, forced: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep mask with the k highest scores of every n consecutive inputs per row; the N mod n tail stays dense."""
+    rows, cols = scores.shape
+    n = cols // pattern.group * pattern.group
+    if forced is not None:
+        scores = scores.masked_fill(forced, -1.0)
+    g = scores[:, :n].reshape(rows, -1, pattern.group)
+    order = torch.argsort(-g, dim=2, stable=True)
+    keep = torch.ones(rows, cols, dtype=torch.bool)
+    kg = torch.zeros_like(g, dtype=torch.bool).scatter_(2, order[..., : pattern.keep], True)
+    keep[:, :n] = kg.reshape(rows, n)
+    return keep
+
+
+def layer_budgets(numel: dict[str, int], weights: dict[str, float], sparsity: float, cap: float) -> dict[str, int]:
+    """Integer prune counts c_ℓ ∝ w_ℓ·n_ℓ with c_ℓ ≤ cap·n_ℓ and Σ c_ℓ = floor(s·P) exactly (water-filling on the
+    proportionality constant, then largest remainder; ties by layer order)."""
+    names = list(numel)
+    total = math.floor(sparsity * sum(numel.values()))
+    w = torch.tensor([weights[n] for n in names], dtype=torch.float64)
+    size = torch.tensor([numel[n] for n in names], dtype=torch.float64)
+    lo, hi = 0.0, 1.0 / float(w.min())
+    for _ in range(200):  # bisection on k: Σ min(k·w_ℓ, cap)·n_ℓ = total
+        k = 0.5 * (lo + hi)
+        lo, hi = (k, hi) if float((torch.clamp(k * w, max=cap) * size).sum()) < total else (lo, k)
+    ideal = torch.clamp(hi * w, max=cap) * size
+    counts = torch.minimum(ideal.floor(), (cap * size).floor()).long()
+    short = total - int(counts.sum())
+    frac = (ideal - counts).tolist()
+    for i in sorted(range(len(names)), key=lambda i: (-frac[i], i)):
+        if short <= 0:
+            break
+        if counts[i] < numel[names[i]]:
+            counts[i] += 1
+            short -= 1
+    return {n: int(c) for n, c in zip(names, counts)}
+
+
+def even_row_counts(count: int, floor: torch.Tensor) -> torch.Tensor:
+    """Per-row prune counts summing to `count` (when `count` ≥ Σ floor), each ≥ `floor` (entries pruned earlier),
+    as even as possible: water-fill to a level t, the leftover +1 to the rows at that level, lower index first."""
+    if count <= int(floor.sum()):
+        return floor.clone()
+    lo, hi = 0, count
+    while lo < hi:  # the largest t with Σ max(floor, t) <= count
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if int(torch.clamp(floor, min=mid).sum()) <= count else (lo, mid - 1)
+    per = torch.clamp(floor, min=lo)
+    short = count - int(per.sum())
+    per[torch.nonzero(floor <= lo).flatten()[:short]] += 1
+    return per
+
+
+def rows_keep(scores: torch.Tensor, count: int, forced: torch.Tensor | None) -> torch.Tensor:
+    """Keep mask pruning exactly `count` entries of the layer (if ≥ the earlier-pruned ones), spread evenly over rows."""
+    floor = forced.sum(1) if forced is not None else torch.zeros(scores.shape[0], dtype=torch.long)
+    return row_prune(scores, even_row_counts(count, floor), forced)
+
+
+def previous_matrix(ctx: PruneContext, layer) -> torch.Tensor | None:
+    """The earlier cycle's pruned entries of `layer` as an (out, in) bool matrix, or None."""
+    if ctx.previous is None or layer.name not in ctx.previous:
+        return None
+    return ~layer.matrix_view(ctx.previous[layer.name].cpu())
+
+
+def masks_from_rows(ctx: PruneContext, scores: dict[str, torch.Tensor], sparsity: dict[str, float]) -> Masks:
+    """Per-row Wanda selection at per-layer sparsity `sparsity[name]` (or the config's k:n pattern)."""
+    out = {}
+    for layer in ctx.layers:
+        s, forced = scores[layer.name], previous_matrix(ctx, layer)
+        if ctx.config.pattern is not None:
+            keep = kn_prune(s, ctx.config.pattern, forced)
+        else:
+            counts = torch.full((s.shape[0],), math.floor(sparsity[layer.name] * s.shape[1]), dtype=torch.long)
+            keep = row_prune(s, counts, forced)
+        out[layer.name] = layer.from_matrix(keep)
+    return Masks(out, ctx.config.pattern)
+
+
+# ---- SEB layer weights (ALGORITHMS.md §4.1, §4.3) -------------------------------------------------------------
+@dataclass(frozen=True)
+class SEBRegime:
+    """One row of the four-regime table: which signal, modulation strengths, decay endpoint and power."""
+
+    signal: str  # "hill_alpha" or "sigma_plus"
+    beta: float  # base strength (used for every role unless beta_attn / beta_mlp are set)
+    decay_end: float  # s_d
+    decay_power: float = 1.0  # p
+    beta_attn: float | None = None
+    beta_mlp: float | None = None
+
+
+# The "final SEB" four-regime schedule, keyed by the upper end of each target-sparsity range.
+SEB_REGIMES: tuple[tuple[float, SEBRegime], ...] = (
+    (0.20, SEBRegime("hill_alpha", 0.50, 0.30)),
+    (0.40, SEBRegime("sigma_plus", 1.00, 0.50)),
+    (0.55, SEBRegime("sigma_plus", 1.25, 0.70)),
+    (1.00, SEBRegime("sigma_plus", 1.50, 0.85, beta_attn=1.00, beta_mlp=2.00)),
+)
+
+
+def seb_regime(sparsity: float) -> SEBRegime:
+    """The regime of the four-regime table that applies at target `sparsity`."""
+    for upper, regime in SEB_REGIMES:
+        if sparsity <= upper:
+            return regime
+    return SEB_REGIMES[-1][1]
+
+
+def seb_weights(
+    signal: dict[str, float | None], roles: dict[str, str], sparsity: float, regime: SEBRegime
+) -> dict[str, float]:
+    """w_ℓ(s) = max(0.1, 1 + β_type · d(s) · z_ℓ) with z the population z-score of the signal over all layers.
+
+    A missing signal (None / non-finite) gets z = 0; if the signal's std < 1e-12 every weight is 1.
+    w > 1 prunes a layer more (random-like, wide bulk); w < 1 protects it.
+    """
+    names = list(roles)
+    vals = torch.tensor(
+        [float("nan") if signal.get(n) is None else float(signal[n]) for n in names], dtype=torch.float64
+    )
+    ok = torch.isfinite(vals)
+    z = torch.zeros_like(vals)
+    if ok.sum() >= 2:
+        mu, sd = vals[ok].mean(), vals[ok].std(unbiased=False)
+        if sd >= 1e-12:
+            z[ok] = (vals[ok] - mu) / sd
+    decay = max(0.0, 1.0 - sparsity / regime.decay_end) ** regime.decay_power
+    out = {}
+    for name, zi in zip(names, z.tolist()):
+        beta = {"attn": regime.beta_attn, "mlp": regime.beta_mlp}.get(roles[name]) or regime.beta
+        out[name] = max(0.1, 1.0 + beta * decay * zi)
+    return out

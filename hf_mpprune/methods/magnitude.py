@@ -1,16 +1,13 @@
 """Magnitude pruning (ALGORITHMS.md §3): global (default) or per-layer, cumulative, exact to the entry."""
 
-import math
 from dataclasses import dataclass
-
-import torch
 
 from ..core.config import PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.registry import PruneContext, register_method
-from .budgets import keep_top
-from .common import CalibrationOptions, calibration_batches, reconstruct_
+from .common import CalibrationOptions, calibration_batches, reconstruct_, select
+from .kn.select import magnitude_kn
 
 
 @dataclass
@@ -37,35 +34,11 @@ class MagnitudeConfig(CalibrationOptions, PruningConfig):
             raise ConfigError(f"scope={self.scope!r} must be 'global' or 'layer'")
 
 
-def cumulative_scores(ctx: PruneContext, raw: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Scores with previously pruned entries forced to -1 so they stay pruned (scores are >= 0)."""
-    out = []
-    for layer in ctx.layers:
-        s = raw[layer.name].detach().float().cpu()
-        if ctx.previous is not None and layer.name in ctx.previous:
-            s = s.masked_fill(~ctx.previous[layer.name].cpu(), -1.0)
-        out.append(s)
-    return out
-
-
-def select(ctx: PruneContext, raw: dict[str, torch.Tensor], scope: str = "global") -> Masks:
-    """Keep the highest scores: exactly floor(s * P_total) pruned globally, or floor(s * numel) per layer."""
-    scores = cumulative_scores(ctx, raw)
-    s = ctx.config.sparsity
-    if scope == "global":
-        keeps = keep_top(scores, math.floor(s * sum(t.numel() for t in scores)))
-    else:
-        keeps = [keep_top([t], math.floor(s * t.numel()))[0] for t in scores]
-    return Masks({layer.name: k for layer, k in zip(ctx.layers, keeps)})
-
-
 @register_method("magnitude", MagnitudeConfig)
 def magnitude(ctx: PruneContext) -> Masks:
     """Global (or per-layer) unstructured magnitude pruning, cumulative across cycles; k:n with `pattern`."""
     batches = calibration_batches(ctx) if ctx.config.reconstruct else None  # fail before any work if missing
     if ctx.config.pattern is not None:  # k largest |W| per (row, group), head skipped (ALGORITHMS.md §8.10)
-        from .kn.baselines import magnitude_kn
-
         masks = magnitude_kn(ctx)
     else:
         masks = select(ctx, {layer.name: layer.weight.abs() for layer in ctx.layers}, ctx.config.scope)

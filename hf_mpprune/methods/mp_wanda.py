@@ -14,10 +14,19 @@ from ..core.config import PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.registry import PruneContext, register_method
-from .budgets import SEBRegime, seb_weights
-from .common import CalibrationOptions, calibration_batches, reconstruct_
-from .magnitude import select
-from .wanda import kn_prune, layer_budgets, previous_matrix, rows_keep, wanda_scores
+from .common import (
+    CalibrationOptions,
+    SEBRegime,
+    calibration_batches,
+    kn_prune,
+    layer_budgets,
+    previous_matrix,
+    reconstruct_,
+    rows_keep,
+    seb_weights,
+    select,
+    wanda_scores,
+)
 
 
 def _sigma2_rel(fit, shape) -> float:

@@ -16,7 +16,7 @@ from ..core.errors import ConfigError, SpectralError
 from ..core.masks import Masks
 from ..core.registry import PruneContext, register_method
 from ..spectral.fit import fit_mp
-from .budgets import keep_top
+from .common import keep_top
 
 
 @dataclass

@@ -7,9 +7,7 @@ from ..core.config import PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.registry import PruneContext, register_method
-from .budgets import SEBRegime, seb_regime, seb_weights
-from .common import CalibrationOptions, calibration_batches, reconstruct_
-from .magnitude import select
+from .common import CalibrationOptions, SEBRegime, calibration_batches, reconstruct_, seb_regime, seb_weights, select
 
 
 _SIGNALS = ("sigma_plus", "hill_alpha")

@@ -1,4 +1,6 @@
-"""SER — Spectral Edge Reallocation: sparsify → estimate → restore (ALGORITHMS.md §6). Experimental ([R]): the
+"""SER — Spectral Edge Reallocation: sparsify → estimate → restore (ALGORITHMS.md §6), and Hybrid Magnitude–SER
+(ALGORITHMS.md §7), the schedule that runs global magnitude steps up to a switch point and SER steps after it: the
+two share SER's config and step, so they live in one file (Hybrid registers its own name and config). Experimental ([R]): the
 paper's engine is not public; this follows the §6.2 step list and the §6.4 recommended defaults.
 
 One call = one SER step to the target sparsity `s` (the keep fine-tune, phase B, is the cyclic pipeline's job:
@@ -6,7 +8,9 @@ One call = one SER step to the target sparsity `s` (the keep fine-tune, phase B,
 """
 
 import copy
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,9 +18,8 @@ import torch
 from ..core.config import PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
-from ..core.registry import PruneContext, register_method
-from .budgets import keep_top, seb_regime, seb_weights
-from .magnitude import cumulative_scores
+from ..core.registry import CycleHooks, PruneContext, register_method
+from .common import cumulative_scores, keep_top, seb_regime, seb_weights, select
 
 
 _CHOICES = {
@@ -184,7 +187,131 @@ def ser_step(ctx: PruneContext) -> Masks:
     return Masks(final)
 
 
-@register_method("ser", SERConfig, needs_spectra=True, needs_training=True, experimental=True)
+# ---- cycle hooks: what the cyclic driver asks of SER and Hybrid (`CycleHooks`) --------------------------------------
+def ramp_multiplier(s: float, ser_targets: Sequence[float], ramp: tuple[float, float]) -> float:
+    """Linear LR multiplier from ramp[0] at the first SER target to ramp[1] at the last (ramp[0] if only one)."""
+    lo, hi = min(ser_targets), max(ser_targets)
+    if hi - lo < 1e-12:
+        return ramp[0]
+    t = min(1.0, max(0.0, (s - lo) / (hi - lo)))
+    return ramp[0] + t * (ramp[1] - ramp[0])
+
+
+def drop_fired(reference: float, value: float, threshold_pp: float) -> bool:
+    """True when `value` is more than `threshold_pp` percentage points below `reference` (both fractions)."""
+    return (reference - value) * 100.0 > threshold_pp + 1e-12
+
+
+def _keep_finetune(cfg, stage: str, s: float, grid, state: dict) -> dict | None:
+    """SER steps: the config's keep fine-tune with the linear LR ramp across SER targets (§6.2 (e)); else None."""
+    if stage != "ser":
+        return None
+    start = state.setdefault("ser_start", s)
+    targets = [g for g in grid if g >= start - 1e-9]
+    lr = cfg.keep_ft_lr * ramp_multiplier(s, targets, cfg.keep_ft_lr_ramp)
+    return {"epochs": cfg.keep_ft_epochs, "lr": lr, "optimizer": cfg.keep_ft_optimizer}
+
+
+def _hybrid_start(cfg, selection_eval, model, state: dict) -> None:
+    if cfg.switch != "drop_threshold":
+        return
+    if selection_eval is None:
+        raise ConfigError("switch='drop_threshold' decides on a selection split: pass run_cycles(selection_eval=...)")
+    if cfg.drop_reference == "baseline":
+        state["reference"] = selection_eval(model)[cfg.selection_metric]
+
+
+def _hybrid_after(cfg, s: float, post_sel: dict | None, state: dict):
+    """Drop-threshold rule on the selection split; returns a config with `transition_sparsity` when it fires."""
+    if cfg.switch != "drop_threshold" or cfg.transition_sparsity is not None:
+        return None, None
+    value = post_sel[cfg.selection_metric]
+    mode = cfg.drop_reference
+    if state.get("reference") is None:
+        if mode == "first_completed" or (mode == "s20_start" and s >= cfg.switch_sparsity - 1e-9):
+            state["reference"] = value
+            return None, {"reference_set": value, "mode": mode}
+        if mode != "baseline":
+            return None, None
+    if drop_fired(state["reference"], value, cfg.drop_threshold_pp):
+        record = {"reference": state["reference"], "mode": mode, "threshold_pp": cfg.drop_threshold_pp,
+                  "transition_sparsity": s, "value": value, "reason": "post-FT selection metric dropped below "
+                  "reference - threshold"}  # fmt: skip
+        return dataclasses.replace(cfg, transition_sparsity=s), record
+    return None, {"reference": state["reference"], "value": value, "fired": False}
+
+
+@register_method(
+    "ser", SERConfig, needs_spectra=True, needs_training=True, experimental=True,
+    cycle=CycleHooks(finetune=_keep_finetune),
+)  # fmt: skip
 def ser(ctx: PruneContext) -> Masks:
     """SER: SEB over-prune, train the removed entries (phase A), restore the most-moved ones; exact sparsity."""
     return ser_step(ctx)
+
+
+# ---- Hybrid Magnitude–SER (docs/algorithms.md §7): magnitude before the switch point, SER steps after it --------
+_EPS = 1e-9
+
+
+@dataclass
+class HybridConfig(SERConfig):
+    """Hybrid schedule settings (plus every SER field, used by the SER steps).
+
+    Args:
+        switch (`str`, defaults to `"fixed"`): `"fixed"` = magnitude for `s <= switch_sparsity`, SER after (§7.1);
+            `"drop_threshold"` = magnitude until the post-FT **selection-split** metric falls more than
+            `drop_threshold_pp` below the reference, SER from the next grid point (§7.2; decided by
+            `run_cycles`, which then sets `transition_sparsity`). The evaluation split is never used.
+        switch_sparsity (`float`, defaults to 0.20): last magnitude target of the fixed rule.
+        drop_threshold_pp (`float`, defaults to 0.7): allowed drop in percentage points (metric given as a
+            fraction in [0, 1], e.g. accuracy 0.953).
+        drop_reference (`str`, defaults to `"baseline"`): `"baseline"` (dense model on the selection split),
+            `"s20_start"` (post-FT metric at the first grid point >= `switch_sparsity`) or `"first_completed"` (post-FT at the first grid
+            step).
+        selection_metric (`str`, defaults to `"accuracy"`): key read from the selection evaluator's dict.
+        transition_sparsity (`float`, *optional*): set by `run_cycles` once the drop rule fires; last magnitude
+            target. While None under `"drop_threshold"`, every step is magnitude.
+    """
+
+    method: str = "hybrid"
+    switch: str = "fixed"
+    switch_sparsity: float = 0.20
+    drop_threshold_pp: float = 0.7
+    drop_reference: str = "baseline"
+    selection_metric: str = "accuracy"
+    transition_sparsity: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.switch not in ("fixed", "drop_threshold"):
+            raise ConfigError(f"switch={self.switch!r} must be 'fixed' or 'drop_threshold'")
+        if self.drop_reference not in ("baseline", "s20_start", "first_completed"):
+            raise ConfigError(
+                f"drop_reference={self.drop_reference!r} must be 'baseline', 's20_start' or 'first_completed'"
+            )
+        if not 0 <= self.switch_sparsity < 1 or self.drop_threshold_pp < 0:
+            raise ConfigError("switch_sparsity must be in [0, 1) and drop_threshold_pp >= 0")
+
+
+def uses_magnitude(cfg: HybridConfig, sparsity: float) -> bool:
+    """The switch rule: True when the step to `sparsity` is a magnitude step."""
+    if cfg.switch == "fixed":
+        return sparsity <= cfg.switch_sparsity + _EPS
+    return cfg.transition_sparsity is None or sparsity <= cfg.transition_sparsity + _EPS
+
+
+@register_method(
+    "hybrid", HybridConfig, needs_spectra=True, needs_training=True, experimental=True,
+    cycle=CycleHooks(start=_hybrid_start, finetune=_keep_finetune, after=_hybrid_after),
+)  # fmt: skip
+def hybrid(ctx: PruneContext) -> Masks:
+    """Hybrid Magnitude–SER: one grid step, magnitude before the switch point and SER after it."""
+    cfg: HybridConfig = ctx.config
+    rule = {"switch": cfg.switch, "switch_sparsity": cfg.switch_sparsity, "transition": cfg.transition_sparsity}
+    if uses_magnitude(cfg, cfg.sparsity):
+        ctx.record.update(stage="magnitude", switch_rule=rule, layer_weights=dict.fromkeys(ctx.layers.names, 1.0))
+        return select(ctx, {la.name: la.weight.abs() for la in ctx.layers}, "global")
+    masks = ser_step(ctx)
+    ctx.record["switch_rule"] = rule
+    return masks

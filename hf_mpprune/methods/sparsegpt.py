@@ -11,8 +11,7 @@ from ..core.masks import Masks
 from ..core.obs import sparsegpt_prune
 from ..core.registry import PruneContext, register_method
 from ..core.sequential import sequential_apply
-from .common import CalibrationOptions, calibration_batches
-from .wanda import layer_budgets, previous_matrix
+from .common import CalibrationOptions, calibration_batches, layer_budgets, previous_matrix
 
 
 @dataclass

@@ -1,16 +1,21 @@
 """Wanda (Sun et al., 2023): score |W_ij| · ‖x_j‖₂ from calibration activations, prune the lowest per output row."""
 
-import math
 from dataclasses import dataclass
 
-import torch
-
-from ..core.calibration import input_sq_norms
-from ..core.config import KeepPattern, PruningConfig
+from ..core.config import PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.registry import PruneContext, register_method
-from .common import CalibrationOptions, calibration_batches, check_rows, reconstruct_
+from .common import (
+    CalibrationOptions,
+    calibration_batches,
+    layer_budgets,
+    masks_from_rows,
+    previous_matrix,
+    reconstruct_,
+    rows_keep,
+    wanda_scores,
+)
 
 
 @dataclass
@@ -40,108 +45,6 @@ class WandaConfig(CalibrationOptions, PruningConfig):
             raise ConfigError(
                 f"rounding={self.rounding!r} must be 'exact' (floor(s*P) overall) or 'row' (floor(s*N_in) per row)"
             )
-
-
-def wanda_scores(ctx: PruneContext, batches) -> dict[str, torch.Tensor]:
-    """|W| · ‖x_j‖₂ per layer as (out, in) float64 matrices (CPU)."""
-    sq = input_sq_norms(ctx.model, ctx.layers, batches)
-    out = {}
-    for layer in ctx.layers:
-        check_rows(layer, sq[layer.name])
-        out[layer.name] = layer.matrix_view().detach().cpu().double().abs() * sq[layer.name].sqrt().unsqueeze(0)
-    return out
-
-
-def row_prune(scores: torch.Tensor, counts: torch.Tensor, forced: torch.Tensor | None = None) -> torch.Tensor:
-    """Keep mask (out, in): row r prunes its `counts[r]` lowest scores (ties: lower column first). Entries in
-    `forced` (pruned earlier) are pruned first; a row with more forced entries than its count prunes just those."""
-    if forced is not None:
-        scores = scores.masked_fill(forced, -1.0)
-        counts = torch.maximum(counts, forced.sum(1))
-    order = torch.argsort(scores, dim=1, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order).contiguous())
-    return rank >= counts.unsqueeze(1)
-
-
-def kn_prune(scores: torch.Tensor, pattern: KeepPattern, forced: torch.Tensor | None = None) -> torch.Tensor:
-    """Keep mask with the k highest scores of every n consecutive inputs per row; the N mod n tail stays dense."""
-    rows, cols = scores.shape
-    n = cols // pattern.group * pattern.group
-    if forced is not None:
-        scores = scores.masked_fill(forced, -1.0)
-    g = scores[:, :n].reshape(rows, -1, pattern.group)
-    order = torch.argsort(-g, dim=2, stable=True)
-    keep = torch.ones(rows, cols, dtype=torch.bool)
-    kg = torch.zeros_like(g, dtype=torch.bool).scatter_(2, order[..., : pattern.keep], True)
-    keep[:, :n] = kg.reshape(rows, n)
-    return keep
-
-
-def layer_budgets(numel: dict[str, int], weights: dict[str, float], sparsity: float, cap: float) -> dict[str, int]:
-    """Integer prune counts c_ℓ ∝ w_ℓ·n_ℓ with c_ℓ ≤ cap·n_ℓ and Σ c_ℓ = floor(s·P) exactly (water-filling on the
-    proportionality constant, then largest remainder; ties by layer order)."""
-    names = list(numel)
-    total = math.floor(sparsity * sum(numel.values()))
-    w = torch.tensor([weights[n] for n in names], dtype=torch.float64)
-    size = torch.tensor([numel[n] for n in names], dtype=torch.float64)
-    lo, hi = 0.0, 1.0 / float(w.min())
-    for _ in range(200):  # bisection on k: Σ min(k·w_ℓ, cap)·n_ℓ = total
-        k = 0.5 * (lo + hi)
-        lo, hi = (k, hi) if float((torch.clamp(k * w, max=cap) * size).sum()) < total else (lo, k)
-    ideal = torch.clamp(hi * w, max=cap) * size
-    counts = torch.minimum(ideal.floor(), (cap * size).floor()).long()
-    short = total - int(counts.sum())
-    frac = (ideal - counts).tolist()
-    for i in sorted(range(len(names)), key=lambda i: (-frac[i], i)):
-        if short <= 0:
-            break
-        if counts[i] < numel[names[i]]:
-            counts[i] += 1
-            short -= 1
-    return {n: int(c) for n, c in zip(names, counts)}
-
-
-def even_row_counts(count: int, floor: torch.Tensor) -> torch.Tensor:
-    """Per-row prune counts summing to `count` (when `count` ≥ Σ floor), each ≥ `floor` (entries pruned earlier),
-    as even as possible: water-fill to a level t, the leftover +1 to the rows at that level, lower index first."""
-    if count <= int(floor.sum()):
-        return floor.clone()
-    lo, hi = 0, count
-    while lo < hi:  # the largest t with Σ max(floor, t) <= count
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if int(torch.clamp(floor, min=mid).sum()) <= count else (lo, mid - 1)
-    per = torch.clamp(floor, min=lo)
-    short = count - int(per.sum())
-    per[torch.nonzero(floor <= lo).flatten()[:short]] += 1
-    return per
-
-
-def rows_keep(scores: torch.Tensor, count: int, forced: torch.Tensor | None) -> torch.Tensor:
-    """Keep mask pruning exactly `count` entries of the layer (if ≥ the earlier-pruned ones), spread evenly over rows."""
-    floor = forced.sum(1) if forced is not None else torch.zeros(scores.shape[0], dtype=torch.long)
-    return row_prune(scores, even_row_counts(count, floor), forced)
-
-
-def previous_matrix(ctx: PruneContext, layer) -> torch.Tensor | None:
-    """The earlier cycle's pruned entries of `layer` as an (out, in) bool matrix, or None."""
-    if ctx.previous is None or layer.name not in ctx.previous:
-        return None
-    return ~layer.matrix_view(ctx.previous[layer.name].cpu())
-
-
-def masks_from_rows(ctx: PruneContext, scores: dict[str, torch.Tensor], sparsity: dict[str, float]) -> Masks:
-    """Per-row Wanda selection at per-layer sparsity `sparsity[name]` (or the config's k:n pattern)."""
-    out = {}
-    for layer in ctx.layers:
-        s, forced = scores[layer.name], previous_matrix(ctx, layer)
-        if ctx.config.pattern is not None:
-            keep = kn_prune(s, ctx.config.pattern, forced)
-        else:
-            counts = torch.full((s.shape[0],), math.floor(sparsity[layer.name] * s.shape[1]), dtype=torch.long)
-            keep = row_prune(s, counts, forced)
-        out[layer.name] = layer.from_matrix(keep)
-    return Masks(out, ctx.config.pattern)
 
 
 @register_method("wanda", WandaConfig, needs_calibration=True)

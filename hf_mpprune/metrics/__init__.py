@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..core.errors import ConfigError
+
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 TOPK_ACCURACY = os.path.join(_HERE, "topk_accuracy")
@@ -43,8 +45,6 @@ def embedding_agreement(student, teacher) -> dict[str, float]:
     s = np.asarray(student, dtype=np.float64)
     t = np.asarray(teacher, dtype=np.float64)
     if s.shape != t.shape:
-        from ..core.errors import ConfigError
-
         raise ConfigError(f"embeddings must have the same shape, got {s.shape} and {t.shape}")
     num = (s * t).sum(-1)
     den = np.maximum(np.linalg.norm(s, axis=-1) * np.linalg.norm(t, axis=-1), 1e-12)
@@ -72,8 +72,6 @@ def make_compute_metrics(kind: str = "classification", k: Sequence[int] = (1, 5)
             return embedding_agreement(eval_pred.predictions, eval_pred.label_ids)
 
     else:
-        from ..core.errors import ConfigError
-
         raise ConfigError(f"kind must be 'classification' or 'embedding', got {kind!r}")
     return compute
 

@@ -6,6 +6,7 @@ upper edge. MP quantiles are solved with scipy's vectorised bracketing root find
 """
 
 import functools
+import json
 import logging
 import math
 from collections import defaultdict
@@ -234,7 +235,6 @@ class SpectralReport:
         return cls(rows, SpectralConfig(**d["spectral_config"]), dict(d.get("skipped", {})))
 
     def to_json(self, path=None, *, include_singular_values: bool = False) -> str:
-        import json
 
         text = json.dumps(self.to_dict(include_singular_values=include_singular_values), indent=2, sort_keys=True)
         if path is not None:

@@ -2,8 +2,10 @@
 
 `run_cycles(pruner, grid, train_step=..., evaluate=..., selection_eval=...)` drives any registered method along a
 sparsity grid. Every step: `pruner.prune(sparsity=s)` (one mask step; SER's phase A happens inside it), then the
-keep fine-tune (phase B) done HERE for every method — magnitude steps with `CycleFinetune`'s settings (§11.1),
-SER steps with the method config's `keep_ft_*` settings and the linear LR ramp across SER targets (§6.2 (e)).
+keep fine-tune (phase B) done HERE for every method, with `CycleFinetune`'s settings (§11.1) unless the method's
+registered `CycleHooks.finetune` says otherwise (SER steps: the config's `keep_ft_*` settings and the LR ramp,
+§6.2 (e)); a method's `CycleHooks.start/after` hooks run before the grid and after each fine-tune (Hybrid's
+drop-threshold switch). The driver never tests a method's name.
 Per-step records are merged into the ledger step that `prune` appended.
 """
 
@@ -59,20 +61,6 @@ class CycleFinetune:
 
 
 # ---- pure pieces --------------------------------------------------------------------------------------------
-def ramp_multiplier(s: float, ser_targets: Sequence[float], ramp: tuple[float, float]) -> float:
-    """Linear LR multiplier from ramp[0] at the first SER target to ramp[1] at the last (ramp[0] if only one)."""
-    lo, hi = min(ser_targets), max(ser_targets)
-    if hi - lo < 1e-12:
-        return ramp[0]
-    t = min(1.0, max(0.0, (s - lo) / (hi - lo)))
-    return ramp[0] + t * (ramp[1] - ramp[0])
-
-
-def drop_fired(reference: float, value: float, threshold_pp: float) -> bool:
-    """True when `value` is more than `threshold_pp` percentage points below `reference` (both fractions)."""
-    return (reference - value) * 100.0 > threshold_pp + 1e-12
-
-
 def check_grid(grid: Sequence[float]) -> list[float]:
     grid = [float(g) for g in grid]
     if not grid or any(not 0 < g < 1 for g in grid) or any(b <= a for a, b in zip(grid, grid[1:])):
@@ -90,40 +78,16 @@ def _config_for(base, method: str):
     return cls(**{k: v for k, v in vars(base).items() if k in names and k != "method"})
 
 
-def _finetune(pruner, stage: str, s: float, grid, ser_start, train_step, finetune: CycleFinetune) -> dict:
-    cfg = pruner.config
-    if stage == "ser":
-        targets = [g for g in grid if g >= ser_start - 1e-9]
-        lr = cfg.keep_ft_lr * ramp_multiplier(s, targets, cfg.keep_ft_lr_ramp)
-        kw = {"epochs": cfg.keep_ft_epochs, "lr": lr, "optimizer": cfg.keep_ft_optimizer}
-    else:
+def _finetune(pruner, stage: str, s: float, grid, state: dict, train_step, finetune: CycleFinetune) -> dict:
+    hook = get_method(pruner.config.method).cycle.finetune
+    kw = hook(pruner.config, stage, s, grid, state) if hook else None
+    if kw is None:
         kw = {"epochs": finetune.epochs, "lr": finetune.lr, "optimizer": finetune.optimizer}
     if kw["epochs"] <= 0:
         return {"skipped": True, **kw}
     out = train_step(pruner.model, pruner.masks, phase="finetune", trainable=None, **kw) or {}
     pruner.masks.apply_(pruner.model)  # a custom train step may not re-zero; masks stay exact
     return {**kw, **out}
-
-
-def _switch_check(pruner, s: float, post_sel: dict | None, state: dict) -> dict | None:
-    """Drop-threshold rule on the selection split; sets `transition_sparsity` when it fires."""
-    cfg = pruner.config
-    if getattr(cfg, "switch", None) != "drop_threshold" or cfg.transition_sparsity is not None:
-        return None
-    value = post_sel[cfg.selection_metric]
-    mode = cfg.drop_reference
-    if state.get("reference") is None:
-        if mode == "first_completed" or (mode == "s20_start" and s >= cfg.switch_sparsity - 1e-9):
-            state["reference"] = value
-            return {"reference_set": value, "mode": mode}
-        if mode != "baseline":
-            return None
-    if drop_fired(state["reference"], value, cfg.drop_threshold_pp):
-        pruner.config = dataclasses.replace(cfg, transition_sparsity=s)
-        return {"reference": state["reference"], "mode": mode, "threshold_pp": cfg.drop_threshold_pp,
-                "transition_sparsity": s, "value": value, "reason": "post-FT selection metric dropped below "
-                "reference - threshold"}  # fmt: skip
-    return {"reference": state["reference"], "value": value, "fired": False}
 
 
 def run_cycles(
@@ -154,13 +118,12 @@ def run_cycles(
             every `prune` step; activations are re-collected each cycle on the current (pruned, fine-tuned) model.
     """
     grid, finetune = check_grid(grid), finetune or CycleFinetune()
-    if getattr(pruner.config, "switch", None) == "drop_threshold" and selection_eval is None:
-        raise ConfigError("switch='drop_threshold' decides on a selection split: pass run_cycles(selection_eval=...)")
+    state: dict[str, Any] = {"base": pruner.config}
+    start = get_method(pruner.config.method).cycle.start
+    if start is not None:
+        start(pruner.config, selection_eval, pruner.model, state)
     if pruner.spectra is None and any(get_method(m).needs_spectra for m in _methods(pruner, grid, method_for)):
         pruner.analyze(progress=False)  # dense-model spectra, computed once (the paper's static cache)
-    state: dict[str, Any] = {"ser_start": None, "base": pruner.config}
-    if getattr(pruner.config, "drop_reference", None) == "baseline" and selection_eval is not None:
-        state["reference"] = selection_eval(pruner.model)[pruner.config.selection_metric]
     records = []
     for s in tqdm(grid, desc="cycles", disable=not progress):
         records.append(
@@ -180,14 +143,15 @@ def _one_cycle(pruner, s, grid, train_step, evaluate, selection_eval, method_for
     pruner.prune(calibration, train_step=train_step, sparsity=s)
     rec = pruner.ledger.steps[-1]
     stage = rec.get("stage", pruner.config.method)
-    if stage == "ser" and state["ser_start"] is None:
-        state["ser_start"] = s
     rec["stage"] = stage
     rec["pre_ft"] = evaluate(pruner.model) if evaluate else None
-    rec["finetune"] = _finetune(pruner, stage, s, grid, state["ser_start"], train_step, finetune)
+    rec["finetune"] = _finetune(pruner, stage, s, grid, state, train_step, finetune)
     rec["post_ft"] = evaluate(pruner.model) if evaluate else None
     rec["post_ft_selection"] = selection_eval(pruner.model) if selection_eval else None
-    rec["switch"] = _switch_check(pruner, s, rec["post_ft_selection"], state)
+    after = get_method(pruner.config.method).cycle.after
+    new_config, rec["switch"] = after(pruner.config, s, rec["post_ft_selection"], state) if after else (None, None)
+    if new_config is not None:
+        pruner.config = new_config
     rec["zeros_post_ft"] = Masks.from_model(pruner.model, pruner.masks.names).sparsity()  # real zeros in weights
     rec["cycle_seconds"] = round(time.perf_counter() - t0, 3)
     logger.info("cycle s=%.2f stage=%s post_ft=%s", s, stage, rec["post_ft"])

@@ -27,7 +27,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..core.constants import LIBRARY_TAG, MASKS_NAME
 from ..core.errors import ConfigError, LedgerMismatchError, MPPruneWarning
-from ..core.masks import Masks, _weight
+from ..core.loading import load_model
+from ..core.masks import Masks, weight_of
 from .presets import get_preset, read_yaml_arguments
 
 
@@ -183,7 +184,7 @@ def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosi
 
 def realised_sparsity(model: nn.Module, masks: Masks) -> float:
     """Fraction of exactly-zero entries over the masked weights (what §1.4 step 2 keeps from drifting)."""
-    zeros = sum(int((_weight(model, n) == 0).sum()) for n in masks)
+    zeros = sum(int((weight_of(model, n) == 0).sum()) for n in masks)
     return zeros / max(1, masks.numel)
 
 
@@ -203,9 +204,9 @@ class MaskFreezeCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._remove_hooks()
         self.masks.check_model(model)
-        device = _weight(model, self.masks.names[0]).device if len(self.masks) else torch.device("cpu")
+        device = weight_of(model, self.masks.names[0]).device if len(self.masks) else torch.device("cpu")
         self._device_masks = self.masks.to(device)
-        drift = sum(int((_weight(model, n)[~m] != 0).sum()) for n, m in self._device_masks.items())
+        drift = sum(int((weight_of(model, n)[~m] != 0).sum()) for n, m in self._device_masks.items())
         if drift:
             logger.warning("%d pruned entries were nonzero at train start (re-zeroed)", drift)
         self._device_masks.apply_(model)
@@ -259,8 +260,6 @@ class MPDistillationTrainer(Trainer):
             raise ConfigError("the teacher is the student itself; pass a dense copy (copy.deepcopy before pruning)")
         owned = isinstance(teacher, (str, os.PathLike))
         if owned:
-            from ..core.loading import load_model
-
             teacher = load_model(teacher).requires_grad_(False)  # ours alone: frozen outright
         super().__init__(model=model, args=args, **kwargs)
         self.model_accepts_loss_kwargs = False  # our loss, not the model's: no num_items_in_batch in forward
