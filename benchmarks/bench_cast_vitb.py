@@ -72,7 +72,7 @@ def full_mode(pattern: str, images: int, seed: int) -> dict:
     torch.manual_seed(seed)
     model = ViTForImageClassification(ViTConfig()).eval()
     data = [{"pixel_values": torch.randn(min(16, images - i), 3, 224, 224)} for i in range(0, images, 16)]
-    pr = MPPruner(model, CASTConfig(pattern=pattern, seed=seed, num_calibration_samples=images))
+    pr = MPPruner(model, CASTConfig(pattern=pattern, seed=seed, calibration_samples=images))
     t0 = time.perf_counter()
     pr.prune(calibration=data)
     rec = pr.ledger.steps[-1]

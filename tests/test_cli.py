@@ -20,3 +20,14 @@ def test_analyze_cli_errors(tmp_path, capsys):
     assert "no model directory" in capsys.readouterr().err
     assert main(["analyze", "org/not-cached"]) == 2
     assert "HF_HUB_OFFLINE" in capsys.readouterr().err
+
+
+def test_prune_cli_samples_reach_kn_methods(tiny_vit, tmp_path):
+    """`--samples N` is the calibration size of every calibrated method, k:n ones included (one field name)."""
+    src, out = tmp_path / "vit", tmp_path / "cast"
+    tiny_vit.save_pretrained(src)
+    argv = ["prune", str(src), "--method", "cast", "--pattern", "2:4", "--calibration", "random", "--samples", "6"]
+    assert main([*argv, "--output", str(out)]) == 0
+    step = json.loads((out / "mpprune_ledger.json").read_text())["steps"][-1]
+    assert step["calibration"]["num_samples"] == 6
+    assert step["config"]["calibration_samples"] == 6

@@ -1,5 +1,7 @@
 """Configs: validation, JSON/YAML round trip of every registered method's config, strict keys."""
 
+import os
+
 import pytest
 
 from hf_mpprune import ConfigError, KeepPattern, PruningConfig, get_method, list_methods
@@ -60,3 +62,17 @@ def test_patterns_type_checked():
     with pytest.raises(ConfigError, match="targets"):
         PruningConfig(targets=[1])
     assert PruningConfig(targets="Linear").targets == ["Linear"]
+
+
+def test_config_save_and_from_pretrained_round_trip(tmp_path):
+    """Configs serialise like PEFT's: save_pretrained(dir) / from_pretrained(dir) give the registered class back."""
+    from hf_mpprune import MPWandaConfig
+
+    cfg = MPWandaConfig(sparsity=0.6, reconstruct=True, calibration_samples=32, seed=3)
+    path = cfg.save_pretrained(tmp_path / "run")
+    assert os.path.basename(path) == "mpprune_config.json"
+    back = PruningConfig.from_pretrained(tmp_path / "run")
+    assert type(back) is MPWandaConfig and back == cfg
+    assert PruningConfig.from_pretrained(path) == cfg  # the file itself works too
+    with pytest.raises(ConfigError, match="no pruning config"):
+        PruningConfig.from_pretrained(tmp_path / "missing")

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from .constants import __version__
+from .constants import CONFIG_NAME, __version__
 from .errors import ConfigError, MPPruneWarning
 
 
@@ -231,6 +231,22 @@ class PruningConfig:
     def from_json_file(cls, path: str | os.PathLike, *, strict: bool = True) -> "PruningConfig":
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f), strict=strict)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write `mpprune_config.json` into `save_directory` (created if needed), as PEFT's configs do."""
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        self.to_json_file(path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, strict: bool = False) -> "PruningConfig":
+        """Read the config saved in a checkpoint directory (`mpprune_config.json`) or a JSON file. Keys written by a
+        newer version are dropped with a warning (`strict=False`)."""
+        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else os.fspath(path)
+        if not os.path.isfile(file):
+            raise ConfigError(f"no pruning config at {file!r}: save one with config.save_pretrained(directory)")
+        return cls.from_json_file(file, strict=strict)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=True)

@@ -68,6 +68,18 @@ def layer_hessian(model: nn.Module, layer: PrunableLayer, batches: Iterable[dict
     return 2.0 * acc["xtx"].cpu() / max(1, acc["rows"])
 
 
+@torch.no_grad()
+def sequential_hessians(
+    model: nn.Module, layers: Iterable[PrunableLayer], batches: Iterable[dict],
+    on_layer: Callable[[PrunableLayer, torch.Tensor], None],
+) -> None:  # fmt: skip
+    """For each layer in the given order: H of its inputs on the CURRENT model (`layer_hessian`), then
+    `on_layer(layer, H)`, which may rewrite the layer; later layers see the rewritten upstream."""
+    batches = list(batches)
+    for layer in layers:
+        on_layer(layer, layer_hessian(model, layer, batches))
+
+
 def sequential_apply(
     model: nn.Module,
     layers: LayerSet,
@@ -94,4 +106,4 @@ def sequential_apply(
 
 
 # `hessian` is re-exported for callers that capture rows themselves.
-__all__ = ["forward_order", "hessian", "layer_hessian", "sequential_apply"]
+__all__ = ["forward_order", "hessian", "layer_hessian", "sequential_apply", "sequential_hessians"]

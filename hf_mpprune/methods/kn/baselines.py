@@ -14,13 +14,13 @@ from ...core.errors import ConfigError
 from ...core.masks import Masks
 from ...core.obs import sparsegpt_prune
 from ...core.registry import PruneContext, register_method
+from ...core.sequential import sequential_hessians
 from .geometry import (
     KNMethodConfig,
     cells,
     column_order,
     from_grouped,
     plan,
-    sequential_hessians,
     source_keep,
     to_grouped,
     unwrap,
@@ -33,7 +33,7 @@ def _setup(ctx: PruneContext):
     data, _ = unwrap(ctx.calibration)
     if data is None or ctx.model is None:
         raise ConfigError(f"{cfg.method} needs calibration data and the model: MPPruner(...).prune(calibration=...)")
-    batches = as_batches(data, num_samples=cfg.num_calibration_samples, batch_size=cfg.calibration_batch_size,
+    batches = as_batches(data, num_samples=cfg.calibration_samples, batch_size=cfg.calibration_batch_size,
                          seed=cfg.seed)  # fmt: skip
     eligible, skipped = plan(ctx.layers, cfg.pattern, skip_head=cfg.skip_head, conv_grouping=cfg.conv_grouping,
                              strict_tail=cfg.strict_tail)  # fmt: skip

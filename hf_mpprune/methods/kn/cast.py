@@ -14,6 +14,7 @@ from ...core.layers import LayerSet
 from ...core.masks import Masks
 from ...core.obs import obs_reconstruct
 from ...core.registry import PruneContext, register_method
+from ...core.sequential import sequential_hessians
 from .cast_math import COST_FORMS, PRIOR_SCALES, l2_cell_costs, search, source_tuple
 from .geometry import (
     KNMethodConfig,
@@ -22,7 +23,6 @@ from .geometry import (
     column_order,
     from_grouped,
     plan,
-    sequential_hessians,
     source_keep,
     to_grouped,
     topk_cells,
@@ -246,7 +246,7 @@ def cast(ctx: PruneContext) -> Masks:
     data, dense = unwrap(ctx.calibration)
     if data is None:
         raise ConfigError("CAST needs calibration data: MPPruner(...).prune(calibration=<dataset or batches>)")
-    batches = as_batches(data, num_samples=cfg.num_calibration_samples, batch_size=cfg.calibration_batch_size,
+    batches = as_batches(data, num_samples=cfg.calibration_samples, batch_size=cfg.calibration_batch_size,
                          seed=cfg.seed)  # fmt: skip
     eligible, skipped = plan(ctx.layers, cfg.pattern, skip_head=cfg.skip_head, conv_grouping=cfg.conv_grouping,
                              strict_tail=cfg.strict_tail)  # fmt: skip

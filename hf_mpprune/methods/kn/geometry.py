@@ -9,14 +9,11 @@ for flattened conv grouping; pixel-major `(kh, kw, C_in)` for `conv_grouping="ch
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
-from ...core.calibration import capture
 from ...core.config import KeepPattern, PruningConfig
 from ...core.errors import ConfigError, PatternError
 from ...core.layers import LayerSet, PrunableLayer
@@ -157,45 +154,6 @@ def kn_keep(scores: torch.Tensor, pattern: KeepPattern, tail_keep: torch.Tensor)
     return keep
 
 
-# ---- sequential Hessians ------------------------------------------------------------------------------------
-class _Stop(Exception):
-    """Raised from a capture hook to end a forward once the layer of interest has been reached."""
-
-
-@torch.no_grad()
-def sequential_hessians(
-    model: nn.Module, layers: list[PrunableLayer], batches: Iterable[dict],
-    on_layer: Callable[[PrunableLayer, torch.Tensor], None],
-) -> None:  # fmt: skip
-    """For each layer in order, H = 2·XᵀX of its inputs (float64) on the CURRENT model, then `on_layer(layer, H)`,
-    which may rewrite the layer; later layers see the rewritten upstream. Forwards stop at the layer."""
-    batches = list(batches)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        for layer in layers:
-            acc: dict[str, torch.Tensor] = {}
-
-            def add(la, rows, acc=acc):
-                x = rows.double()
-                acc["h"] = acc.get("h", 0) + 2.0 * x.T @ x
-                acc["n"] = acc.get("n", 0) + x.shape[0]
-                raise _Stop
-
-            with capture(model, LayerSet([layer]), add):
-                for b in batches:
-                    try:
-                        model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
-                    except _Stop:
-                        pass
-            if "h" not in acc:
-                raise ConfigError(f"calibration forwards never reached layer {layer.name!r}")
-            on_layer(layer, acc["h"] / acc["n"])
-    finally:
-        model.train(was_training)
-
-
 # ---- shared config and calibration wrapper ------------------------------------------------------------------
 @dataclass
 class KNMethodConfig(PruningConfig):
@@ -208,14 +166,14 @@ class KNMethodConfig(PruningConfig):
             (paper parity) or `"channel"`: `W[o, c:c+n, i, j]` (the deployable sparse-conv layout).
         strict_tail (`bool`, defaults to `False`): a fan-in not divisible by n raises `PatternError` instead of
             leaving the last `N mod n` columns as they are.
-        num_calibration_samples (`int`, defaults to 128), calibration_batch_size (`int`, defaults to 16).
+        calibration_samples (`int`, defaults to 128), calibration_batch_size (`int`, defaults to 16).
     """
 
     method: str = "kn"
     skip_head: bool = True
     conv_grouping: str = "flattened"
     strict_tail: bool = False
-    num_calibration_samples: int = 128
+    calibration_samples: int = 128
     calibration_batch_size: int = 16
 
     def __post_init__(self):
@@ -226,9 +184,9 @@ class KNMethodConfig(PruningConfig):
             )
         if self.conv_grouping not in CONV_GROUPINGS:
             raise ConfigError(f"conv_grouping={self.conv_grouping!r} must be one of {CONV_GROUPINGS}")
-        if self.num_calibration_samples < 1 or self.calibration_batch_size < 1:
+        if self.calibration_samples < 1 or self.calibration_batch_size < 1:
             raise ConfigError(
-                f"num_calibration_samples={self.num_calibration_samples} and calibration_batch_size="
+                f"calibration_samples={self.calibration_samples} and calibration_batch_size="
                 f"{self.calibration_batch_size} must be >= 1"
             )
         self.sparsity = 1.0 - self.pattern.density if self.pattern.keep < self.pattern.group else 0.0
