@@ -1,0 +1,231 @@
+"""Documentation that runs: every ```python and ```bash block of README.md and docs/*.md is executed.
+
+Python blocks of one page run in order in one namespace (like a notebook), in a temporary working directory,
+with tiny stand-ins for the names a reader brings (`model`, `x`, `dense`, `train`, `val`, `dataset`, ...) and
+placeholder strings replaced by a tiny saved model (`PLACEHOLDERS`). Bash blocks: `hf-mpprune ...` lines run
+in-process through the CLI's `main`. What cannot run here is marked in the page itself and skipped with the reason
+printed by pytest:
+
+* a whole block: an HTML comment `<!-- docs-test: skip REASON -->` on the line before the fence;
+* one line: a trailing comment `# docs-test: skip REASON` (GPU-only, Hub-only lines).
+
+```text blocks are not code (formulas, diagrams, sample output).
+"""
+
+import contextlib
+import copy
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from hf_mpprune.cli.main import main as cli_main
+
+from .tiny_models import tiny_bert, tiny_vit, vit_inputs
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGES = ["README.md"] + sorted(
+    os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")
+)
+FENCE = re.compile(r"^```(\w*)\s*$")
+SKIP_BLOCK = re.compile(r"<!--\s*docs-test:\s*skip\s+(.+?)\s*-->")
+SKIP_LINE = re.compile(r"#\s*docs-test:\s*skip\s+(.+)$")
+SHELL_SKIP = {  # commands that are not ours to run inside a test, with the reason
+    "make": "make targets are run by CI itself (make test) or by the wheel test (demo)",
+    "pip": "installs packages; the test environment is already installed",
+    "accelerate": "multi-process launch; covered by the DDP test",
+    "torchrun": "multi-process launch; covered by the DDP test",
+    "git": "repository operations",
+    "python": "runs a user script that the page only names",
+}
+
+
+@dataclass
+class Block:
+    page: str
+    line: int
+    lang: str
+    code: str
+    skip: str | None
+
+
+def blocks(page: str) -> list[Block]:
+    out, lines = [], open(os.path.join(ROOT, page), encoding="utf-8").read().split("\n")
+    i = 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m or not m.group(1):
+            i += 1
+            continue
+        lang, start = m.group(1), i
+        j = i + 1
+        while j < len(lines) and not lines[j].startswith("```"):
+            j += 1
+        prev = next((lines[k] for k in range(start - 1, -1, -1) if lines[k].strip()), "")
+        skip = SKIP_BLOCK.search(prev)
+        out.append(Block(page, start + 1, lang, "\n".join(lines[start + 1 : j]), skip.group(1) if skip else None))
+        i = j + 1
+    return out
+
+
+def runnable(code: str) -> tuple[str, list[str]]:
+    """Drop lines marked `# docs-test: skip REASON` (and their continuation lines); return the code and reasons."""
+    kept, reasons, dropping = [], [], False
+    for line in code.split("\n"):
+        m = SKIP_LINE.search(line)
+        if m:
+            reasons.append(m.group(1))
+            dropping = line.rstrip().endswith(("(", ",", "\\"))
+            continue
+        if dropping:
+            dropping = not line.strip().startswith(")") and line.rstrip().endswith(("(", ",", "\\"))
+            continue
+        kept.append(line)
+    return "\n".join(kept), reasons
+
+
+class TinyImages(Dataset):
+    """A labelled image dataset of the tiny ViT's shape: dicts of `pixel_values` and `labels`."""
+
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, 32, 32, generator=g)
+        self.y = torch.randint(0, 10, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.x[i], "labels": self.y[i]}
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory):
+    base = tmp_path_factory.mktemp("docs-standins")
+    vit = tiny_vit()
+    vit.save_pretrained(base / "tiny-vit")
+    bert = tiny_bert()
+    bert.save_pretrained(base / "tiny-bert")
+    return {"vit_dir": str(base / "tiny-vit"), "bert_dir": str(base / "tiny-bert")}
+
+
+def namespace(standins) -> dict:
+    model = tiny_vit()
+    train, val = TinyImages(48, 0), TinyImages(24, 1)
+
+    def accuracy(m) -> dict[str, float]:
+        with torch.no_grad():
+            pred = m(pixel_values=val.x).logits.argmax(-1)
+        return {"accuracy": float((pred == val.y).float().mean())}
+
+    return {
+        "model": model, "dense": copy.deepcopy(model), "teacher": copy.deepcopy(model),
+        "x": vit_inputs(batch=4)["pixel_values"], "train": train, "val": val, "dataset": train,
+        "train_dataset": train, "eval_dataset": val, "eval_fn": accuracy, "selection_fn": accuracy,
+        "torch": torch,
+    }  # fmt: skip
+
+
+def placeholders(standins) -> list[tuple[str, str]]:
+    vit = standins["vit_dir"]
+    return [
+        ("path/or/hub-id", vit),
+        ("google/vit-base-patch16-224", vit),
+        ("MODEL_OR_DIR", vit),
+        ("MODEL", vit),
+    ]
+
+
+def fill(code: str, standins) -> str:
+    for old, new in placeholders(standins):
+        code = code.replace(old, new)
+    return code
+
+
+@contextlib.contextmanager
+def chdir(path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def run_shell_line(line: str) -> None:
+    argv = shlex.split(line)
+    if not argv:
+        return
+    if argv[0] == "hf-mpprune":
+        rc = cli_main(argv[1:])
+        assert rc == 0, f"{line!r} exited {rc}"
+        return
+    if argv[0] in SHELL_SKIP or argv[0].startswith(("./", ".venv/", "HF_")):
+        return
+    rc = subprocess.run(argv, check=False).returncode  # plain tools (mkdir, ls, ...)
+    assert rc == 0, f"{line!r} exited {rc}"
+
+
+def shell_lines(code: str) -> list[str]:
+    out, cur = [], ""
+    for line in code.split("\n"):
+        line = line.split(" #")[0].rstrip() if not line.lstrip().startswith("#") else ""
+        if line.endswith("\\"):
+            cur += line[:-1] + " "
+            continue
+        cur += line
+        if cur.strip():
+            out.append(cur.strip())
+        cur = ""
+    return out
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_runs(page, standins, tmp_path, capsys):
+    ns, skipped, ran = namespace(standins), [], 0
+    sys.modules.setdefault("__docs__", type(sys)("__docs__"))
+    with chdir(tmp_path):
+        for b in blocks(page):
+            where = f"{page}:{b.line}"
+            if b.skip:
+                skipped.append(f"{where} ({b.skip})")
+                continue
+            code, reasons = runnable(fill(b.code, standins))
+            skipped += [f"{where} line ({r})" for r in reasons]
+            if b.lang == "python":
+                try:
+                    exec(compile(code, where, "exec"), ns)
+                except Exception as e:
+                    raise AssertionError(f"{where}: the python block fails as written: {type(e).__name__}: {e}") from e
+                ran += 1
+            elif b.lang in ("bash", "sh", "console", "shell"):
+                for line in shell_lines(code):
+                    run_shell_line(line.removeprefix("$ "))
+                ran += 1
+    if skipped:
+        with capsys.disabled():
+            print(f"\n{page}: {ran} blocks ran; skipped: " + "; ".join(skipped))
+    assert ran or not blocks(page), f"{page}: no block ran"
+
+
+def test_every_public_name_in_the_readme_imports():
+    import hf_mpprune
+
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    names = set()
+    for m in re.finditer(r"from hf_mpprune(\.[\w.]+)? import (\([^)]*\)|[^\n]+)", text):
+        mod = "hf_mpprune" + (m.group(1) or "")
+        listed = m.group(2).strip("()").split("#")[0].replace("\n", ",")
+        names |= {(mod, n.split(" as ")[0].strip()) for n in listed.split(",") if n.strip()}
+    assert names
+    for mod, name in sorted(names):
+        module = __import__(mod, fromlist=[name])
+        assert hasattr(module, name), f"README imports {name} from {mod}, which does not exist"
+    assert all(hasattr(hf_mpprune, n) for n in hf_mpprune.__all__)
