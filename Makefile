@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint demo bench bench-gpu clean
+.PHONY: venv test test-all wheel lint demo bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ lint: $(STAMP)
 
 test: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not gpu" -n 2 $(PYTEST_ARGS)
+
+# Everything CPU can run, slow tests included (local Hub server, olah mirror, full recipe runs, wheel + demo).
+test-all: lint
+	HF_HUB_OFFLINE=1 RUN_SLOW=1 $(PY) -m pytest -m "not gpu" -n 2 $(PYTEST_ARGS)
+
+# A wheel with its package data (recipes, card template, evaluate modules) under dist/.
+wheel: $(STAMP)
+	rm -rf dist build
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m hf_mpprune.demo --out mpprune-demo
