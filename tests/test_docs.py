@@ -12,6 +12,7 @@ printed by pytest:
 ```text blocks are not code (formulas, diagrams, sample output).
 """
 
+import ast
 import contextlib
 import copy
 import os
@@ -75,20 +76,20 @@ def blocks(page: str) -> list[Block]:
     return out
 
 
-def runnable(code: str) -> tuple[str, list[str]]:
-    """Drop lines marked `# docs-test: skip REASON` (and their continuation lines); return the code and reasons."""
-    kept, reasons, dropping = [], [], False
-    for line in code.split("\n"):
-        m = SKIP_LINE.search(line)
-        if m:
-            reasons.append(m.group(1))
-            dropping = line.rstrip().endswith(("(", ",", "\\"))
-            continue
-        if dropping:
-            dropping = not line.strip().startswith(")") and line.rstrip().endswith(("(", ",", "\\"))
-            continue
-        kept.append(line)
-    return "\n".join(kept), reasons
+def runnable(code: str, lang: str = "python") -> tuple[str, list[str]]:
+    """Drop the statements marked `# docs-test: skip REASON` on any of their lines; return the code and reasons."""
+    lines = code.split("\n")
+    marked = {i + 1: m.group(1) for i, line in enumerate(lines) if (m := SKIP_LINE.search(line))}
+    if not marked:
+        return code, []
+    drop: set[int] = set()
+    if lang == "python":
+        for node in ast.parse(code).body:  # a marked line removes the whole top-level statement it belongs to
+            span = set(range(node.lineno, node.end_lineno + 1))
+            if span & set(marked):
+                drop |= span
+    drop |= set(marked)
+    return "\n".join(line for i, line in enumerate(lines, 1) if i not in drop), list(marked.values())
 
 
 class TinyImages(Dataset):
@@ -197,7 +198,7 @@ def test_page_runs(page, standins, tmp_path, capsys):
             if b.skip:
                 skipped.append(f"{where} ({b.skip})")
                 continue
-            code, reasons = runnable(fill(b.code, standins))
+            code, reasons = runnable(fill(b.code, standins), b.lang)
             skipped += [f"{where} line ({r})" for r in reasons]
             if b.lang == "python":
                 try:

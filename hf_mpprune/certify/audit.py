@@ -1,7 +1,7 @@
 """Deterministic data-path certificates and budget audits (ALGORITHMS.md §9.4): hooks, weight swaps, batching.
 
-The math lives in `certificate_math.py`, the L_s estimators in `lipschitz.py`, the records in
-`certificate_report.py`. Decisions [D] (also stored in every report's `decisions`):
+The math lives in `bounds.py`, the L_s estimators in `lipschitz.py`, the records in
+`report.py`. Decisions [D] (also stored in every report's `decisions`):
 
 * ψ₁ is captured by a forward hook on the **dense** model for the single-layer terms; θ = 0 (full removal).
 * Single-layer ΔCE: the dense model with only that layer's weight swapped for the pruned one (restored bit-exactly
@@ -10,7 +10,7 @@ The math lives in `certificate_math.py`, the L_s estimators in `lipschitz.py`, t
 * `labels=None`: CE and accuracy are measured against the dense model's predictions (pseudo-labels).
 * Other differences between the two models (e.g. fine-tuned biases) are never certified: they are listed in
   `other_params_differ` and the pruned model's own CE is reported beside the swap results.
-* Float tolerance: see `certificate_math` (rtol = max(1e-5, 4 eps(dtype)) of logits magnitudes).
+* Float tolerance: see `bounds` (rtol = max(1e-5, 4 eps(dtype)) of logits magnitudes).
 * The paper proxies are computed with dense-model inputs (the repo used the sparse model's).
 """
 

@@ -34,7 +34,7 @@ from ..methods.kn.legality import audit_matrix
 logger = logging.getLogger(__name__)
 
 TWO_FOUR = KeepPattern(2, 4)
-# (weight rows multiple, weight cols multiple) for fp16/bf16, CONVENTIONS.md §5
+# (weight rows multiple, weight cols multiple) for fp16/bf16 (docs/deploy.md, "2:4 shape rules")
 SHAPE_RULES = {"cutlass": (32, 64), "cusparselt": (16, 16)}
 _BACKENDS = ("auto", "cutlass", "cusparselt")
 _HALF = (torch.float16, torch.bfloat16)
