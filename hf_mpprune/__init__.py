@@ -27,6 +27,7 @@ from .core.layers import LayerSet, PrunableLayer, discover_layers  # noqa: E402
 from .core.ledger import Ledger  # noqa: E402
 from .core.masks import Masks  # noqa: E402
 from .core.registry import get_method, list_methods, register_method  # noqa: E402
+from .deploy.export import ExportReport, export  # noqa: E402
 from .deploy.macs import MACReport, mac_report  # noqa: E402
 from .deploy.semi_structured import ConversionReport, to_semi_structured  # noqa: E402
 from .deploy.tome import apply_tome, remove_tome  # noqa: E402
@@ -56,6 +57,7 @@ __all__ = [
     "ConfigError",
     "ConversionReport",
     "CycleFinetune",
+    "ExportReport",
     "HybridConfig",
     "KNCalibration",
     "KeepPattern",
@@ -94,6 +96,7 @@ __all__ = [
     "attach_permutations",
     "budget_audit",
     "discover_layers",
+    "export",
     "fit_mp",
     "get_method",
     "kd_loss",

@@ -53,6 +53,8 @@ _COMMANDS: tuple[str, ...] = (
     "hf_mpprune.cli.deploy",
     "hf_mpprune.cli.certify",
     "hf_mpprune.recipes.runner",
+    "hf_mpprune.cli.export",
+    "hf_mpprune.cli.env",
 )
 
 

@@ -222,26 +222,37 @@ def _write(model, fmt, output, inputs, shapes, opset, optimize) -> tuple[list[st
     return names, opset
 
 
-def _run_artifact(fmt: str, path: str, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+def _runner(fmt: str, path: str):
+    """A callable `inputs -> [np.ndarray]` for the written artifact (loaded once)."""
     if fmt == "pt2":
-        with torch.no_grad():
-            out = torch.export.load(path).module()(**inputs)
-        return [t.float().cpu().numpy() for t in _flat_outputs(out)[1]]
+        module = torch.export.load(path).module()
+
+        @torch.no_grad()
+        def run(inputs):
+            return [t.float().cpu().numpy() for t in _flat_outputs(module(**inputs))[1]]
+
+        return run
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the unoptimised graph makes ORT log harmless folding notes
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    feed = {i.name: inputs[i.name].cpu().numpy() for i in session.get_inputs()}
-    return [np.asarray(o, dtype=np.float32) for o in session.run(None, feed)]
+    names = [i.name for i in session.get_inputs()]
+
+    def run(inputs):
+        return [
+            np.asarray(o, dtype=np.float32) for o in session.run(None, {k: inputs[k].cpu().numpy() for k in names})
+        ]
+
+    return run
 
 
 def _verify(model, fmt, path, inputs, atol, report: ExportReport) -> None:
     batch = next(iter(inputs.values())).shape[0]
-    worst = 0.0
+    worst, run = 0.0, _runner(fmt, path)
     for i, b in enumerate((1, batch + 1)):
         x = _resize_batch(inputs, b, seed=i + 1)
-        ref, got = _eager(model, x), _run_artifact(fmt, path, x)
+        ref, got = _eager(model, x), run(x)
         if len(ref) != len(got):
             raise LedgerMismatchError(f"the exported {fmt} model returns {len(got)} outputs, eager {len(ref)}")
         for r, o in zip(ref, got):
