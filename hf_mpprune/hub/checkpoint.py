@@ -27,6 +27,7 @@ from ..core.ledger import Ledger, weights_sha256
 from ..core.loading import load_model, resolve_local, split_hub_kwargs
 from ..core.masks import Masks
 from .atomic import atomic_directory
+from .config_block import recover_from_config, write_config_block
 
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def save_pretrained(
         if processor is not None:
             processor.save_pretrained(tmp)
         _write_sidecars(pruner, tmp)
+        write_config_block(pruner, tmp)
         if card:
             from .card import make_card
 
@@ -152,6 +154,7 @@ def load_pretrained(
         )
         if commit is not None:
             pruner.ledger.identity["base_revision"] = commit
+        recover_from_config(pruner, local)
         return pruner
     return _restore(cls, model, local, config)
 
