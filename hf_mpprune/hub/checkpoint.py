@@ -97,7 +97,7 @@ def save_pretrained(
         if card:
             from .card import make_card
 
-            text = make_card(pruner, model_name=model_name or os.path.basename(target), existing=existing_card)
+            text = make_card(pruner, model_name=model_name, existing=existing_card)
             _write_text(os.path.join(tmp, "README.md"), text)
     logger.info("saved checkpoint to %s", target)
     return target
