@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..core.errors import ConfigError
 
@@ -155,8 +156,6 @@ def _attention_forward(self, hidden_states, attention_mask=None, **kwargs):
     if state.size is not None:
         _check_masks_nothing(attention_mask)
         attention_mask = state.size.log().to(query_states.dtype).transpose(1, 2).unsqueeze(1)  # (B, 1, 1, N)
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     eager = sys.modules[type(self).__module__].eager_attention_forward
     interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager)
     attn_output, attn_weights = interface(
