@@ -34,6 +34,7 @@ from .core.layers import LayerSet, PrunableLayer, discover_layers
 from .core.ledger import Ledger
 from .core.masks import Masks
 from .core.registry import get_method, list_methods, register_method
+from .deploy.export import ExportReport, export
 from .deploy.macs import MACReport, mac_report
 from .deploy.semi_structured import ConversionReport, to_semi_structured
 from .deploy.tome import apply_tome, remove_tome
@@ -61,6 +62,7 @@ __all__ = [
     "ConfigError",
     "ConversionReport",
     "CycleFinetune",
+    "ExportReport",
     "HybridConfig",
     "KNCalibration",
     "KeepPattern",
@@ -102,6 +104,7 @@ __all__ = [
     "attach_permutations",
     "budget_audit",
     "discover_layers",
+    "export",
     "fit_mp",
     "get_method",
     "kd_loss",

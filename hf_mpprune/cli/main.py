@@ -54,6 +54,8 @@ _COMMANDS: tuple[str, ...] = (
     "hf_mpprune.cli.certify",
     "hf_mpprune.recipes.runner",
     "hf_mpprune.cli.demo",
+    "hf_mpprune.cli.export",
+    "hf_mpprune.cli.env",
 )
 
 

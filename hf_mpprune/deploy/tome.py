@@ -55,6 +55,24 @@ def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return t.gather(1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
 
 
+def _split_by_rank(best: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(src, unm)` for scores `best` (B, M): `src` = the `r` highest scores (descending, ties by lower index first,
+    as a stable descending argsort), `unm` = the other indices in ascending order.
+
+    Computed by pairwise comparison instead of `sort`, so that it traces to ONNX (which has no stable sort); the
+    indices are exactly those of `best.argsort(descending=True, stable=True)`. Cost O(M^2) per image (M ≈ N/2).
+    """
+    m = best.shape[-1]
+    pos = torch.arange(m, device=best.device)
+    bi, bj = best.unsqueeze(-1), best.unsqueeze(-2)  # i = row (the ranked element), j = column (a competitor)
+    before = (bj > bi) | ((bj == bi) & (pos.unsqueeze(0) < pos.unsqueeze(1)))
+    rank = before.sum(dim=-1)  # (B, M): position in the stable descending order
+    kept = rank >= r
+    final = torch.where(kept, r + kept.long().cumsum(dim=-1) - 1, rank)  # unmerged: r.. in index order
+    order = torch.empty_like(final).scatter_(1, final, pos.expand_as(final).contiguous())
+    return order[:, :r], order[:, r:]
+
+
 def merge_tokens(
     x: torch.Tensor, size: torch.Tensor | None, metric: torch.Tensor, r: int, protected: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,9 +90,7 @@ def merge_tokens(
     k = nn.functional.normalize(metric[:, protected:].float(), dim=-1)
     scores = k[:, ::2] @ k[:, 1::2].transpose(-1, -2)  # (B, |A|, |B|) cosine similarities
     best, partner = scores.max(dim=-1)
-    order = best.argsort(dim=-1, descending=True, stable=True)
-    src = order[:, :r]
-    unm = order[:, r:].sort(dim=-1).values
+    src, unm = _split_by_rank(best, r)
     dst = partner.gather(1, src)
 
     xt, st = x[:, protected:], size[:, protected:]
@@ -87,6 +103,35 @@ def merge_tokens(
     x_out = torch.cat([x[:, :protected], _gather(xa, unm), new_xb], dim=1)
     s_out = torch.cat([size[:, :protected], _gather(sa, unm), new_sb], dim=1)
     return x_out, s_out
+
+
+# ---- attention masks ------------------------------------------------------------------------------------------
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _check_masks_nothing(attention_mask: torch.Tensor | None) -> None:
+    """Merged tokens have no per-token mask, so only a mask that hides nothing may reach a merged block.
+
+    transformers 5 builds an all-visible boolean mask while tracing (`torch.export`, ONNX dynamo) even when the
+    caller passes none; that mask is dropped (dropping it is exact). In eager mode a mask that hides any key
+    (boolean False, or an additive float entry other than 0) raises `ConfigError`. While tracing the values are
+    symbolic: the mask is accepted when it is boolean (the form transformers builds) and a runtime assertion
+    that it hides nothing is recorded in the graph (checked again by `torch.export` programs at run time).
+    """
+    if attention_mask is None:
+        return
+    visible = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+    if _tracing():
+        if attention_mask.dtype != torch.bool:
+            raise ConfigError("ToMe cannot trace a float attention_mask with merged tokens; export without one")
+        torch._assert_async(visible.all(), "ToMe: the attention mask hides tokens; call the model without one")
+        return
+    if not bool(visible.all()):
+        raise ConfigError(
+            "ToMe cannot combine an attention_mask that hides tokens with merged tokens (merging changes which "
+            "token each mask column means); call the model without attention_mask, or remove ToMe with remove_tome"
+        )
 
 
 # ---- patched forwards --------------------------------------------------------------------------------------------
@@ -109,10 +154,8 @@ def _attention_forward(self, hidden_states, attention_mask=None, **kwargs):
     value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
     state.metric = key_states.mean(dim=1)  # (B, N, head_dim): keys averaged over heads
     if state.size is not None:
-        if attention_mask is not None:
-            raise ConfigError("ToMe cannot combine an attention_mask with merged tokens; call the model without one")
+        _check_masks_nothing(attention_mask)
         attention_mask = state.size.log().to(query_states.dtype).transpose(1, 2).unsqueeze(1)  # (B, 1, 1, N)
-
     eager = sys.modules[type(self).__module__].eager_attention_forward
     interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager)
     attn_output, attn_weights = interface(

@@ -1,10 +1,13 @@
 """Model cards from `templates/model_card.md` (also `model_cards/TEMPLATE.md`) with `huggingface_hub.ModelCard`.
 
-Metadata: `library_name: transformers`, `base_model` (when it is a Hub id), tags (`hf-mpprune`, `pruned`, `sparse`,
-`k:n` + `semi-structured` or `unstructured`, `marchenko-pastur`, `knowledge-distillation` when a ledger step has
-`kind: "distill"`, `token-merging` when a step or audit has `tome_r > 0`), and `model-index` results from the
-ledger's non-base metrics. An existing card is updated: its metadata is merged (tags united, results replaced)
-and only the text between our `hf-mpprune:begin/end` markers is replaced; user text outside is kept.
+Metadata: `library_name: transformers`, `base_model` (when it is a Hub id) with `base_model_relation: finetune`,
+`license` (from the recipe or the base model's card), `pipeline_tag` (transformers' pipeline registry), the title
+from the model name (`card_meta.py`), tags (`hf-mpprune`, `pruned`, `sparse`, `k:n` + `semi-structured` or
+`unstructured`, `marchenko-pastur`, `knowledge-distillation` when a ledger step has `kind: "distill"`,
+`token-merging` when a step or audit has `tome_r > 0`), and `model-index` results from the ledger's non-base
+metrics (with `dataset_config` / `dataset_revision` when a metric records them). An existing card is updated: its
+metadata is merged (tags united, results replaced) and only the text between our `hf-mpprune:begin/end` markers is
+replaced; user text outside is kept.
 """
 
 import os
@@ -15,18 +18,11 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..core.constants import LIBRARY_TAG
+from .card_meta import base_model_relation, card_license, default_model_name, pipeline_tag
 
 
 BEGIN, END = "<!-- hf-mpprune:begin", "<!-- hf-mpprune:end -->"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_PIPELINES = (
-    ("ForImageClassification", "image-classification"),
-    ("ForSequenceClassification", "text-classification"),
-    ("ForMaskedLM", "fill-mask"),
-    ("ForCausalLM", "text-generation"),
-    ("LMHeadModel", "text-generation"),
-    ("Model", "feature-extraction"),
-)
 
 
 def template_text() -> str:
@@ -51,10 +47,6 @@ def _base_model(pruner: Any) -> str | None:
     return base if _REPO_ID.match(base) and not os.path.exists(base) else None
 
 
-def _pipeline_tag(model_class: str) -> str | None:
-    return next((tag for suffix, tag in _PIPELINES if model_class.endswith(suffix)), None)
-
-
 def _eval_results(pruner: Any) -> list[EvalResult]:
     out = []
     for m in pruner.ledger.metrics:
@@ -64,6 +56,7 @@ def _eval_results(pruner: Any) -> list[EvalResult]:
             EvalResult(
                 task_type=m["task"], dataset_type=m["dataset"], dataset_name=m["dataset"], dataset_split=m["split"],
                 metric_type=m["name"], metric_value=m["value"], metric_name=f"{m['name']} ({m['stage']})",
+                dataset_config=m.get("dataset_config"), dataset_revision=m.get("dataset_revision"),
             )
         )  # fmt: skip
     return out
@@ -72,10 +65,13 @@ def _eval_results(pruner: Any) -> list[EvalResult]:
 def card_data(pruner: Any, model_name: str, model_class: str) -> ModelCardData:
     results = _eval_results(pruner)
     datasets = sorted({m["dataset"] for m in pruner.ledger.metrics if _REPO_ID.match(m["dataset"])})
+    base = _base_model(pruner)
+    main_input = getattr(pruner.model, "main_input_name", None)
     return ModelCardData(
-        library_name="transformers", base_model=_base_model(pruner), tags=card_tags(pruner),
-        pipeline_tag=_pipeline_tag(model_class), model_name=model_name, eval_results=results or None,
-        metrics=sorted({r.metric_type for r in results}) or None, datasets=datasets or None,
+        library_name="transformers", base_model=base, base_model_relation=base_model_relation(pruner, base),
+        tags=card_tags(pruner), pipeline_tag=pipeline_tag(model_class, main_input), model_name=model_name,
+        eval_results=results or None, metrics=sorted({r.metric_type for r in results}) or None,
+        datasets=datasets or None, **card_license(pruner),
     )  # fmt: skip
 
 
@@ -139,8 +135,12 @@ def _summary(pruner: Any) -> str:
 
 
 # ---- assembling and updating --------------------------------------------------------------------------------------
-def make_card(pruner: Any, *, model_name: str, existing: str | None = None, repo_or_path: str = "") -> str:
-    """Render the card; if `existing` card text is given, update it instead of replacing it."""
+def make_card(
+    pruner: Any, *, model_name: str | None = None, existing: str | None = None, repo_or_path: str = ""
+) -> str:
+    """Render the card; if `existing` card text is given, update it instead of replacing it. The title is
+    `model_name` (by default `card_meta.default_model_name`, never the output folder's name)."""
+    model_name = model_name or default_model_name(pruner)
     model_class = (getattr(getattr(pruner.model, "config", None), "architectures", None) or ["AutoModel"])[0]
     data = card_data(pruner, model_name, model_class)
     card = ModelCard.from_template(

@@ -32,6 +32,7 @@ from ..core.masks import Masks
 from ..spectral.fit import SpectralReport
 from .atomic import atomic_directory
 from .card import make_card
+from .config_block import recover_from_config, write_config_block
 
 
 logger = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ def save_pretrained(
         if processor is not None:
             processor.save_pretrained(tmp)
         _write_sidecars(pruner, tmp)
+        write_config_block(pruner, tmp)
         if card:
-            text = make_card(pruner, model_name=model_name or os.path.basename(target), existing=existing_card)
+            text = make_card(pruner, model_name=model_name, existing=existing_card)
             _write_text(os.path.join(tmp, "README.md"), text)
     logger.info("saved checkpoint to %s", target)
     return target
@@ -154,6 +156,7 @@ def load_pretrained(
         )
         if commit is not None:
             pruner.ledger.identity["base_revision"] = commit
+        recover_from_config(pruner, local)
         return pruner
     return _restore(cls, model, local, config)
 

@@ -46,6 +46,7 @@ class ModelSpec:
     revision: str | None = None
     dtype: str | None = None
     train_epochs: int | None = None  # builtin:digits-vit only: epochs of the (cached) dense training
+    license: str | None = None  # Hub license id for the model card (default: the base model card's license)
 
 
 @dataclass
