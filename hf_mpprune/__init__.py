@@ -14,7 +14,11 @@ from .certify.audit import budget_audit  # noqa: E402
 from .core.config import KeepPattern, PruningConfig, SpectralConfig  # noqa: E402
 from .core.constants import __version__  # noqa: E402
 from .core.errors import (  # noqa: E402
+    CheckpointError,
     ConfigError,
+    DataError,
+    HubError,
+    InvalidPatternError,
     LedgerMismatchError,
     MPPruneError,
     MPPruneWarning,
@@ -53,7 +57,11 @@ from .training.trainer import (  # noqa: E402
 
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
+    "DataError",
+    "HubError",
+    "InvalidPatternError",
     "ConversionReport",
     "CycleFinetune",
     "HybridConfig",
