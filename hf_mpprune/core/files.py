@@ -11,6 +11,8 @@ import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import transformers
+
 from .constants import MASKS_NAME
 from .errors import CheckpointError, MPPruneError
 
@@ -112,8 +114,6 @@ def check_safetensors(path: str | os.PathLike, *, recover: str = RECOVER_CHECKPO
 
 def check_no_remote_code(config: dict[str, Any], path: str) -> None:
     """Refuse a config that needs code from the model folder (`auto_map` naming a class transformers lacks)."""
-    import transformers
-
     archs = config.get("architectures") or []
     known = bool(archs) and all(isinstance(a, str) and hasattr(transformers, a) for a in archs)
     if config.get("auto_map") and not known:
@@ -160,3 +160,21 @@ def check_model_dir(path: str | os.PathLike) -> dict[str, Any]:
     for name in weights:
         check_safetensors(os.path.join(path, name), recover="re-download or re-save the model weights")
     return cfg
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and `os.replace`: a reader (or a crash)
+    sees the old file or the complete new one, never a partial write."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -144,7 +144,7 @@ def check_batch_keys(model: nn.Module, batch: Mapping) -> None:
     names, var_kw = forward_inputs(model)
     main = getattr(model, "main_input_name", None)
     unknown = [] if var_kw or not names else [k for k in keys if k not in names]
-    missing_main = isinstance(main, str) and main in names and main not in batch
+    missing_main = isinstance(main, str) and main in names and main not in batch and "inputs_embeds" not in batch
     if not unknown and not missing_main:
         return
     expected = [n for n in names if n not in ("kwargs", "return_dict", "output_attentions", "output_hidden_states")]

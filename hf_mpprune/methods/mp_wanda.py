@@ -15,7 +15,7 @@ from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.registry import PruneContext, register_method
 from .budgets import SEBRegime, seb_weights
-from .common import CalibrationOptions, calibration_batches, reconstruct_
+from .common import CalibrationOptions, calibration_batches, reconstruct_, skips_grouped_convs
 from .magnitude import select
 from .wanda import kn_prune, layer_budgets, previous_matrix, rows_keep, wanda_scores
 
@@ -99,6 +99,7 @@ def layer_weights(ctx: PruneContext) -> dict[str, float]:
 
 
 @register_method("mp-wanda", MPWandaConfig, needs_spectra=True, needs_calibration=True)
+@skips_grouped_convs
 def mp_wanda(ctx: PruneContext) -> Masks:
     """MP-budgeted Wanda: Wanda scores inside each layer, layer budgets from a shape-free MP statistic."""
     cfg = ctx.config

@@ -10,7 +10,7 @@ from ..core.config import KeepPattern, PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.registry import PruneContext, register_method
-from .common import CalibrationOptions, calibration_batches, check_rows, reconstruct_
+from .common import CalibrationOptions, calibration_batches, check_rows, reconstruct_, skips_grouped_convs
 
 
 @dataclass
@@ -145,6 +145,7 @@ def masks_from_rows(ctx: PruneContext, scores: dict[str, torch.Tensor], sparsity
 
 
 @register_method("wanda", WandaConfig, needs_calibration=True)
+@skips_grouped_convs
 def wanda(ctx: PruneContext) -> Masks:
     """Wanda: |W|·‖x‖₂ per output row from calibration activations (optionally OBS re-fit of kept weights)."""
     batches = calibration_batches(ctx)

@@ -30,6 +30,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import yaml
 
 from ..core.config import PruningConfig
@@ -46,6 +47,13 @@ class ModelSpec:
     revision: str | None = None
     dtype: str | None = None
     train_epochs: int | None = None  # builtin:digits-vit only: epochs of the (cached) dense training
+
+    def __post_init__(self):
+        dtype = getattr(torch, str(self.dtype), None) if self.dtype is not None else torch.float32
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ConfigError(
+                f"model.dtype = {self.dtype!r} is not a floating-point torch dtype; use one of float32, float16, bfloat16 (or omit it)"
+            )
 
 
 @dataclass
