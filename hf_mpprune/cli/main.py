@@ -2,10 +2,10 @@
 `func(args) -> int`. Feature modules add their own subcommand by appending to `_COMMANDS`.
 
 Error policy (README "Errors and recovery"): a failure prints ONE line on stderr, `hf-mpprune CMD: error: ...`,
-naming the bad value or file (the traceback only with `-v`). Exit codes: 0 success, 2 usage errors (bad flags,
-bad config values: argparse errors, `ConfigError`, `NoPrunableLayersError`), 1 failures (damaged files, non-finite
-data, Hub/network errors, anything unexpected), 130 interrupted. Outputs are written only once complete (atomic
-checkpoint folders, atomic report files), so a failure leaves no partial output.
+naming the bad value or file (the traceback only with `-v`). Exit codes: 0 success; 2 usage errors (argparse
+errors, `ConfigError`, `NoPrunableLayersError`, a path or model id that does not exist); 1 failures (damaged files,
+non-finite data, Hub/network errors, anything unexpected); 130 interrupted. Outputs are written only once complete
+(atomic checkpoint folders, atomic report files), so a failure leaves no partial output.
 """
 
 import argparse
@@ -26,7 +26,8 @@ from . import demo as demo_cli
 from .args import nonnegative_int
 
 
-USAGE_ERRORS = (ConfigError, NoPrunableLayersError)
+# A value the user gave is wrong (a bad flag value, a path or model id that does not exist): exit 2.
+USAGE_ERRORS = (ConfigError, NoPrunableLayersError, FileNotFoundError)
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the one place every failure becomes a single line and an exit code
         if args.verbose:
             traceback.print_exc()
-        hint = "" if isinstance(e, MPPruneError) or args.verbose else " (rerun with -v for the traceback)"
+        ours = isinstance(e, MPPruneError | OSError)
+        hint = "" if ours or args.verbose else " (unexpected: rerun with -v for the traceback and report it)"
         sys.stderr.write(f"hf-mpprune {args.command}: error: {one_line(e)}{hint}\n")
         return exit_code(e)
 

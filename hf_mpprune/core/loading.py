@@ -49,7 +49,7 @@ def resolve_local(name_or_path: str | os.PathLike, hub: dict[str, Any]) -> tuple
     try:
         local = snapshot_download(path, ignore_patterns=IGNORE_PATTERNS, **kw)
     except Exception as e:  # the hub raises many types (offline, 404, auth); all mean "cannot load"
-        raise OSError(f"cannot load a model config from {path!r}{offline_hint()}: {e}") from e
+        raise FileNotFoundError(f"cannot load a model config from {path!r}{offline_hint()}: {e}") from e
     return os.path.join(local, sub), os.path.basename(os.path.normpath(local))
 
 
@@ -65,7 +65,7 @@ def load_model(name_or_path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     try:
         cfg = AutoConfig.from_pretrained(path, **hub)
     except OSError as e:
-        raise OSError(f"cannot load a model config from {path!r}{offline_hint()}: {e}") from e
+        raise FileNotFoundError(f"cannot load a model config from {path!r}{offline_hint()}: {e}") from e
     except ValueError as e:  # e.g. a model_type this transformers does not know
         raise CheckpointError(f"cannot read the model config of {path!r}: {e}") from e
     check_no_remote_code(cfg.to_dict(), path)

@@ -148,8 +148,8 @@ def check_batch_keys(model: nn.Module, batch: Mapping) -> None:
     if not unknown and not missing_main:
         return
     expected = [n for n in names if n not in ("kwargs", "return_dict", "output_attentions", "output_hidden_states")]
-    what = f"lack its main input {main!r}" if missing_main else f"have key(s) {unknown} its forward does not take"
+    what = f"lacks its main input {main!r}" if missing_main else f"has key(s) {unknown} its forward does not take"
     raise ConfigError(
-        f"calibration batches have keys {keys} but {type(model).__name__} expects {main!r} "
-        f"(its forward takes {expected[:8]}): the batches {what}; build them with the model's processor/tokenizer"
+        f"calibration batch with keys {keys} does not fit {type(model).__name__}: it {what}; the model expects "
+        f"{main!r} (its forward takes {expected[:8]}): build the batches with the model's processor or tokenizer"
     )
