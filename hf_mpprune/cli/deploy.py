@@ -10,6 +10,7 @@ import os
 import sys
 
 from ..core.constants import MASKS_NAME
+from ..core.errors import ConfigError
 from ..core.files import write_text_atomic
 from .args import nonnegative_int, positive_int
 
@@ -75,6 +76,8 @@ def _run_audit(args) -> int:
     from ..deploy.tome import apply_tome
     from ..methods.kn.legality import legality_audit
 
+    if args.certificates and not args.dense:  # before any output: a usage error leaves nothing half-printed
+        raise ConfigError("audit --certificates needs --dense DENSE_DIR (the model the pruned one came from)")
     model, masks = _load(args.model)
     legal = legality_audit(model, args.pattern)
     tome = apply_tome(model, r=args.tome) if args.tome else None
@@ -85,11 +88,8 @@ def _run_audit(args) -> int:
     if args.certificates:
         from argparse import Namespace
 
-        from ..core.errors import ConfigError
         from .certify import _run as run_certify
 
-        if not args.dense:
-            raise ConfigError("audit --certificates needs --dense DENSE_DIR (the model the pruned one came from)")
         cert = Namespace(model=args.model, dense=args.dense, samples=args.samples, data=args.data, seed=0,
                          labels=False, lipschitz=args.lipschitz, layers=None, lambdas=None, out=None, json=args.json)  # fmt: skip
         return run_certify(cert)
