@@ -164,8 +164,8 @@ def _step(data: Any, where: str) -> PruningStep:
         if not ok or any(b < a for a, b in zip(schedule, schedule[1:])) or not (0 <= schedule[0] and schedule[-1] < 1):
             raise ConfigError(f"{where}.schedule = {schedule!r} must be a non-decreasing list of sparsities in [0, 1)")
         data.setdefault("sparsity", schedule[-1])
-        if float(data["sparsity"]) != float(schedule[-1]):
-            raise ConfigError(f"{where}: sparsity {data['sparsity']} != last schedule entry {schedule[-1]}")
+        if not _type_ok(data["sparsity"], "float") or float(data["sparsity"]) != float(schedule[-1]):
+            raise ConfigError(f"{where}: sparsity {data['sparsity']!r} != last schedule entry {schedule[-1]}")
     method = data.get("method", "magnitude")
     if method not in list_methods():
         raise ConfigError(f"{where}.method = {method!r} is not a registered method ({', '.join(list_methods())})")
