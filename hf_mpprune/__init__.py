@@ -21,7 +21,11 @@ from .certify.audit import budget_audit
 from .core.config import KeepPattern, PruningConfig, SpectralConfig
 from .core.constants import __version__
 from .core.errors import (
+    CheckpointError,
     ConfigError,
+    DataError,
+    HubError,
+    InvalidPatternError,
     LedgerMismatchError,
     MPPruneError,
     MPPruneWarning,
@@ -59,11 +63,15 @@ from .training.trainer import MaskFreezeCallback, MPDistillationArguments, MPDis
 
 __all__ = [
     "CASTConfig",
+    "CheckpointError",
     "ConfigError",
     "ConversionReport",
     "CycleFinetune",
+    "DataError",
     "ExportReport",
+    "HubError",
     "HybridConfig",
+    "InvalidPatternError",
     "KNCalibration",
     "KeepPattern",
     "LayerSet",

@@ -18,6 +18,7 @@ from .core.layers import LayerSet, discover_layers
 from .core.ledger import Ledger, environment
 from .core.masks import Masks
 from .core.registry import PruneContext, get_method
+from .core.validate import check_weights_finite
 from .hub.checkpoint import load_pretrained, push_to_hub, save_pretrained
 from .spectral.fit import SpectralReport, analyze
 
@@ -124,6 +125,7 @@ class MPPruner:
         if sparsity is not None:
             cfg = type(cfg).from_dict({**cfg.to_dict(), "sparsity": sparsity})
         spec = get_method(cfg.method)
+        check_weights_finite(self.layers)  # NaN/Inf weights: one check for every method, naming the layer
         if spec.needs_calibration and calibration is None:
             raise ConfigError(f"method {cfg.method!r} needs calibration data: prune(calibration=dataset)")
         if spec.needs_training and train_step is None:

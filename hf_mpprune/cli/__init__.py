@@ -1,7 +1,8 @@
 """The `hf-mpprune` command line: one module per verb, each with `register(subparsers)`.
 
-`main` builds the parser and runs a verb; `prune`, `deploy` (audit, bench), `certify`, `demo` and the recipe
-verbs (run, push) live in their own modules. May import: everything else in `hf_mpprune`.
+Owns `main` (the parser, the error policy and exit codes), `args` (argument types), and one module per verb:
+`prune`, `deploy` (audit, bench), `certify`, `export`, `env`, `demo`, `eval`; the recipe verbs (run, push) are
+registered by the recipe runner. May import: everything else in `hf_mpprune`.
 """
 
 from .main import main

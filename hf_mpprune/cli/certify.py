@@ -16,15 +16,17 @@ import torch.nn.functional as F
 from ..certify.audit import budget_audit
 from ..certify.bounds import ESTIMATORS
 from ..core.errors import ConfigError
+from ..core.files import write_text_atomic
 from ..core.layers import discover_layers
 from ..core.loading import load_model
+from .args import positive_int
 
 
 def register(sub) -> None:
     p = sub.add_parser("certify", help="data-path budget certificates of a pruned checkpoint vs its dense source")
     p.add_argument("model", help="pruned model directory")
     p.add_argument("--dense", required=True, help="the dense model directory the pruned model was made from")
-    p.add_argument("--samples", type=int, default=64, help="size of the audit set T")
+    p.add_argument("--samples", type=positive_int, default=64, help="size of the audit set T")
     p.add_argument("--data", choices=["random", "digits"], default="random", help="where T comes from")
     p.add_argument("--labels", action="store_true", help="use the digits labels (else the dense predictions)")
     p.add_argument("--lipschitz", choices=list(ESTIMATORS), default="head", help="L_s estimator")
@@ -92,8 +94,7 @@ def run_certify(args) -> int:
     record = report.to_ledger()
     record["samples"] = {"data": args.data, "n": args.samples, "seed": args.seed, "labels": bool(args.labels)}
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
+        write_text_atomic(args.out, json.dumps(record, indent=2, sort_keys=True))
     if args.json:
         sys.stdout.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
     else:

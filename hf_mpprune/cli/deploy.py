@@ -14,12 +14,14 @@ import torch
 
 from ..core.constants import MASKS_NAME
 from ..core.errors import ConfigError
+from ..core.files import write_text_atomic
 from ..core.loading import load_model
 from ..core.masks import Masks
 from ..deploy.macs import mac_report
 from ..deploy.speed import make_inputs, speed_audit
 from ..deploy.tome import apply_tome
 from ..methods.kn.legality import legality_audit
+from .args import nonnegative_int, positive_int
 from .certify import run_certify
 
 
@@ -30,25 +32,27 @@ def register(sub) -> None:
     a = sub.add_parser("audit", help="k:n legality audit + exact MAC report of a saved model")
     a.add_argument("model", help="saved model directory")
     a.add_argument("--pattern", default="2:4", help="k:n pattern, k kept of n (default 2:4)")
-    a.add_argument("--tome", type=int, default=0, help="count MACs with ToMe r tokens merged per block (ViT/DeiT)")
-    a.add_argument("--seq-len", type=int, default=128, help="sequence length for text models")
+    a.add_argument(
+        "--tome", type=nonnegative_int, default=0, help="count MACs with ToMe r tokens merged per block (ViT/DeiT)"
+    )
+    a.add_argument("--seq-len", type=positive_int, default=128, help="sequence length for text models")
     a.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     a.add_argument("--out", help="also write the JSON report to this file")
     a.add_argument("--certificates", action="store_true", help="also run the data-path budget certificates")
     a.add_argument("--dense", help="with --certificates: the dense model directory the pruned model came from")
-    a.add_argument("--samples", type=int, default=64, help="with --certificates: size of the audit set T")
+    a.add_argument("--samples", type=positive_int, default=64, help="with --certificates: size of the audit set T")
     a.add_argument("--data", choices=["random", "digits"], default="random", help="with --certificates: source of T")
     a.add_argument("--lipschitz", default="head", help="with --certificates: L_s estimator (head, const, ...)")
     a.set_defaults(func=_run_audit)
 
     b = sub.add_parser("bench", help="speed audit: dense-masked vs 2:4 over a batch sweep (median, IQR)")
     b.add_argument("model", help="saved model directory")
-    b.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 128, 256])
-    b.add_argument("--tome", type=int, default=0, help="ToMe r applied to every variant (ViT/DeiT)")
+    b.add_argument("--batches", type=positive_int, nargs="+", default=[1, 16, 64, 128, 256])
+    b.add_argument("--tome", type=nonnegative_int, default=0, help="ToMe r applied to every variant (ViT/DeiT)")
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile denominators")
-    b.add_argument("--compile-batches", type=int, nargs="+", default=[128])
-    b.add_argument("--warmup", type=int, default=10)
-    b.add_argument("--reps", type=int, default=50)
+    b.add_argument("--compile-batches", type=positive_int, nargs="+", default=[128])
+    b.add_argument("--warmup", type=nonnegative_int, default=10)
+    b.add_argument("--reps", type=positive_int, default=50)
     b.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     b.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     b.add_argument("--out", help="also write the JSON report to this file")
@@ -68,13 +72,14 @@ def _load(path: str):
 
 def _emit(payload: dict, markdown: str, args) -> None:
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, default=str)
+        write_text_atomic(args.out, json.dumps(payload, indent=2, default=str))
     sys.stdout.write((json.dumps(payload, indent=2, default=str) if args.json else markdown) + "\n")
 
 
 def _run_audit(args) -> int:
 
+    if args.certificates and not args.dense:  # before any output: a usage error leaves nothing half-printed
+        raise ConfigError("audit --certificates needs --dense DENSE_DIR (the model the pruned one came from)")
     model, masks = _load(args.model)
     legal = legality_audit(model, args.pattern)
     tome = apply_tome(model, r=args.tome) if args.tome else None
@@ -83,8 +88,6 @@ def _run_audit(args) -> int:
     payload = {"legality": legal.to_dict(), "macs": macs.to_dict(), "tome": tome, "masks_sidecar": masks is not None}
     _emit(payload, legal.to_markdown() + "\n\n" + macs.to_markdown(), args)
     if args.certificates:
-        if not args.dense:
-            raise ConfigError("audit --certificates needs --dense DENSE_DIR (the model the pruned one came from)")
         cert = Namespace(model=args.model, dense=args.dense, samples=args.samples, data=args.data, seed=0,
                          labels=False, lipschitz=args.lipschitz, layers=None, lambdas=None, out=None, json=args.json)  # fmt: skip
         return run_certify(cert)

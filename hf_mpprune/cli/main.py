@@ -1,5 +1,12 @@
 """`hf-mpprune` console script. Each subcommand is a `register(subparsers)` function; the parser it adds sets
-`func(args) -> int`. Feature modules add their own subcommand by appending to `_COMMANDS`."""
+`func(args) -> int`. Feature modules add their own subcommand by appending to `_COMMANDS`.
+
+Error policy (README "Errors and recovery"): a failure prints ONE line on stderr, `hf-mpprune CMD: error: ...`,
+naming the bad value or file (the traceback only with `-v`). Exit codes: 0 success; 2 usage errors (argparse
+errors, `ConfigError`, `NoPrunableLayersError`, a path or model id that does not exist); 1 failures (damaged files,
+non-finite data, Hub/network errors, anything unexpected); 130 interrupted. Outputs are written only once complete
+(atomic checkpoint folders, atomic report files), so a failure leaves no partial output.
+"""
 
 import argparse
 import importlib
@@ -7,10 +14,23 @@ import json
 import logging
 import os
 import sys
+import traceback
+
+import torch
+import transformers
 
 from ..core.config import PruningConfig, SpectralConfig
-from ..core.errors import MPPruneError
+from ..core.constants import __version__
+from ..core.errors import ConfigError, MPPruneError, NoPrunableLayersError
+from ..core.files import write_text_atomic
 from ..pruner import MPPruner
+from . import demo as demo_cli
+from .args import nonnegative_int
+
+
+# A value the user gave is wrong (a bad flag value, a path or model id that does not exist): exit 2.
+USAGE_ERRORS = (ConfigError, NoPrunableLayersError, FileNotFoundError)
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _register_analyze(sub) -> None:
@@ -30,7 +50,7 @@ def _register_analyze(sub) -> None:
 def _run_analyze(args) -> int:
 
     if args.plot and not args.out:
-        raise MPPruneError("--plot needs --out DIR")
+        raise ConfigError("--plot needs --out DIR")
     spectral = SpectralConfig(compat=args.compat, view=args.view, device=args.device)
     cfg = PruningConfig(targets=args.targets, ignore=args.ignore, spectral=spectral)
     pruner = MPPruner.from_pretrained(args.model)
@@ -38,9 +58,8 @@ def _run_analyze(args) -> int:
     report = pruner.analyze()
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        report.to_json(os.path.join(args.out, "spectra.json"))
-        with open(os.path.join(args.out, "spectra.md"), "w", encoding="utf-8") as f:
-            f.write(report.to_markdown() + "\n")
+        write_text_atomic(os.path.join(args.out, "spectra.json"), report.to_json() + "\n")
+        write_text_atomic(os.path.join(args.out, "spectra.md"), report.to_markdown() + "\n")
         if args.plot:
             report.plot(args.out)
     sys.stdout.write((json.dumps(report.to_dict(), indent=2) if args.json else report.to_markdown()) + "\n")
@@ -59,24 +78,70 @@ _COMMANDS: tuple[str, ...] = (
 )
 
 
+def _register_demo(sub) -> None:
+    p = sub.add_parser("demo", help="offline demo: train a digits ViT, run the shipped recipes, print a table")
+    p.add_argument("--out", default="mpprune-demo", help="folder for the demo checkpoints")
+    p.add_argument("--epochs", type=nonnegative_int, default=20, help="dense training epochs of the digits ViT")
+    p.add_argument("--recipes", nargs="*", default=None, help="recipe files (default: the offline ones)")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    argv = ["--out", args.out, "--epochs", str(args.epochs)]
+    if args.recipes is not None:
+        missing = [r for r in args.recipes if not os.path.isfile(r)]
+        if missing:
+            raise ConfigError(f"demo --recipes: no such recipe file(s) {missing}")
+        argv += ["--recipes", *args.recipes]
+    return demo_cli.main(argv)
+
+
+def _version() -> str:
+    return f"hf-mpprune {__version__} (torch {torch.__version__}, transformers {transformers.__version__})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-mpprune", description="Marchenko–Pastur pruning for HF models")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level and show tracebacks")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     _register_analyze(sub)
     for mod in _COMMANDS:
         importlib.import_module(mod).register(sub)
+    _register_demo(sub)
     return parser
 
 
+def one_line(e: BaseException) -> str:
+    """The exception's message on one line (type name added for exceptions that are not ours)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if isinstance(e, MPPruneError | OSError) else f"{type(e).__name__}: {text}"
+
+
+def exit_code(e: BaseException) -> int:
+    return EXIT_USAGE if isinstance(e, USAGE_ERRORS) else EXIT_FAILURE
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the CLI; returns the exit code (argparse's own exits, e.g. `--help`, `--version`, usage, too)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage error (2), --help / --version (0): argparse already printed
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (MPPruneError, OSError) as e:
-        sys.stderr.write(f"hf-mpprune {args.command}: error: {e}\n")
-        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"hf-mpprune {args.command}: interrupted\n")
+        return EXIT_INTERRUPTED
+    except Exception as e:  # the one place every failure becomes a single line and an exit code
+        if args.verbose:
+            traceback.print_exc()
+        ours = isinstance(e, MPPruneError | OSError)
+        hint = "" if ours or args.verbose else " (unexpected: rerun with -v for the traceback and report it)"
+        sys.stderr.write(f"hf-mpprune {args.command}: error: {one_line(e)}{hint}\n")
+        return exit_code(e)
 
 
 if __name__ == "__main__":

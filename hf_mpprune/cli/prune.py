@@ -7,6 +7,7 @@ import os
 import sys
 
 from ..core.errors import ConfigError
+from .args import positive_int
 
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def register(sub) -> None:
         help="offline calibration inputs: digits (vision), minilm-sentences (text, needs the model's tokenizer), "
         "random; required by calibration-based methods",
     )  # fmt: skip
-    p.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
+    p.add_argument("--samples", type=positive_int, default=128, help="calibration samples (default 128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra method config fields (JSON)")
     p.add_argument("--output", required=True, help="directory for the pruned model, masks and ledger")
@@ -92,15 +93,20 @@ def run_prune(args) -> int:
     if "calibration_samples" in {f.name for f in dataclasses.fields(get_method(args.method).config_cls)}:
         fields.setdefault("calibration_samples", args.samples)
     cfg = PruningConfig.from_dict(fields)  # unknown method / bad values fail before the model loads
+    needs = get_method(cfg.method).needs_calibration or getattr(cfg, "reconstruct", False)
+    if needs and args.calibration is None:
+        raise ConfigError(
+            f"method {cfg.method!r} needs calibration data: add --calibration {{{','.join(CALIBRATION_SOURCES)}}}"
+        )
     pruner = MPPruner.from_pretrained(args.model, cfg)
     data = calibration_data(args.calibration, pruner.model, args.model, args.samples, args.seed)
     if isinstance(data, list):
         data = _Indexed(data)
     masks = pruner.prune(calibration=data)
-    os.makedirs(args.output, exist_ok=True)
     if hasattr(pruner, "save_pretrained"):
         pruner.save_pretrained(args.output)
     else:  # minimal fallback: model + masks + ledger
+        os.makedirs(args.output, exist_ok=True)
         pruner.model.save_pretrained(args.output)
         masks.save(os.path.join(args.output, MASKS_NAME))
         pruner.ledger.to_json(os.path.join(args.output, LEDGER_NAME))

@@ -18,6 +18,7 @@ from transformers import default_data_collator
 
 from .errors import ConfigError
 from .layers import LayerSet, PrunableLayer
+from .validate import check_batch_inputs, check_batch_keys, check_finite
 
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def as_batches(
         idx = torch.randperm(n, generator=g)[: min(num_samples, n)].tolist()
         rows = [{k: v for k, v in dict(calibration[i]).items() if k not in drop_columns} for i in idx]
         batches = [_collate(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+        for i, b in enumerate(batches):
+            check_batch_inputs(b, i)
         return CalibrationBatches(batches, len(rows), "indexed", _sha(str(sorted(idx)).encode()), seed)
     if not isinstance(calibration, Iterable):
         raise ConfigError(
@@ -82,6 +85,7 @@ def as_batches(
         if not isinstance(b, Mapping):
             raise ConfigError(f"calibration batches must be dicts of model inputs, got {type(b).__name__}")
         b = {k: v for k, v in b.items() if k not in drop_columns}
+        check_batch_inputs(b, len(batches))
         first = next(iter(b.values()), None)
         size = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
         batches.append(b)
@@ -135,6 +139,7 @@ def run_batches(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) ->
     model.eval()
     try:
         for b in batches:
+            check_batch_keys(model, b)
             try:
                 model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
             except (TypeError, RuntimeError, ValueError, AttributeError, KeyError, IndexError) as e:
@@ -157,4 +162,6 @@ def input_sq_norms(model: nn.Module, layers: LayerSet, batches: CalibrationBatch
     missing = [la.name for la in layers if la.name not in acc]
     if missing:
         raise ConfigError(f"calibration forwards never reached layer(s) {missing[:10]}")
+    for name, t in acc.items():
+        check_finite(t, f"calibration statistics (input norms) of layer {name!r}")
     return acc

@@ -17,7 +17,9 @@ from typing import Any, ClassVar
 import yaml
 
 from .constants import CONFIG_NAME, __version__
-from .errors import ConfigError, MPPruneWarning
+from .errors import ConfigError, InvalidPatternError, MPPruneWarning
+from .files import read_json
+from .validate import check_field_types, nested_config
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,10 @@ class KeepPattern:
     group: int
 
     def __post_init__(self):
-        if not (isinstance(self.keep, int) and isinstance(self.group, int)):
-            raise ConfigError(f"k:n pattern needs integers, got keep={self.keep!r}, group={self.group!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (self.keep, self.group)):
+            raise InvalidPatternError(f"k:n pattern needs integers, got keep={self.keep!r}, group={self.group!r}")
         if self.group < 2 or not 0 < self.keep < self.group:
-            raise ConfigError(
+            raise InvalidPatternError(
                 f"illegal k:n pattern {self.keep}:{self.group}: need 0 < keep < group and group >= 2 "
                 "(k = weights kept of every n, e.g. '2:4')"
             )
@@ -47,13 +49,21 @@ class KeepPattern:
         if isinstance(value, str):
             m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", value)
             if not m:
-                raise ConfigError(f"cannot parse pattern {value!r}: write it as 'k:n' with k kept of n, e.g. '2:4'")
+                raise InvalidPatternError(
+                    f"cannot parse pattern {value!r}: write it as 'k:n' with k kept of n, e.g. '2:4'"
+                )
             return cls(int(m.group(1)), int(m.group(2)))
+        pair = None
         if isinstance(value, dict) and set(value) == {"keep", "group"}:
-            return cls(int(value["keep"]), int(value["group"]))
-        if isinstance(value, tuple | list) and len(value) == 2:
-            return cls(int(value[0]), int(value[1]))
-        raise ConfigError(f"cannot parse pattern {value!r}: use 'k:n', (k, n) or {{'keep': k, 'group': n}}")
+            pair = (value["keep"], value["group"])
+        elif isinstance(value, tuple | list) and len(value) == 2:
+            pair = tuple(value)
+        if pair is not None and all(_as_int(v) is not None for v in pair):
+            return cls(_as_int(pair[0]), _as_int(pair[1]))
+        raise InvalidPatternError(
+            f"cannot parse pattern {value!r}: use 'k:n' (k kept of n, e.g. '2:4'), (k, n) with integers or "
+            "{'keep': k, 'group': n}"
+        )
 
     @property
     def density(self) -> float:
@@ -61,6 +71,19 @@ class KeepPattern:
 
     def __str__(self) -> str:
         return f"{self.keep}:{self.group}"
+
+
+def _as_int(v: Any) -> int | None:
+    """An integer-valued pattern entry (2, 2.0, "2") as int; None when it is not one."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str) and v.strip().isdigit():
+        return int(v)
+    return None
 
 
 @dataclass
@@ -84,6 +107,7 @@ class SpectralConfig:
     device: str | None = None
 
     def __post_init__(self):
+        check_field_types(self)
         if not 0 < self.bema_alpha < 0.5:
             raise ConfigError(f"bema_alpha={self.bema_alpha} must be in (0, 0.5); the default is 0.25")
         if not 0 < self.bema_beta < 1:
@@ -164,8 +188,9 @@ class PruningConfig:
         self.ignore = _check_patterns("ignore", self.ignore) or []
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative int, got {self.seed!r}")
-        if isinstance(self.spectral, dict):
-            self.spectral = SpectralConfig(**self.spectral)
+        self.spectral = nested_config(SpectralConfig, self.spectral, f"{type(self).__name__}.spectral")
+        # every remaining field (also a subclass's) against its annotation: names the class, field and type
+        check_field_types(self, skip=("pattern", "spectral"))
 
     # ---- dispatch -------------------------------------------------------------------------------------
     def resolve(self) -> "PruningConfig":
@@ -199,22 +224,17 @@ class PruningConfig:
         data.pop("hf_mpprune_version", None)
         target_cls = config_class(data["method"]) if "method" in data else cls
         known = {f.name for f in dataclasses.fields(target_cls)}
-        unknown = sorted(set(data) - known)
+        unknown = [k for k in data if k not in known]
         if unknown:
-            msg = f"unknown key(s) {unknown} for {target_cls.__name__}; allowed: {sorted(known)}"
+            msg = f"unknown key(s) {sorted(map(str, unknown))} for {target_cls.__name__}; allowed: {sorted(known)}"
             if strict:
                 raise ConfigError(msg)
             warnings.warn(msg + " (dropped)", MPPruneWarning, stacklevel=2)
             for k in unknown:
                 data.pop(k)
         for key, nested in target_cls._nested.items():
-            if isinstance(data.get(key), dict):
-                sub = data[key]
-                sub_known = {f.name for f in dataclasses.fields(nested)}
-                bad = sorted(set(sub) - sub_known)
-                if bad:
-                    raise ConfigError(f"unknown key(s) {bad} in {key!r}; allowed: {sorted(sub_known)}")
-                data[key] = nested(**sub)
+            if key in data and data[key] is not None:
+                data[key] = nested_config(nested, data[key], repr(key))
         try:
             return target_cls(**data)
         except TypeError as e:  # wrong types that dataclasses cannot coerce
@@ -229,8 +249,8 @@ class PruningConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, *, strict: bool = True) -> "PruningConfig":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f), strict=strict)
+        """Read a config JSON file; a missing, empty or damaged file raises `CheckpointError` naming it."""
+        return cls.from_dict(read_json(path, what="pruning config"), strict=strict)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
         """Write `mpprune_config.json` into `save_directory` (created if needed), as PEFT's configs do."""

@@ -32,6 +32,24 @@ class LedgerMismatchError(MPPruneError, ValueError):
     """Saved masks, hashes or ledger do not agree with the weights that were loaded."""
 
 
+class CheckpointError(MPPruneError, OSError):
+    """A model folder or checkpoint file is missing, damaged, of the wrong shape or unsafe to load (pickles,
+    remote code). The message names the file and how to recover."""
+
+
+class DataError(MPPruneError, ValueError):
+    """Numbers that cannot be pruned from: non-finite (NaN/Inf) weights or calibration statistics, named by layer,
+    or a calibration input tensor that is non-finite, named by key."""
+
+
+class HubError(MPPruneError, OSError):
+    """Talking to the Hub failed (unreachable endpoint, dropped connection, refused request); nothing was committed."""
+
+
+class InvalidPatternError(PatternError, ConfigError):
+    """A k:n pattern value that cannot be parsed or is illegal (both a `PatternError` and a `ConfigError`)."""
+
+
 class MPPruneWarning(UserWarning):
     """Suspicious but legal settings (an ignore pattern that matched nothing, ...)."""
 

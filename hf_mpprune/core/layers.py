@@ -226,6 +226,9 @@ def discover_layers(model: nn.Module, targets: list[str] | None = None, ignore: 
         kind = module_kind(module)
         if kind is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
             continue
+        if module.weight.numel() == 0:  # e.g. Linear(0, n): nothing to prune, and counts would divide by zero
+            excluded[name] = f"empty weight {tuple(module.weight.shape)}: nothing to prune"
+            continue
         if id(module.weight) in tied:
             excluded[name] = "weight tied to an input embedding"
             continue

@@ -32,6 +32,7 @@ import transformers
 
 from .constants import __version__
 from .errors import ConfigError
+from .files import parse_sidecar
 
 
 # Roles of data splits that must never share an example of the same dataset (ALGORITHMS.md §14).
@@ -185,9 +186,23 @@ class Ledger:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Ledger":
-        return cls(**{k: d.get(k, v) for k, v in asdict(cls()).items()})
+        """Inverse of `to_dict`; every section must have its documented JSON type (`ConfigError` naming it)."""
+        if not isinstance(d, dict):
+            raise ConfigError(
+                f"a ledger must be a JSON object with sections {list(asdict(cls()))}, got {type(d).__name__}"
+            )
+        out = {}
+        for k, default in asdict(cls()).items():
+            v = d.get(k, default)
+            if not isinstance(v, type(default)):
+                raise ConfigError(
+                    f"ledger section {k!r} must be a JSON {'object' if isinstance(default, dict) else 'array'}, "
+                    f"got {type(v).__name__}"
+                )
+            out[k] = v
+        return cls(**out)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "Ledger":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """Read a ledger file; a missing, truncated or wrongly shaped file raises `CheckpointError` naming it."""
+        return parse_sidecar(path, cls.from_dict, what="ledger")

@@ -12,6 +12,9 @@ from huggingface_hub import snapshot_download
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
+from .errors import CheckpointError, MPPruneError
+from .files import check_model_dir, check_no_remote_code
+
 
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download")
 # Never download these from a Hub repo: our checkpoints are safetensors only.
@@ -46,7 +49,7 @@ def resolve_local(name_or_path: str | os.PathLike, hub: dict[str, Any]) -> tuple
     try:
         local = snapshot_download(path, ignore_patterns=IGNORE_PATTERNS, **kw)
     except Exception as e:  # the hub raises many types (offline, 404, auth); all mean "cannot load"
-        raise OSError(f"cannot load a model config from {path!r}{offline_hint()}: {e}") from e
+        raise FileNotFoundError(f"cannot load a model config from {path!r}{offline_hint()}: {e}") from e
     return os.path.join(local, sub), os.path.basename(os.path.normpath(local))
 
 
@@ -56,14 +59,25 @@ def load_model(name_or_path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     if looks_local(path) and not os.path.isdir(os.path.expanduser(path)):
         raise FileNotFoundError(f"no model directory at {path!r}")
     hub = split_hub_kwargs(kwargs)
+    local = os.path.join(os.path.expanduser(path), hub.get("subfolder") or "")
+    if os.path.isdir(os.path.expanduser(path)):
+        check_model_dir(local)  # names a missing/damaged config.json or weights file, refuses pickles/remote code
     try:
         cfg = AutoConfig.from_pretrained(path, **hub)
     except OSError as e:
-        raise OSError(f"cannot load a model config from {path!r}{offline_hint()}: {e}") from e
+        raise FileNotFoundError(f"cannot load a model config from {path!r}{offline_hint()}: {e}") from e
+    except ValueError as e:  # e.g. a model_type this transformers does not know
+        raise CheckpointError(f"cannot read the model config of {path!r}: {e}") from e
+    check_no_remote_code(cfg.to_dict(), path)
     archs = getattr(cfg, "architectures", None) or []
     model_cls = getattr(transformers, archs[0], None) if archs else None
     if model_cls is None:
         model_cls = AutoModel
-    model = model_cls.from_pretrained(path, config=cfg, **hub, **kwargs)
+    try:
+        model = model_cls.from_pretrained(path, config=cfg, **hub, **kwargs)
+    except MPPruneError:
+        raise
+    except (OSError, ValueError, RuntimeError) as e:  # damaged weights the header check cannot see, shape mismatch
+        raise CheckpointError(f"cannot load the weights of {path!r} into {model_cls.__name__}: {e}") from e
     model.eval()
     return model

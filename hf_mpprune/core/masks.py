@@ -21,6 +21,10 @@ from .errors import LedgerMismatchError, PatternError
 
 _FORMAT = "hf_mpprune.masks"
 _FORMAT_VERSION = "1"
+_RECOVER = (
+    "restore it from a backup or re-save the checkpoint; to load the dense weights anyway delete it and pass "
+    "allow_missing_masks=True to MPPruner.from_pretrained (docs/errors.md)"
+)
 
 
 class Masks:
@@ -156,16 +160,21 @@ class Masks:
                 meta = f.metadata() or {}
             packed = load_file(str(path))
         except Exception as e:  # safetensors raises several types for a damaged file
-            raise LedgerMismatchError(f"cannot read mask file {path}: {e}") from e
+            raise LedgerMismatchError(f"cannot read mask file {path}: {e}; {_RECOVER}") from e
         if meta.get("format") != _FORMAT:
             raise LedgerMismatchError(f"{path} is not an hf_mpprune mask file (format={meta.get('format')!r})")
-        shapes = json.loads(meta["shapes"])
-        masks = {}
-        for n, shape in shapes.items():
-            count = int(np.prod(shape))
-            bits = np.unpackbits(packed[n])[:count].astype(bool)
-            masks[n] = torch.from_numpy(bits.reshape(shape))
-        pattern = KeepPattern.parse(meta["pattern"]) if meta.get("pattern") else None
+        try:
+            shapes = json.loads(meta["shapes"])
+            masks = {}
+            for n, shape in shapes.items():
+                count = int(np.prod(shape))
+                bits = np.unpackbits(packed[n])[:count].astype(bool)
+                masks[n] = torch.from_numpy(bits.reshape(shape))
+            pattern = KeepPattern.parse(meta["pattern"]) if meta.get("pattern") else None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise LedgerMismatchError(
+                f"mask file {path} has a damaged header ({type(e).__name__}: {e}); {_RECOVER}"
+            ) from e
         out = cls(masks, pattern)
         digest = out.sha256()
         for want, what in ((meta.get("sha256"), "its header"), (expected_sha256, "the ledger")):

@@ -17,6 +17,7 @@ from .calibration import capture, run_batches
 from .errors import ConfigError
 from .layers import LayerSet, PrunableLayer
 from .obs import hessian
+from .validate import check_finite
 
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,9 @@ def layer_hessian(model: nn.Module, layer: PrunableLayer, batches: Iterable[dict
                 pass
     if acc["xtx"] is None:
         raise ConfigError(f"calibration forwards never reached layer {layer.name!r}")
-    return 2.0 * acc["xtx"].cpu() / max(1, acc["rows"])
+    h = 2.0 * acc["xtx"].cpu() / max(1, acc["rows"])
+    check_finite(h, f"calibration statistics (Hessian) of layer {layer.name!r}")
+    return h
 
 
 @torch.no_grad()

@@ -11,10 +11,13 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+
+from ..core.errors import CheckpointError
 
 
 logger = logging.getLogger(__name__)
@@ -36,8 +39,13 @@ def atomic_directory(target: str) -> Iterator[str]:
         yield tmp
         _fsync_tree(tmp)
         _replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        io = re.search(r"os error (\d+)", str(e)) if type(e).__name__ == "SafetensorError" else None
+        if io:  # safetensors reports disk full / read-only as its own type: make it the OSError it is
+            raise CheckpointError(
+                int(io.group(1)), f"writing {target!r} failed ({e}); the previous contents are unchanged"
+            ) from e
         raise
 
 

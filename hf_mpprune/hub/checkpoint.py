@@ -10,7 +10,6 @@ Writes are atomic (`atomic.py`): everything goes to a temporary directory next t
 target only once complete.
 """
 
-import json
 import logging
 import os
 import tempfile
@@ -24,7 +23,8 @@ from transformers import PreTrainedModel
 
 from ..core.config import PruningConfig
 from ..core.constants import CONFIG_NAME, LEDGER_NAME, MASKS_NAME, RECIPE_NAME, SPECTRA_NAME
-from ..core.errors import ConfigError, LedgerMismatchError, MPPruneWarning
+from ..core.errors import CheckpointError, ConfigError, LedgerMismatchError, MPPruneWarning
+from ..core.files import parse_sidecar
 from ..core.layers import discover_layers
 from ..core.ledger import Ledger, weights_sha256
 from ..core.loading import load_model, resolve_local, split_hub_kwargs
@@ -33,6 +33,7 @@ from ..spectral.fit import SpectralReport
 from .atomic import atomic_directory
 from .card import make_card
 from .config_block import recover_from_config, write_config_block
+from .network import hub_errors
 
 
 logger = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ def load_pretrained(
 ) -> Any:
     """Load a model; if our sidecars are present also restore config, masks (verified), ledger and spectra."""
     hub = split_hub_kwargs(kwargs)
+    allow_missing_masks = bool(kwargs.pop("allow_missing_masks", False))
     local, commit = resolve_local(name_or_path, hub)
     model = load_model(local, **kwargs)
     if not os.path.isfile(os.path.join(local, LEDGER_NAME)):
@@ -158,10 +160,12 @@ def load_pretrained(
             pruner.ledger.identity["base_revision"] = commit
         recover_from_config(pruner, local)
         return pruner
-    return _restore(cls, model, local, config)
+    return _restore(cls, model, local, config, allow_missing_masks)
 
 
-def _restore(cls: type, model: torch.nn.Module, local: str, config: PruningConfig | None) -> Any:
+def _restore(
+    cls: type, model: torch.nn.Module, local: str, config: PruningConfig | None, allow_missing_masks: bool = False
+) -> Any:
 
     ledger = Ledger.from_json(os.path.join(local, LEDGER_NAME))
     if config is None and os.path.isfile(os.path.join(local, CONFIG_NAME)):
@@ -169,6 +173,19 @@ def _restore(cls: type, model: torch.nn.Module, local: str, config: PruningConfi
     masks = None
     if os.path.isfile(os.path.join(local, MASKS_NAME)):
         masks = Masks.load(os.path.join(local, MASKS_NAME), expected_sha256=ledger.identity.get("mask_sha256"))
+    elif ledger.identity.get("mask_sha256") and not allow_missing_masks:
+        raise CheckpointError(
+            f"{os.path.join(local, MASKS_NAME)!r} is missing but the ledger records masks (SHA-256 "
+            f"{str(ledger.identity['mask_sha256'])[:12]}…): restore the file from a backup, or load the dense "
+            "weights without masks with `MPPruner.from_pretrained(path, allow_missing_masks=True)` (or plain "
+            "transformers `from_pretrained`)"
+        )
+    elif ledger.identity.get("mask_sha256"):
+        warnings.warn(
+            f"{MASKS_NAME} is missing in {local}: loading the weights without masks (allow_missing_masks=True)",
+            MPPruneWarning,
+            stacklevel=3,
+        )
     pruner = cls(model, config)
     if config is None and masks is not None:
         pruner.layers = discover_layers(model, masks.names)
@@ -184,8 +201,7 @@ def _restore(cls: type, model: torch.nn.Module, local: str, config: PruningConfi
         warnings.warn(f"the ledger in {local} records overlapping data splits: {e}", MPPruneWarning, stacklevel=3)
     pruner.masks, pruner.ledger = masks, ledger
     if os.path.isfile(os.path.join(local, SPECTRA_NAME)):
-        with open(os.path.join(local, SPECTRA_NAME), encoding="utf-8") as f:
-            pruner.spectra = SpectralReport.from_dict(json.load(f))
+        pruner.spectra = parse_sidecar(os.path.join(local, SPECTRA_NAME), SpectralReport.from_dict, what="spectra")
     return pruner
 
 
@@ -215,6 +231,7 @@ def _check_weights_hash(local: str, ledger: Ledger) -> None:
 
 
 # ---- push ----------------------------------------------------------------------------------------------------------
+@hub_errors
 def push_to_hub(
     pruner: Any, repo_id: str | None = None, *, private: bool | None = None, revision: str | None = None,
     create_pr: bool = False, token: str | bool | None = None, commit_message: str | None = None, processor: Any = None,

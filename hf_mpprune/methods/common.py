@@ -3,7 +3,11 @@
 cumulative global / per-layer selection (magnitude family), Wanda scores and exact row budgets (Wanda family), and
 the SEB layer weights (docs/algorithms.md §3, §4.1, §4.3)."""
 
+import dataclasses
+import functools
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -11,10 +15,14 @@ import torch
 from ..core.calibration import CalibrationBatches, as_batches, input_sq_norms
 from ..core.config import KeepPattern
 from ..core.errors import ConfigError
+from ..core.layers import LayerSet
 from ..core.masks import Masks, keep_top
 from ..core.obs import obs_reconstruct
 from ..core.registry import PruneContext
 from ..core.sequential import sequential_apply
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,12 +71,18 @@ def calibration_batches(ctx: PruneContext) -> CalibrationBatches:
 def reconstruct_(ctx: PruneContext, masks: Masks, batches: CalibrationBatches) -> None:
     """Re-fit the kept weights of every layer by `obs_reconstruct`, sequentially (model modified in place)."""
     damp = float(ctx.config.percdamp)
+    layers = LayerSet([la for la in ctx.layers if grouped_reason(la) is None], ctx.layers.excluded)
+    for la in ctx.layers:
+        if grouped_reason(la) is not None:
+            logger.info(
+                "reconstruct: %s skipped (%s): its weights keep their pruned values", la.name, grouped_reason(la)
+            )
 
     def fit(layer, h: torch.Tensor) -> torch.Tensor:
         keep = layer.matrix_view(masks[layer.name].cpu())
         return obs_reconstruct(layer.matrix_view().detach().cpu(), h, keep, percdamp=damp)
 
-    sequential_apply(ctx.model, ctx.layers, batches.batches, fit, desc="obs-reconstruct")
+    sequential_apply(ctx.model, layers, batches.batches, fit, desc="obs-reconstruct")
     ctx.record["reconstruct"] = {
         "kind": "obs_least_squares", "percdamp": damp, "order": "forward, sequential",
         "target": "dense W x on inputs from the re-fitted earlier layers",
@@ -263,3 +277,46 @@ def seb_weights(
         beta = {"attn": regime.beta_attn, "mlp": regime.beta_mlp}.get(roles[name]) or regime.beta
         out[name] = max(0.1, 1.0 + beta * decay * zi)
     return out
+
+
+def grouped_reason(layer) -> str | None:
+    """Why activation-aware methods cannot score `layer` (a grouped / depthwise conv), or None."""
+    groups = getattr(layer.module, "groups", 1)
+    if layer.kind == "conv2d" and groups != 1:
+        return f"grouped/depthwise conv (groups={groups}): its inputs do not map to one (out, in) matrix"
+    return None
+
+
+def skips_grouped_convs(fn: Callable[[PruneContext], Masks]) -> Callable[[PruneContext], Masks]:
+    """Run an activation-aware mask function on the layers it can score; grouped/depthwise convs are skipped with
+    a logged reason (as CAST does) and keep their current mask (dense, or the previous cycle's). The skipped layers
+    go to the ledger step under `skipped`; the target sparsity is then met over the layers that were pruned."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx: PruneContext) -> Masks:
+        skipped = {la.name: r for la in ctx.layers if (r := grouped_reason(la)) is not None}
+        if not skipped:
+            return fn(ctx)
+        if len(skipped) == len(ctx.layers):
+            raise ConfigError(
+                f"method {ctx.config.method!r} cannot score any registered layer: all are grouped/depthwise convs "
+                f"({sorted(skipped)[:5]}); use a weight-only method such as 'magnitude'"
+            )
+        for name, reason in skipped.items():
+            logger.warning("%s: skipping %s (%s); it keeps its current mask", ctx.config.method, name, reason)
+        kept = LayerSet([la for la in ctx.layers if la.name not in skipped], ctx.layers.excluded)
+        inner = dataclasses.replace(ctx, layers=kept)
+        masks = fn(inner)
+        ctx.record.update(inner.record)
+        ctx.record["skipped"] = skipped
+        out = {}
+        for la in ctx.layers:
+            if la.name not in skipped:
+                out[la.name] = masks[la.name]
+            elif ctx.previous is not None and la.name in ctx.previous:
+                out[la.name] = ctx.previous[la.name]
+            else:
+                out[la.name] = torch.ones(la.weight.shape, dtype=torch.bool)
+        return Masks(out, masks.pattern)
+
+    return wrapper

@@ -25,6 +25,7 @@ from .common import (
     rows_keep,
     seb_weights,
     select,
+    skips_grouped_convs,
     wanda_scores,
 )
 
@@ -108,6 +109,7 @@ def layer_weights(ctx: PruneContext) -> dict[str, float]:
 
 
 @register_method("mp-wanda", MPWandaConfig, needs_spectra=True, needs_calibration=True)
+@skips_grouped_convs
 def mp_wanda(ctx: PruneContext) -> Masks:
     """MP-budgeted Wanda: Wanda scores inside each layer, layer budgets from a shape-free MP statistic."""
     cfg = ctx.config

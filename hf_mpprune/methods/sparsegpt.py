@@ -11,7 +11,7 @@ from ..core.masks import Masks
 from ..core.obs import sparsegpt_prune
 from ..core.registry import PruneContext, register_method
 from ..core.sequential import sequential_apply
-from .common import CalibrationOptions, calibration_batches, layer_budgets, previous_matrix
+from .common import CalibrationOptions, calibration_batches, layer_budgets, previous_matrix, skips_grouped_convs
 
 
 @dataclass
@@ -41,6 +41,7 @@ class SparseGPTConfig(CalibrationOptions, PruningConfig):
 
 
 @register_method("sparsegpt", SparseGPTConfig, needs_calibration=True)
+@skips_grouped_convs
 def sparsegpt(ctx: PruneContext) -> Masks:
     """SparseGPT: OBS mask selection + weight updates from the calibration Hessian, sequential over layers."""
     cfg = ctx.config

@@ -14,6 +14,7 @@ from .common import (
     previous_matrix,
     reconstruct_,
     rows_keep,
+    skips_grouped_convs,
     wanda_scores,
 )
 
@@ -48,6 +49,7 @@ class WandaConfig(CalibrationOptions, PruningConfig):
 
 
 @register_method("wanda", WandaConfig, needs_calibration=True)
+@skips_grouped_convs
 def wanda(ctx: PruneContext) -> Masks:
     """Wanda: |W|·‖x‖₂ per output row from calibration activations (optionally OBS re-fit of kept weights)."""
     batches = calibration_batches(ctx)

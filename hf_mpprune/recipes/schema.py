@@ -30,6 +30,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import yaml
 
 from ..core.config import PruningConfig
@@ -47,6 +48,13 @@ class ModelSpec:
     dtype: str | None = None
     train_epochs: int | None = None  # builtin:digits-vit only: epochs of the (cached) dense training
     license: str | None = None  # Hub license id for the model card (default: the base model card's license)
+
+    def __post_init__(self):
+        dtype = getattr(torch, str(self.dtype), None) if self.dtype is not None else torch.float32
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ConfigError(
+                f"model.dtype = {self.dtype!r} is not a floating-point torch dtype; use one of float32, float16, bfloat16 (or omit it)"
+            )
 
 
 @dataclass
@@ -157,8 +165,8 @@ def _step(data: Any, where: str) -> PruningStep:
         if not ok or any(b < a for a, b in zip(schedule, schedule[1:])) or not (0 <= schedule[0] and schedule[-1] < 1):
             raise ConfigError(f"{where}.schedule = {schedule!r} must be a non-decreasing list of sparsities in [0, 1)")
         data.setdefault("sparsity", schedule[-1])
-        if float(data["sparsity"]) != float(schedule[-1]):
-            raise ConfigError(f"{where}: sparsity {data['sparsity']} != last schedule entry {schedule[-1]}")
+        if not _type_ok(data["sparsity"], "float") or float(data["sparsity"]) != float(schedule[-1]):
+            raise ConfigError(f"{where}: sparsity {data['sparsity']!r} != last schedule entry {schedule[-1]}")
     method = data.get("method", "magnitude")
     if method not in list_methods():
         raise ConfigError(f"{where}.method = {method!r} is not a registered method ({', '.join(list_methods())})")
