@@ -88,15 +88,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def register(sub) -> None:
-    p = sub.add_parser("demo", help="train a small digits ViT, run the offline recipes, print a before/after table")
-    p.add_argument("--out", default="mpprune-demo", help="output directory (checkpoints, cards, plots)")
-    p.add_argument("--epochs", type=int, default=20, help="dense training epochs of the digits ViT (cached)")
-    p.add_argument("--recipes", nargs="*", default=None, help="recipe files or shipped recipe names")
-    p.set_defaults(
-        func=lambda a: main(
-            ["--out", a.out, "--epochs", str(a.epochs), *(["--recipes", *a.recipes] if a.recipes else [])]
-        )
-    )

@@ -24,6 +24,7 @@ from ..core.constants import __version__
 from ..core.errors import ConfigError, MPPruneError, NoPrunableLayersError
 from ..core.files import write_text_atomic
 from ..pruner import MPPruner
+from ..recipes.schema import recipe_path
 from . import demo as demo_cli
 from .args import nonnegative_int
 
@@ -72,7 +73,6 @@ _COMMANDS: tuple[str, ...] = (
     "hf_mpprune.cli.deploy",
     "hf_mpprune.cli.certify",
     "hf_mpprune.recipes.runner",
-    "hf_mpprune.cli.demo",
     "hf_mpprune.cli.export",
     "hf_mpprune.cli.env",
 )
@@ -82,16 +82,17 @@ def _register_demo(sub) -> None:
     p = sub.add_parser("demo", help="offline demo: train a digits ViT, run the shipped recipes, print a table")
     p.add_argument("--out", default="mpprune-demo", help="folder for the demo checkpoints")
     p.add_argument("--epochs", type=nonnegative_int, default=20, help="dense training epochs of the digits ViT")
-    p.add_argument("--recipes", nargs="*", default=None, help="recipe files (default: the offline ones)")
+    p.add_argument(
+        "--recipes", nargs="*", default=None, help="recipe files or shipped recipe names (default: the offline ones)"
+    )
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args) -> int:
     argv = ["--out", args.out, "--epochs", str(args.epochs)]
     if args.recipes is not None:
-        missing = [r for r in args.recipes if not os.path.isfile(r)]
-        if missing:
-            raise ConfigError(f"demo --recipes: no such recipe file(s) {missing}")
+        for r in args.recipes:  # a file, or a shipped recipe by name; ConfigError lists the shipped ones
+            recipe_path(r)
         argv += ["--recipes", *args.recipes]
     return demo_cli.main(argv)
 
