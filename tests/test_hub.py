@@ -49,6 +49,7 @@ def _no_token_anywhere(root) -> None:
                 assert TOKEN.encode() not in f.read(), f"token written to {os.path.join(dirpath, name)}"
 
 
+@pytest.mark.slow  # a local Hub server and subprocess clients (~30 s): make test-all
 def test_push_to_local_hub_and_pull_back(tmp_path):
     with HubServer() as hub:
         out = _client(tmp_path, hub.url, "push")
@@ -116,6 +117,7 @@ def _mirror_checkpoint(tmp_path):
     return pruner
 
 
+@pytest.mark.slow  # a real olah mirror server (~40 s): make test-all
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to build an olah mirror")
 def test_download_through_olah(tmp_path):
     pytest.importorskip("olah", reason="olah is in the dev extra: pip install -e .[dev]")
