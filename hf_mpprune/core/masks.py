@@ -37,7 +37,7 @@ class Masks:
     @classmethod
     def from_model(cls, model: nn.Module, names: list[str], pattern: KeepPattern | None = None) -> "Masks":
         """Masks = nonzero pattern of the named weights."""
-        return cls({n: _weight(model, n) != 0 for n in names}, pattern)
+        return cls({n: layer_weight(model, n) != 0 for n in names}, pattern)
 
     # ---- mapping protocol ---------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -91,7 +91,7 @@ class Masks:
     def check_model(self, model: nn.Module) -> None:
         """Raise a clear error if a mask names a missing layer or has the wrong shape."""
         for n, m in self._m.items():
-            w = _weight(model, n)
+            w = layer_weight(model, n)
             if tuple(w.shape) != tuple(m.shape):
                 raise PatternError(f"mask of {n!r} has shape {tuple(m.shape)} but the weight is {tuple(w.shape)}")
 
@@ -99,7 +99,7 @@ class Masks:
     def apply_(self, model: nn.Module) -> nn.Module:
         """Zero pruned weights in place. Zeros are written as +0.0 (−0.0 breaks some 2:4 kernels)."""
         for n, m in self._m.items():
-            w = _weight(model, n)
+            w = layer_weight(model, n)
             w.masked_fill_(~m.to(w.device), 0.0)
             # canonicalise −0.0 among kept entries too, so "zero" always means +0.0
             w.add_(0.0)
@@ -111,7 +111,7 @@ class Masks:
         Weights that do not require grad (frozen by the user) get no gradient hook: they cannot move."""
         handles = []
         for n, m in self._m.items():
-            w = _weight(model, n)
+            w = layer_weight(model, n)
             if not w.requires_grad:
                 continue
             mask = m.to(w.device)
@@ -176,7 +176,8 @@ class Masks:
         return out
 
 
-def _weight(model: nn.Module, name: str) -> torch.Tensor:
+def layer_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The `.weight` of the submodule `name` (`PatternError` naming the layer when it does not exist)."""
     try:
         return model.get_submodule(name).weight
     except AttributeError:
