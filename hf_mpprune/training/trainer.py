@@ -305,6 +305,15 @@ class MPDistillationTrainer(Trainer):
             self._t0 = None
         return out
 
+    def _run_epoch(self, *args: Any, **kwargs: Any):
+        """A run resumed from its final checkpoint (`global_step == max_steps`) must not take one more step:
+        transformers only checks `max_steps` after a step, which ended a 40-step run at 41 when step 40 fell
+        inside an epoch."""
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _step_record(self, status: str, train_loss: float | None = None) -> dict[str, Any]:
         return training_step(self, self.masks, self._masks_source, status=status, t0=self._t0,
                              train_loss=train_loss, resumed_from=self._resumed_from)  # fmt: skip
