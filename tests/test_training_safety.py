@@ -130,7 +130,10 @@ def test_ledger_of_prune_distill_save_lists_both_steps(pruned, digits, tmp_path)
     assert d["train_loss"] == pytest.approx(out.training_loss) and d["last_logged_loss"] > 0
     assert d["eval_metrics"]["eval_loss"] > 0 and d["eval_metrics"]["epoch"] == 2
     assert d["arguments"]["kd_alpha"] == 0.5 and d["arguments"]["weight_decay"] == 0.1
-    assert len(d["teacher"]["weights_sha256"]) == 64 and d["train_dataset"] == {"type": "DigitsDataset", "num_rows": 128}
+    assert len(d["teacher"]["weights_sha256"]) == 64 and d["train_dataset"] == {
+        "type": "DigitsDataset",
+        "num_rows": 128,
+    }
     assert d["mask_sha256"] == pruner.masks.sha256() == steps[0]["mask_sha256"] and d["achieved_sparsity"] == 0.5
     assert attached_ledger(student) is pruner.ledger
 
@@ -225,7 +228,9 @@ def test_one_line_config_resolves_method_options():
     k = PruningConfig(method="cast", pattern="2:4", reconstruct=True)
     assert type(k) is CASTConfig and k.reconstruct is True and str(k.pattern) == "2:4"
     assert PruningConfig.from_dict(c.to_dict()) == c
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['reconstrct'\] for MPWandaConfig.*allowed: .*'reconstruct'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key\(s\) \['reconstrct'\] for MPWandaConfig.*allowed: .*'reconstruct'"
+    ):
         PruningConfig(method="mp-wanda", reconstrct=True)
     with pytest.raises(ConfigError, match="unknown pruning method 'nope'"):
         PruningConfig(method="nope", reconstruct=True)
