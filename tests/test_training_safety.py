@@ -47,11 +47,11 @@ def pruned():
 
 
 def make_args(out, **kw):
-    base = dict(
-        output_dir=str(out), use_cpu=True, report_to="none", learning_rate=1e-2, warmup_steps=0, num_train_epochs=2,
-        per_device_train_batch_size=32, save_strategy="no", seed=0, logging_steps=2, disable_tqdm=True,
-        weight_decay=0.1, optim="adamw_torch",
-    )  # fmt: skip
+    base = {
+        "output_dir": str(out), "use_cpu": True, "report_to": "none", "learning_rate": 1e-2, "warmup_steps": 0,
+        "num_train_epochs": 2, "per_device_train_batch_size": 32, "save_strategy": "no", "seed": 0,
+        "logging_steps": 2, "disable_tqdm": True, "weight_decay": 0.1, "optim": "adamw_torch",
+    }  # fmt: skip
     return MPDistillationArguments(**{**base, **kw})
 
 
