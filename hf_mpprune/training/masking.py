@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from ..core.attached import attached_masks
+from ..core.attached import attached_masks, unwrap_model
 from ..core.errors import ConfigError, NoPrunableLayersError
 from ..core.layers import discover_layers
 from ..core.masks import Masks, layer_weight
@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 def realised_sparsity(model: nn.Module, masks: Masks) -> float:
     """Fraction of exactly-zero entries over the masked weights (what §1.4 step 2 keeps from drifting)."""
+    model = unwrap_model(model)
     zeros = sum(int((layer_weight(model, n) == 0).sum()) for n in masks)
     return zeros / max(1, masks.numel)
 
@@ -31,11 +32,11 @@ def realised_sparsity(model: nn.Module, masks: Masks) -> float:
 def masks_from_zeros(model: nn.Module) -> Masks | None:
     """Masks = nonzero pattern of every registered layer that holds at least one exact zero (None if none does)."""
     try:
-        layers = discover_layers(model)
+        layers = discover_layers(unwrap_model(model))
     except NoPrunableLayersError:
         return None
     names = [la.name for la in layers if bool((la.weight == 0).any())]
-    return Masks.from_model(model, names) if names else None
+    return Masks.from_model(unwrap_model(model), names) if names else None
 
 
 def resolve_masks(model: nn.Module, masks: "Masks | bool | None") -> tuple[Masks | None, str]:
@@ -48,13 +49,13 @@ def resolve_masks(model: nn.Module, masks: "Masks | bool | None") -> tuple[Masks
     if masks is False:
         return None, "none"
     if isinstance(masks, Masks):
-        masks.check_model(model)  # PatternError naming a missing layer / wrong shape, before any work
+        masks.check_model(unwrap_model(model))  # PatternError naming a missing layer / wrong shape, before any work
         return masks, "given"
     if masks is not None and masks is not True:
         raise ConfigError(f"masks must be a Masks object, None (use the model's) or False (none), got {masks!r}")
     found = attached_masks(model)
     if found is not None:
-        found.check_model(model)
+        found.check_model(unwrap_model(model))
         logger.info("freezing the %d masks attached to the model (sparsity %.4f)", len(found), found.sparsity())
         return found, "attached"
     derived = masks_from_zeros(model)
@@ -93,6 +94,7 @@ class MaskFreezeCallback(TrainerCallback):
         self._handles: list = []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model = unwrap_model(model)  # mask names are those of the base model (under DDP / PEFT wrappers)
         self._remove_hooks()
         self.masks.check_model(model)
         device = layer_weight(model, self.masks.names[0]).device if len(self.masks) else torch.device("cpu")
@@ -104,7 +106,7 @@ class MaskFreezeCallback(TrainerCallback):
         self._handles = self._device_masks.freeze_(model)  # gradient masking; no optimizer: re-mask below
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self._device_masks.apply_(model)
+        self._device_masks.apply_(unwrap_model(model))
 
     def on_train_end(self, args, state, control, **kwargs):
         self._remove_hooks()

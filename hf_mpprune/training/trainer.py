@@ -25,7 +25,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import rotate_checkpoints
 
-from ..core.attached import attach, attached_ledger
+from ..core.attached import attach, attached_ledger, unwrap_model
 from ..core.constants import LEDGER_NAME, LIBRARY_TAG, MASKS_NAME
 from ..core.errors import ConfigError, LedgerMismatchError, MPPruneWarning
 from ..core.ledger import Ledger, weights_sha256
@@ -334,7 +334,7 @@ class MPDistillationTrainer(Trainer):
             return
         saved = Masks.load(path)  # verifies the SHA-256 in its header
         if self.masks is None or self._masks_source == "zeros":
-            saved.check_model(self.model)
+            saved.check_model(unwrap_model(self.model))
             self._set_masks(saved)
             self._masks_source = "checkpoint"
             attach(self.model, masks=saved)
