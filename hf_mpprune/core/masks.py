@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from torch import nn
 
@@ -149,8 +150,6 @@ class Masks:
     @classmethod
     def load(cls, path: str | os.PathLike, *, expected_sha256: str | None = None) -> "Masks":
         """Read a mask file; verify its stored (and, if given, the expected) SHA-256."""
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}
