@@ -163,6 +163,7 @@ class MPPruner:
             layer_sparsity=masks.layer_sparsity(),
             mask_sha256=masks.sha256(),
             seconds=round(time.perf_counter() - t0, 3),
+            excluded_layers=dict(self.layers.excluded),  # what was left dense by the registry, and why
             **ctx.record,
         )
         logger.info("%s: sparsity %.4f over %d layers", cfg.method, masks.sparsity(), len(masks))

@@ -234,3 +234,22 @@ def test_one_line_config_resolves_method_options():
         PruningConfig(method="mp-wanda", reconstrct=True)
     with pytest.raises(ConfigError, match="unknown pruning method 'nope'"):
         PruningConfig(method="nope", reconstruct=True)
+
+
+# ---- 8. sensible defaults -----------------------------------------------------------------------------------------
+def test_head_and_embeddings_left_dense_and_listed_in_the_ledger(tiny_vit):
+    from hf_mpprune import legality_audit
+
+    model = copy.deepcopy(tiny_vit)
+    pruner = MPPruner(model, PruningConfig(method="cast", pattern="2:4", seed=0))
+    g = torch.Generator().manual_seed(1)
+    masks = pruner.prune(calibration={"pixel_values": torch.randn(8, 3, 32, 32, generator=g)})
+    assert "classifier" not in masks and "vit.embeddings.patch_embeddings.projection" not in masks
+    excluded = pruner.ledger.steps[-1]["excluded_layers"]
+    assert excluded["classifier"].startswith("task head") and excluded[
+        "vit.embeddings.patch_embeddings.projection"
+    ].startswith("input embedding")
+    report = legality_audit(model, "2:4", layers=masks)  # the masks' own layers are exactly the legal ones
+    assert report.ok and not report.illegal and sorted(r.name for r in report.rows) == sorted(masks.names)
+    full = MPPruner(copy.deepcopy(tiny_vit), PruningConfig("magnitude", 0.5, targets=["Linear", "role:head"]))
+    assert "classifier" in full.prune().names  # targeted explicitly
