@@ -74,7 +74,9 @@ def run_arm(arm, dense, splits, lr, seed, sparsity):
 
 
 def ms(xs):
-    return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{100 * xs[0]:.2f}"
+    return (
+        f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{100 * xs[0]:.2f}"
+    )
 
 
 def main() -> int:

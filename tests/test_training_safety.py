@@ -129,7 +129,7 @@ def test_ledger_of_prune_distill_save_lists_both_steps(pruned, digits, tmp_path)
     assert d["status"] == "done" and d["global_step"] == 8 and d["masks_source"] == "attached"
     assert d["train_loss"] == pytest.approx(out.training_loss) and d["last_logged_loss"] > 0
     assert d["eval_metrics"]["eval_loss"] > 0 and d["eval_metrics"]["epoch"] == 2
-    assert d["arguments"]["kd_alpha"] == 0.5 and d["arguments"]["weight_decay"] == 0.1
+    assert d["kd_alpha"] == 0.5 and d["weight_decay"] == 0.1 and d["trainer"] == "MPDistillationTrainer"
     assert len(d["teacher"]["weights_sha256"]) == 64 and d["train_dataset"] == {
         "type": "DigitsDataset",
         "num_rows": 128,

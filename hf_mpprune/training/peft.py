@@ -89,7 +89,7 @@ def masked_merge(peft_model: nn.Module, masks: Masks | None = None, *, eval_inpu
     masks.apply_(merged)
     record: dict[str, Any] = {
         "method": "adapter-merge",
-        "kind": "training",
+        "kind": "adapter-merge",
         "status": "done",
         "lossy": dropped > 0,
         "adapters": adapters,

@@ -70,12 +70,11 @@ def training_step(trainer: Any, masks: Masks | None, masks_source: str, *, statu
     kd = args.distill_mode == "features" or args.kd_alpha > 0
     record: dict[str, Any] = {
         "method": "distill" if kd else "finetune",
-        "kind": "training",
+        "kind": "distill" if kd else "finetune",
         "status": status,
         "trainer": type(trainer).__name__,
-        "arguments": {k: _plain(getattr(args, k, None)) for k in RECORDED_ARGS},
         "global_step": int(state.global_step),
-        "max_steps": int(state.max_steps),
+        "total_steps": int(state.max_steps),
         "epoch": None if state.epoch is None else round(float(state.epoch), 4),
         "train_loss": train_loss,
         "first_logged_loss": losses[0] if losses else None,
@@ -90,6 +89,7 @@ def training_step(trainer: Any, masks: Masks | None, masks_source: str, *, statu
         "world_size": int(args.world_size),
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    record.update({k: _plain(getattr(args, k, None)) for k in RECORDED_ARGS})  # the arguments, flat
     if resumed_from:
         record["resumed_from"] = resumed_from
     return record
