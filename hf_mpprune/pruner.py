@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from .core.attached import attach
 from .core.config import PruningConfig, SpectralConfig
 from .core.errors import ConfigError, PatternError, warn_experimental
 from .core.layers import LayerSet, discover_layers
@@ -62,14 +63,18 @@ class MPPruner:
     ) -> "MPPruner":
         """Load a transformers checkpoint (local dir or Hub id) with the class named in its config.
 
-        If the directory holds our sidecars (`mpprune_ledger.json`, ...), the pruning config, masks, ledger and
-        spectra are restored and the masks verified: their SHA-256 against the ledger and the zero pattern of the
+        If the directory holds our sidecars (`mpprune_ledger.json`, ...; a pruned checkpoint or a
+        `MPDistillationTrainer` checkpoint), the pruning config, masks, ledger and spectra are restored, attached
+        to the model (so a Trainer without `masks=` freezes them) and the masks verified: their SHA-256 against the ledger and the zero pattern of the
         weights (`LedgerMismatchError` when a pruned-by-mask weight is nonzero). Hub arguments (`revision`, `token`,
         `cache_dir`, `local_files_only`, `subfolder`, `force_download`) are passed through; other keyword arguments
         (e.g. `dtype=`) go to the model's `from_pretrained`. An explicit `config` overrides the saved one.
         """
 
-        return load_pretrained(cls, name_or_path, config, **kwargs)
+        pruner = load_pretrained(cls, name_or_path, config, **kwargs)
+        if pruner.masks is not None:  # the model carries its masks and ledger (the Trainer freezes those)
+            attach(pruner.model, masks=pruner.masks, ledger=pruner.ledger)
+        return pruner
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> str:
         """Write a transformers directory plus sidecars and a model card, atomically (see `hf_mpprune.hub.checkpoint`).
@@ -147,6 +152,7 @@ class MPPruner:
         masks.pattern = masks.pattern or cfg.pattern
         masks.apply_(self.model)
         self.masks = masks
+        attach(self.model, masks=masks, ledger=self.ledger)  # masks travel with the model (the Trainer reads them)
         self.ledger.add_step(
             method=cfg.method,
             config=cfg.to_dict(),
@@ -155,6 +161,7 @@ class MPPruner:
             layer_sparsity=masks.layer_sparsity(),
             mask_sha256=masks.sha256(),
             seconds=round(time.perf_counter() - t0, 3),
+            excluded_layers=dict(self.layers.excluded),  # what was left dense by the registry, and why
             **ctx.record,
         )
         logger.info("%s: sparsity %.4f over %d layers", cfg.method, masks.sparsity(), len(masks))

@@ -125,10 +125,10 @@ def test_tampered_weights_detected_and_kept_zero_allowed(tiny_vit, tmp_path, cap
 
 def test_save_refuses_weights_that_break_masks_and_writes_nothing(tiny_vit, tmp_path):
     pruner = _pruned(tiny_vit, analyze=False)
-    w = tiny_vit.get_submodule("classifier").weight
+    w = tiny_vit.get_submodule("vit.layers.0.mlp.fc1").weight
     with torch.no_grad():
-        w[~pruner.masks["classifier"]] = 1.0
-    with pytest.raises(LedgerMismatchError, match="classifier"):
+        w[~pruner.masks["vit.layers.0.mlp.fc1"]] = 1.0
+    with pytest.raises(LedgerMismatchError, match=r"vit\.layers\.0\.mlp\.fc1"):
         pruner.save_pretrained(tmp_path / "ck")
     assert os.listdir(tmp_path) == []
 

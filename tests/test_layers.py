@@ -13,8 +13,11 @@ def roles(ls):
     return {layer.name: layer.role for layer in ls}
 
 
+EVERYTHING = ["Linear", "Conv2d", "Conv1D", "role:head", "role:embed"]  # head and embeddings targeted explicitly
+
+
 def test_vit_transformers5_names_and_roles(tiny_vit):
-    ls = discover_layers(tiny_vit)
+    ls = discover_layers(tiny_vit, targets=EVERYTHING)
     r = roles(ls)
     assert len(ls) == 2 * 6 + 2  # 6 Linears per block + patch conv + classifier
     assert r["vit.embeddings.patch_embeddings.projection"] == "embed"
@@ -36,7 +39,7 @@ def test_vit_base_config_has_74_layers():
 
     with torch.device("meta"):
         model = ViTForImageClassification(ViTConfig(num_labels=1000))
-    ls = discover_layers(model)
+    ls = discover_layers(model, targets=EVERYTHING)
     assert len(ls) == 12 * 6 + 2
     assert ls.by_role()["head"] == ["classifier"]
     assert len(ls.by_role()["attn"]) == 48 and len(ls.by_role()["mlp"]) == 24
@@ -62,11 +65,11 @@ def test_minilm_real_weights(minilm_path):
 
 
 def test_resnet_convnext_gpt2():
-    r = roles(discover_layers(tiny_models.tiny_resnet()))
+    r = roles(discover_layers(tiny_models.tiny_resnet(), targets=EVERYTHING))
     assert r["resnet.embedder.embedder.convolution"] == "embed"
     assert r["classifier.1"] == "head"
     assert r["resnet.encoder.stages.1.layers.0.shortcut.convolution"] == "other"
-    c = roles(discover_layers(tiny_models.tiny_convnext()))
+    c = roles(discover_layers(tiny_models.tiny_convnext(), targets=EVERYTHING))
     assert c["convnext.encoder.stages.0.layers.0.dwconv"] == "other"
     assert c["convnext.encoder.stages.0.layers.0.pwconv1"] == "mlp"
     assert c["convnext.embeddings.patch_embeddings"] == "embed" and c["classifier"] == "head"
@@ -103,7 +106,21 @@ def test_targets_and_ignore(tiny_vit):
     assert ls.excluded["classifier"].startswith("ignored")
     assert len(discover_layers(tiny_vit, targets=["role:mlp"])) == 4
     assert discover_layers(tiny_vit, targets=["classifier"]).names == ["classifier"]
-    assert "14 prunable layers" in discover_layers(tiny_vit).explain()
+    assert "14 prunable layers" in discover_layers(tiny_vit, targets=EVERYTHING).explain()
+
+
+def test_head_and_embeddings_are_left_dense_unless_targeted(tiny_vit):
+    default = discover_layers(tiny_vit)
+    assert len(default) == 12 and default.by_role()["head"] == default.by_role()["embed"] == []
+    assert default.excluded["classifier"].startswith("task head: not pruned unless targeted explicitly")
+    assert default.excluded["vit.embeddings.patch_embeddings.projection"].startswith("input embedding")
+    assert "task head" in default.explain()
+    # a bare type name is not explicit; a name, a regex or a role is
+    assert "classifier" not in discover_layers(tiny_vit, targets=["Linear"])
+    assert "classifier" in discover_layers(tiny_vit, targets=["Linear", "re:classifier$"])
+    assert discover_layers(tiny_vit, targets=["role:embed"]).names == ["vit.embeddings.patch_embeddings.projection"]
+    with pytest.raises(NoPrunableLayersError, match="only task-head / embedding layers matched"):
+        discover_layers(torch.nn.ModuleDict({"classifier": torch.nn.Linear(2, 2)}))
 
 
 def test_pattern_errors(tiny_vit):

@@ -24,7 +24,8 @@ from hf_mpprune import (
 from hf_mpprune.builtins.digits import DigitsDataset, build_digits_vit, load_digits_splits
 from hf_mpprune.core.constants import MASKS_NAME
 from hf_mpprune.metrics import compute_topk, embedding_agreement, make_compute_metrics
-from hf_mpprune.training.trainer import feature_loss, mean_pool, realised_sparsity
+from hf_mpprune.training.losses import feature_loss, mean_pool
+from hf_mpprune.training.masking import realised_sparsity
 
 
 torch.set_flush_denormal(True)
@@ -132,7 +133,7 @@ def test_without_masks_decay_would_move_pruned_entries(setup, digits, tmp_path):
     """Control for the test above: the same run without masks does change the pruned entries."""
     teacher, student, masks = setup
     args = make_args(tmp_path, max_steps=2, weight_decay=0.1)
-    MPDistillationTrainer(student, teacher, None, args=args, train_dataset=digits).train()
+    MPDistillationTrainer(student, teacher, False, args=args, train_dataset=digits).train()  # opt-in: no masks
     assert realised_sparsity(student, masks) < 0.01
 
 
@@ -176,7 +177,7 @@ def test_interrupt_and_resume_restores_masks(setup, digits, tmp_path):
 
     other = Masks({n: ~m for n, m in masks.items()})
     again = MPDistillationTrainer(copy.deepcopy(teacher), teacher, other, args=args, train_dataset=digits)
-    with pytest.raises(LedgerMismatchError, match="differ from the masks given"):
+    with pytest.raises(LedgerMismatchError, match="differ from the masks of the trainer"):
         again.train(resume_from_checkpoint=str(ckpt))
 
 

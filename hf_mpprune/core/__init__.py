@@ -1,6 +1,7 @@
 """The core: what every stage shares and nothing method-specific.
 
-Owns layer discovery (`layers`), masks (`masks`), the ledger (`ledger`), configs and the method registry
+Owns layer discovery (`layers`), masks (`masks`), the masks/ledger side table that travels with a model
+(`attached`), the ledger (`ledger`), configs and the method registry
 (`config`, `registry`: one dict, no method known by name), calibration capture (`calibration`), sequential
 layer-by-layer calibration (`sequential`), OBS / least-squares math (`obs`), errors and file-name constants.
 May import: nothing else from `hf_mpprune` (only torch, numpy, transformers and the standard library).

@@ -174,6 +174,22 @@ class PruningConfig:
     # Subclasses may list fields they require a pattern for, etc.; the base has none.
     _nested: ClassVar[dict[str, type]] = {"spectral": SpectralConfig}
 
+    def __new__(cls, *args: Any, **kwargs: Any):
+        """Method-specific options in the one-line form: `PruningConfig(method="mp-wanda", reconstruct=True)` builds
+        the method's registered config class (`MPWandaConfig`); an option no class knows raises `ConfigError`."""
+        extra = set(kwargs) - {f.name for f in dataclasses.fields(cls)} if kwargs else set()
+        if not extra:
+            return super().__new__(cls)
+        method = kwargs.get("method", args[0] if args else cls.method)
+        target = config_class(method) if isinstance(method, str) else cls
+        known = {f.name for f in dataclasses.fields(target)}
+        if not issubclass(target, cls) or extra - known:
+            raise ConfigError(
+                f"unknown key(s) {sorted(extra - known)} for {target.__name__} (method {method!r}); "
+                f"allowed: {sorted(known)}"
+            )
+        return super().__new__(target)  # Python then runs target.__init__ with the same arguments
+
     def __post_init__(self):
         if not isinstance(self.method, str) or self.method != self.method.lower() or not self.method:
             raise ConfigError(f"method must be a lowercase registered name, got {self.method!r}")

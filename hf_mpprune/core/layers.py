@@ -170,6 +170,14 @@ class LayerSet:
         return "\n".join(lines)
 
 
+# Roles left dense unless a target names them explicitly (a module name, "re:" or "role:" pattern; a bare type name
+# such as "Linear" is not explicit): the task head and the input embeddings, as llm-compressor's `ignore` defaults.
+DEFAULT_SKIPPED_ROLES = {
+    "head": "task head: not pruned unless targeted explicitly (e.g. targets=['Linear', 'role:head'])",
+    "embed": "input embedding: not pruned unless targeted explicitly (e.g. targets=['Linear', 'Conv2d', 'role:embed'])",
+}
+
+
 def _compile(pattern: str, model_names: set[str]):
     """Turn one target/ignore pattern into a predicate over (name, module, role)."""
     if pattern.startswith("re:"):
@@ -205,7 +213,10 @@ def discover_layers(model: nn.Module, targets: list[str] | None = None, ignore: 
     Args:
         model (`torch.nn.Module`): any module; a [`~transformers.PreTrainedModel`] works as is.
         targets (`list[str]`, *optional*): restrict to layers matching any pattern (type name, exact module name,
-            `role:<role>` or `re:<regex>`). Default: all candidate layers.
+            `role:<role>` or `re:<regex>`). Default: all candidate layers except the task head and the input
+            embeddings (roles "head" / "embed"), which are pruned only when a target other than a bare type name
+            matches them (e.g. `targets=["Linear", "Conv2d", "role:head", "role:embed"]`). Every layer left out is
+            listed with its reason in `LayerSet.excluded`.
         ignore (`list[str]`, *optional*): exclude layers matching any pattern.
 
     Raises:
@@ -237,7 +248,8 @@ def discover_layers(model: nn.Module, targets: list[str] | None = None, ignore: 
             continue
         seen.add(id(module.weight))
         role = classify_role(name)
-        if tgt is not None and not any(pred(name, module, role) for pred, _ in tgt):
+        matched = [p for pred, p in tgt if pred(name, module, role)] if tgt is not None else None
+        if matched is not None and not matched:
             continue
         candidates += 1
         hit = [p for pred, p in ign if pred(name, module, role)]
@@ -246,11 +258,20 @@ def discover_layers(model: nn.Module, targets: list[str] | None = None, ignore: 
                 ign_hits[p] += 1
             excluded[name] = f"ignored by {hit[0]!r}"
             continue
+        if role in DEFAULT_SKIPPED_ROLES and not any(p not in _TYPE_NAMES for p in matched or []):
+            excluded[name] = DEFAULT_SKIPPED_ROLES[role]
+            continue
         layers.append(PrunableLayer(name, module, kind, role))
     for p, count in ign_hits.items():
         if count == 0:
             warnings.warn(f"ignore pattern {p!r} matched no layer", MPPruneWarning, stacklevel=2)
     if not layers:
+        skipped = [n for n, r in excluded.items() if r in DEFAULT_SKIPPED_ROLES.values()]
+        if skipped and len(skipped) == candidates:
+            raise NoPrunableLayersError(
+                f"only task-head / embedding layers matched ({skipped[:5]}), and those are not pruned by default; "
+                "target them explicitly, e.g. targets=['role:head'] or targets=[<module name>]"
+            )
         if candidates:
             raise NoPrunableLayersError(f"all {candidates} candidate layers were excluded by ignore={ignore}")
         what = f"targets={targets}" if targets else "no Linear/Conv2d/Conv1D layers"

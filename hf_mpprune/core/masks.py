@@ -42,7 +42,7 @@ class Masks:
     @classmethod
     def from_model(cls, model: nn.Module, names: list[str], pattern: KeepPattern | None = None) -> "Masks":
         """Masks = nonzero pattern of the named weights."""
-        return cls({n: weight_of(model, n) != 0 for n in names}, pattern)
+        return cls({n: layer_weight(model, n) != 0 for n in names}, pattern)
 
     # ---- mapping protocol ---------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -96,7 +96,7 @@ class Masks:
     def check_model(self, model: nn.Module) -> None:
         """Raise a clear error if a mask names a missing layer or has the wrong shape."""
         for n, m in self._m.items():
-            w = weight_of(model, n)
+            w = layer_weight(model, n)
             if tuple(w.shape) != tuple(m.shape):
                 raise PatternError(f"mask of {n!r} has shape {tuple(m.shape)} but the weight is {tuple(w.shape)}")
 
@@ -104,7 +104,7 @@ class Masks:
     def apply_(self, model: nn.Module) -> nn.Module:
         """Zero pruned weights in place. Zeros are written as +0.0 (−0.0 breaks some 2:4 kernels)."""
         for n, m in self._m.items():
-            w = weight_of(model, n)
+            w = layer_weight(model, n)
             w.masked_fill_(~m.to(w.device), 0.0)
             # canonicalise −0.0 among kept entries too, so "zero" always means +0.0
             w.add_(0.0)
@@ -116,7 +116,7 @@ class Masks:
         Weights that do not require grad (frozen by the user) get no gradient hook: they cannot move."""
         handles = []
         for n, m in self._m.items():
-            w = weight_of(model, n)
+            w = layer_weight(model, n)
             if not w.requires_grad:
                 continue
             mask = m.to(w.device)
@@ -154,7 +154,6 @@ class Masks:
     @classmethod
     def load(cls, path: str | os.PathLike, *, expected_sha256: str | None = None) -> "Masks":
         """Read a mask file; verify its stored (and, if given, the expected) SHA-256."""
-
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}
@@ -185,7 +184,8 @@ class Masks:
         return out
 
 
-def weight_of(model: nn.Module, name: str) -> torch.Tensor:
+def layer_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The `.weight` of the submodule `name` (`PatternError` naming the layer when it does not exist)."""
     try:
         return model.get_submodule(name).weight
     except AttributeError:

@@ -151,7 +151,7 @@ def load_pretrained(
     allow_missing_masks = bool(kwargs.pop("allow_missing_masks", False))
     local, commit = resolve_local(name_or_path, hub)
     model = load_model(local, **kwargs)
-    if not os.path.isfile(os.path.join(local, LEDGER_NAME)):
+    if not any(os.path.isfile(os.path.join(local, n)) for n in (LEDGER_NAME, MASKS_NAME)):
         pruner = cls(model, config)
         pruner.ledger.identity.update(
             base_model=os.fspath(name_or_path), base_weights_sha256=weights_sha256(local, exclude=(MASKS_NAME,))
@@ -167,7 +167,10 @@ def _restore(
     cls: type, model: torch.nn.Module, local: str, config: PruningConfig | None, allow_missing_masks: bool = False
 ) -> Any:
 
-    ledger = Ledger.from_json(os.path.join(local, LEDGER_NAME))
+    if os.path.isfile(os.path.join(local, LEDGER_NAME)):
+        ledger = Ledger.from_json(os.path.join(local, LEDGER_NAME))
+    else:  # a Trainer checkpoint written before the ledger travelled with it: masks only
+        ledger = Ledger(identity={"base_model": local})
     if config is None and os.path.isfile(os.path.join(local, CONFIG_NAME)):
         config = _saved_config(os.path.join(local, CONFIG_NAME))
     masks = None

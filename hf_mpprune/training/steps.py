@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from ..core.errors import ConfigError
 from ..core.masks import Masks
+from .losses import kd_loss, logits_of
 
 
 logger = logging.getLogger(__name__)
@@ -34,17 +35,6 @@ PHASES = ("finetune", "ser_phase_a")
 
 
 # ---- pure pieces --------------------------------------------------------------------------------------------
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, alpha=0.5, temperature=2.0,
-            label_smoothing=0.1) -> torch.Tensor:  # fmt: skip
-    """`(1-α)·CE_ls(z_S, y) + α·T²·KL(softmax(z_T/T) ‖ softmax(z_S/T))`, KL with batch-mean reduction."""
-    ce = F.cross_entropy(student, labels, label_smoothing=label_smoothing)
-    t = temperature
-    kl = F.kl_div(
-        F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True, reduction="batchmean"
-    )
-    return (1 - alpha) * ce + alpha * t * t * kl
-
-
 def lr_factor(step: int, total: int, *, warmup: int, start: float, end: float) -> float:
     """Linear warmup from `start` to 1 over `warmup` steps, then half-cosine from 1 down to `end`."""
     if step < warmup:
@@ -59,10 +49,6 @@ def num_steps(n_train: int, batch_size: int, epochs: float, data_fraction: float
 
 
 # ---- glue ---------------------------------------------------------------------------------------------------
-def _logits(out) -> torch.Tensor:
-    return out.logits if hasattr(out, "logits") else out
-
-
 def _as_inputs(batch, input_key: str, label_key: str) -> tuple[dict, torch.Tensor]:
     if isinstance(batch, dict):
         batch = dict(batch)
@@ -183,17 +169,16 @@ def make_train_step(
             for g, b in zip(opt.param_groups, base):
                 g["lr"] = b * lr_factor(step, total, **sched)
             inputs, labels = _as_inputs(next(batches), input_key, label_key)
-            z = _logits(model(**inputs))
+            z = logits_of(model(**inputs))
             if loss == "kd" and reference is None:
                 with torch.no_grad():
-                    zt = _logits(teacher(**inputs))
-                value = kd_loss(z, zt, labels, alpha=kd_alpha, temperature=kd_temperature,
-                                label_smoothing=label_smoothing)  # fmt: skip
+                    zt = logits_of(teacher(**inputs))
+                value = kd_loss(z, zt, labels, kd_alpha, kd_temperature, label_smoothing)
             else:
                 value = F.cross_entropy(z, labels, label_smoothing=label_smoothing)
             if reference is not None and l2w > 0:
                 with torch.no_grad():
-                    zr = _logits(reference(**inputs))
+                    zr = logits_of(reference(**inputs))
                 value = value + l2w * (z - zr).pow(2).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
             value.backward()

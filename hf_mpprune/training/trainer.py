@@ -15,27 +15,36 @@ import dataclasses
 import logging
 import math
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_utils import rotate_checkpoints
 
-from ..core.constants import LIBRARY_TAG, MASKS_NAME
+from ..core.attached import attach, attached_ledger, unwrap_model
+from ..core.constants import LEDGER_NAME, LIBRARY_TAG, MASKS_NAME
 from ..core.errors import ConfigError, LedgerMismatchError, MPPruneWarning
+from ..core.ledger import Ledger, weights_sha256
 from ..core.loading import load_model
-from ..core.masks import Masks, weight_of
+from ..core.masks import Masks
+from .checkpoints import latest_complete_checkpoint, load_weights, mark_complete
+from .losses import FEATURE_LOSSES, feature_loss, kd_loss, logits_of, mean_pool
+from .masking import MaskFreezeCallback, dense_error, realised_sparsity, resolve_masks
 from .presets import get_preset, read_yaml_arguments
+from .record import model_ledger, training_step
 
 
 logger = logging.getLogger(__name__)
 
 DISTILL_MODES = ("logits", "features")
-FEATURE_LOSSES = ("cosine", "mse")
+__all__ = [
+    "MPDistillationArguments", "MPDistillationTrainer", "MaskFreezeCallback", "feature_loss", "kd_loss",
+    "mean_pool", "realised_sparsity",
+]  # fmt: skip
 
 
 @dataclass
@@ -117,113 +126,6 @@ def _check_kd_fields(a: MPDistillationArguments) -> None:
         )
 
 
-# ---- pure losses ----------------------------------------------------------------------------------------------
-def kd_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor | None,
-    labels: torch.Tensor | None,
-    alpha: float = 0.5,
-    temperature: float = 2.0,
-    label_smoothing: float = 0.1,
-    num_items_in_batch: int | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """`(1−α)·CE_ls(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))`, averaged over items (ALGORITHMS.md §11.2).
-
-    Logits are `(..., C)`; items are all leading positions (a batch for classifiers). Labels equal to -100 are
-    ignored by both terms. The sum over items is divided by `num_items_in_batch` when given (the whole
-    gradient-accumulation batch), else by the number of labelled items in this batch ("batch mean").
-    `teacher_logits` may be None when `alpha == 0`; `labels` may be None when `alpha == 1`.
-    """
-    num_classes = student_logits.shape[-1]
-    s = student_logits.reshape(-1, num_classes).float()  # (N, C)
-    y = None if labels is None else labels.reshape(-1).to(s.device)  # (N,)
-    valid = torch.ones(s.shape[0], dtype=torch.bool, device=s.device) if y is None else y != -100
-    denom = valid.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-    loss = s.new_zeros(())
-    if alpha < 1:
-        if y is None:
-            raise ConfigError(f"kd_alpha={alpha} < 1 needs labels for the CE term; pass labels or set kd_alpha=1")
-        loss = loss + (1 - alpha) * F.cross_entropy(s, y, label_smoothing=label_smoothing, reduction="sum")
-    if alpha > 0:
-        if teacher_logits is None:
-            raise ConfigError(f"kd_alpha={alpha} > 0 needs teacher logits; give a teacher or set kd_alpha=0")
-        if tuple(teacher_logits.shape) != tuple(student_logits.shape):
-            raise ConfigError(
-                f"teacher logits have shape {tuple(teacher_logits.shape)} but the student's are "
-                f"{tuple(student_logits.shape)}; the teacher must share the student's label space"
-            )
-        t = teacher_logits.reshape(-1, num_classes).to(s)
-        log_ps, log_pt = F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1)
-        kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(-1)  # (N,) KL(p_t ‖ p_s)
-        loss = loss + alpha * temperature**2 * kl[valid].sum()
-    return loss / denom
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention-mask-weighted mean over the sequence: `(B, L, H) -> (B, H)`."""
-    if attention_mask is None:
-        return hidden.mean(1)
-    w = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, L, 1)
-    return (hidden * w).sum(1) / w.sum(1).clamp(min=1e-9)
-
-
-def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
-    """Distance between student and teacher embeddings `(B, H)`: mean `1 − cos` or mean squared error."""
-    if student.shape != teacher.shape:
-        raise ConfigError(
-            f"teacher embeddings have shape {tuple(teacher.shape)} but the student's are {tuple(student.shape)}; "
-            "feature distillation needs the same hidden size"
-        )
-    s, t = student.float(), teacher.float()
-    if kind == "cosine":
-        return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
-    if kind == "mse":
-        return F.mse_loss(s, t)
-    raise ConfigError(f"feature_loss must be one of {FEATURE_LOSSES}, got {kind!r}")
-
-
-def realised_sparsity(model: nn.Module, masks: Masks) -> float:
-    """Fraction of exactly-zero entries over the masked weights (what §1.4 step 2 keeps from drifting)."""
-    zeros = sum(int((weight_of(model, n) == 0).sum()) for n in masks)
-    return zeros / max(1, masks.numel)
-
-
-# ---- mask freezing ----------------------------------------------------------------------------------------------
-class MaskFreezeCallback(TrainerCallback):
-    """Keep `masks` frozen through any optimizer (ALGORITHMS.md §1.4, both steps).
-
-    `on_train_begin` applies the masks (after a checkpoint was loaded) and registers gradient hooks;
-    `on_optimizer_step` re-applies them with exact +0.0; `on_train_end` removes the hooks.
-    """
-
-    def __init__(self, masks: Masks):
-        self.masks = masks
-        self._device_masks: Masks | None = None
-        self._handles: list = []
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._remove_hooks()
-        self.masks.check_model(model)
-        device = weight_of(model, self.masks.names[0]).device if len(self.masks) else torch.device("cpu")
-        self._device_masks = self.masks.to(device)
-        drift = sum(int((weight_of(model, n)[~m] != 0).sum()) for n, m in self._device_masks.items())
-        if drift:
-            logger.warning("%d pruned entries were nonzero at train start (re-zeroed)", drift)
-        self._device_masks.apply_(model)
-        self._handles = self._device_masks.freeze_(model)  # gradient masking; no optimizer: re-mask below
-
-    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self._device_masks.apply_(model)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self._remove_hooks()
-
-    def _remove_hooks(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-
 # ---- the trainer ----------------------------------------------------------------------------------------------
 class MPDistillationTrainer(Trainer):
     """`Trainer` with frozen masks and knowledge distillation from a dense teacher (ALGORITHMS.md §11.2).
@@ -233,9 +135,12 @@ class MPDistillationTrainer(Trainer):
         teacher (`nn.Module` or `str`, *optional*): the dense teacher, or a path/Hub id loaded with the class
             named in its config. Defaults to `args.teacher_model_name_or_path`. Not needed when `kd_alpha == 0`
             or when every batch carries a precomputed `teacher_logits` column.
-        masks ([`Masks`], *optional*): frozen during training, saved into every checkpoint as
-            `mpprune_masks.safetensors` and verified on resume. When omitted, masks found in the checkpoint
-            passed to `train(resume_from_checkpoint=...)` are adopted.
+        masks ([`Masks`] or `False`, *optional*): frozen during training, saved into every checkpoint as
+            `mpprune_masks.safetensors` and verified on resume. When omitted: the masks attached to the model by
+            `MPPruner` (after `prune()` or `from_pretrained`), else those of the checkpoint passed to
+            `train(resume_from_checkpoint=...)`, else masks derived from the exact zeros of the registered layers
+            (logged at WARNING). A model with none of these is dense and `train()` raises `ConfigError`;
+            `masks=False` trains without masks on purpose.
         args ([`MPDistillationArguments`]): KD and Trainer arguments.
         **kwargs: everything else `Trainer` takes (datasets, collator, `compute_metrics`, callbacks, ...).
     """
@@ -247,14 +152,13 @@ class MPDistillationTrainer(Trainer):
         self,
         model: nn.Module | None = None,
         teacher: nn.Module | str | os.PathLike | None = None,
-        masks: Masks | None = None,
+        masks: Masks | bool | None = None,
         args: MPDistillationArguments | None = None,
         **kwargs: Any,
     ):
         if not isinstance(args, MPDistillationArguments):
             raise ConfigError(f"args must be MPDistillationArguments, got {type(args).__name__}")
-        if masks is not None:
-            masks.check_model(model)  # PatternError naming a missing layer / wrong shape, before any work
+        resolved, source = resolve_masks(model, masks)  # PatternError naming a bad layer, before any work
         teacher = teacher if teacher is not None else args.teacher_model_name_or_path
         if teacher is not None and teacher is model:
             raise ConfigError("the teacher is the student itself; pass a dense copy (copy.deepcopy before pruning)")
@@ -264,8 +168,11 @@ class MPDistillationTrainer(Trainer):
         super().__init__(model=model, args=args, **kwargs)
         self.model_accepts_loss_kwargs = False  # our loss, not the model's: no num_items_in_batch in forward
         self.masks: Masks | None = None
-        if masks is not None:
-            self._set_masks(masks)
+        self._dense_ok, self._masks_source = masks is False, source
+        self._t0: float | None = None
+        self._resumed_from: str | None = None
+        if resolved is not None:
+            self._set_masks(resolved)
         self.teacher = self._prepare_teacher(teacher) if teacher is not None else None
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
@@ -277,6 +184,7 @@ class MPDistillationTrainer(Trainer):
 
     def _set_masks(self, masks: Masks) -> None:
         self.masks = masks
+        self.remove_callback(MaskFreezeCallback)
         self.add_callback(MaskFreezeCallback(masks))
 
     # ---- loss -------------------------------------------------------------------------------------------------
@@ -305,9 +213,9 @@ class MPDistillationTrainer(Trainer):
             outputs = {"student_embedding": student, "teacher_embedding": teacher}
         else:
             if a.kd_alpha > 0 and teacher_logits is None:
-                teacher_logits = self._teacher_outputs(inputs).logits
+                teacher_logits = logits_of(self._teacher_outputs(inputs))
             loss = kd_loss(
-                outputs.logits, teacher_logits, labels, a.kd_alpha, a.kd_temperature, a.label_smoothing,
+                logits_of(outputs), teacher_logits, labels, a.kd_alpha, a.kd_temperature, a.label_smoothing,
                 num_items_in_batch,
             )  # fmt: skip
         # a sum divided by the whole accumulated batch is already scaled for gradient accumulation
@@ -333,19 +241,90 @@ class MPDistillationTrainer(Trainer):
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        # `_save` runs for `save_model` and for every checkpoint, before any push: the sidecar lands with the weights
+        # `_save` runs for `save_model` and for every checkpoint, before any push: the sidecars land with the weights
         super()._save(output_dir, state_dict)
-        if self.masks is not None and self.args.should_save:
-            self.masks.save(os.path.join(output_dir or self.args.output_dir, MASKS_NAME))
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        ledger = Ledger.from_dict(model_ledger(self.model).to_dict())  # a copy: the running step is provisional
+        ledger.identity["weights_sha256"] = weights_sha256(output_dir, exclude=(MASKS_NAME,))
+        if self.masks is not None:
+            ledger.identity["mask_sha256"] = self.masks.save(os.path.join(output_dir, MASKS_NAME))
+        if getattr(self, "_t0", None) is not None:  # inside train(): the step so far
+            ledger.add_step(**self._step_record("running"))
+        ledger.to_json(os.path.join(output_dir, LEDGER_NAME))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """transformers' checkpoint, then the completion marker (last), then rotation: a kill -9 at any moment
+        leaves the previous complete checkpoint in place and this one without a marker."""
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # rotate only once this checkpoint is complete
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            run_dir = self._get_output_dir(trial=trial)
+            mark_complete(os.path.join(run_dir, f"checkpoint-{self.state.global_step}"), self.masks,
+                          self.state.global_step)  # fmt: skip
+            rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Weights through the model's own `from_pretrained` (its key conversion; transformers issue 43701)."""
+        model = model if model is not None else self.model
+        if isinstance(model, PreTrainedModel) and not hasattr(model, "peft_config") and not self.is_fsdp_enabled:
+            load_weights(model, resume_from_checkpoint)
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
-        """`Trainer.train`; on resume, the checkpoint's masks are verified against (or adopted as) ours."""
+        """`Trainer.train` with frozen masks; appends a fine-tune/distill step to the model's ledger.
+
+        `resume_from_checkpoint=True` picks the newest *complete* checkpoint (see `training.checkpoints`); its
+        masks are verified against (or adopted as) ours and its ledger is restored when the model has none.
+        """
         ckpt = resume_from_checkpoint
         if ckpt is True:
-            ckpt = get_last_checkpoint(self.args.output_dir)
+            ckpt = latest_complete_checkpoint(self.args.output_dir, quarantine=self.args.should_save)
+            if ckpt is None:
+                raise ConfigError(
+                    f"resume_from_checkpoint=True but {self.args.output_dir} holds no complete checkpoint; "
+                    "pass resume_from_checkpoint=None to start afresh"
+                )
         if isinstance(ckpt, (str, os.PathLike)):
-            self._restore_masks(str(ckpt))
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+            ckpt = os.fspath(ckpt)
+            self._restore_masks(ckpt)
+            self._restore_ledger(ckpt)
+        if self.masks is None and not self._dense_ok:
+            raise dense_error(self.model)
+        self._t0, self._resumed_from = time.perf_counter(), ckpt if isinstance(ckpt, str) else None
+        try:
+            out = super().train(resume_from_checkpoint=ckpt, **kwargs)
+            model_ledger(self.model).add_step(**self._step_record("done", out.training_loss))
+        finally:
+            self._t0 = None
+        return out
+
+    def _run_epoch(self, *args: Any, **kwargs: Any):
+        """A run resumed from its final checkpoint (`global_step == max_steps`) must not take one more step:
+        transformers only checks `max_steps` after a step, which ended a 40-step run at 41 when step 40 fell
+        inside an epoch."""
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
+    def _step_record(self, status: str, train_loss: float | None = None) -> dict[str, Any]:
+        return training_step(self, self.masks, self._masks_source, status=status, t0=self._t0,
+                             train_loss=train_loss, resumed_from=self._resumed_from)  # fmt: skip
+
+    def _restore_ledger(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, LEDGER_NAME)
+        if attached_ledger(self.model) is not None or not os.path.isfile(path):
+            return
+        ledger = Ledger.from_json(path)
+        ledger.steps = [s for s in ledger.steps if s.get("status") != "running"]
+        attach(self.model, ledger=ledger)
 
     def _restore_masks(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, MASKS_NAME)
@@ -354,12 +333,15 @@ class MPDistillationTrainer(Trainer):
                 warnings.warn(f"{checkpoint} has no {MASKS_NAME}; keeping the masks given", MPPruneWarning, 2)
             return
         saved = Masks.load(path)  # verifies the SHA-256 in its header
-        if self.masks is None:
-            saved.check_model(self.model)
+        if self.masks is None or self._masks_source == "zeros":
+            saved.check_model(unwrap_model(self.model))
             self._set_masks(saved)
+            self._masks_source = "checkpoint"
+            attach(self.model, masks=saved)
         elif saved.sha256() != self.masks.sha256():
             raise LedgerMismatchError(
-                f"masks in {path} (sha256 {saved.sha256()[:12]}…) differ from the masks given to the trainer "
-                f"({self.masks.sha256()[:12]}…); resume with masks=None to adopt the checkpoint's masks"
+                f"masks in {path} (sha256 {saved.sha256()[:12]}…) differ from the masks of the trainer "
+                f"({self.masks.sha256()[:12]}…, {self._masks_source}); resume with a model without masks "
+                "(and masks=None) to adopt the checkpoint's masks"
             )
         logger.info("resuming with masks %s… from %s", saved.sha256()[:12], checkpoint)
