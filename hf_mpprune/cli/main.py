@@ -19,9 +19,11 @@ import traceback
 import torch
 import transformers
 
+from ..core.config import PruningConfig, SpectralConfig
 from ..core.constants import __version__
 from ..core.errors import ConfigError, MPPruneError, NoPrunableLayersError
 from ..core.files import write_text_atomic
+from ..pruner import MPPruner
 from . import demo as demo_cli
 from .args import nonnegative_int
 
@@ -46,9 +48,6 @@ def _register_analyze(sub) -> None:
 
 
 def _run_analyze(args) -> int:
-    from ..core.config import PruningConfig, SpectralConfig
-    from ..pruner import MPPruner
-
     if args.plot and not args.out:
         raise ConfigError("--plot needs --out DIR")
     spectral = SpectralConfig(compat=args.compat, view=args.view, device=args.device)
