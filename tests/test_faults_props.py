@@ -27,7 +27,7 @@ scalars = (
     st.none()
     | st.booleans()
     | st.integers(-5, 300)
-    | st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False)  # conftest flushes denormals
+    | st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False)  # denormals are flushed (conftest)
     | st.sampled_from(["", "2:4", "a:b", "magnitude", "wanda", "float33", "float16", "exact", "repo", "Linear", "x"])
     | st.text(max_size=8)
 )
@@ -40,11 +40,15 @@ def _doc(keys: list[str], nested: dict | None = None):
     base = st.dictionaries(key, values, max_size=5)
     if not nested:
         return base
-    parts = {k: st.dictionaries(st.sampled_from(v) | st.text(max_size=4), values, max_size=4) for k, v in nested.items()}
+    parts = {
+        k: st.dictionaries(st.sampled_from(v) | st.text(max_size=4), values, max_size=4) for k, v in nested.items()
+    }
     return st.tuples(base, st.fixed_dictionaries({}, optional=parts)).map(lambda t: {**t[0], **t[1]})
 
 
-config_docs = _doc(_FIELDS, {"spectral": _SPECTRAL}) | st.builds(lambda m, d: {**d, "method": m}, st.sampled_from(list_methods()), _doc(_FIELDS, {"spectral": _SPECTRAL}))
+config_docs = _doc(_FIELDS, {"spectral": _SPECTRAL}) | st.builds(
+    lambda m, d: {**d, "method": m}, st.sampled_from(list_methods()), _doc(_FIELDS, {"spectral": _SPECTRAL})
+)
 recipe_docs = _doc(_RECIPE, {"model": _MODEL, "pruning": _FIELDS + ["schedule"], "output": ["dir", "plots"]})
 
 
@@ -52,8 +56,9 @@ def _loads_or_config_error(fn, arg):
     try:
         return fn(arg)
     except ConfigError as e:
-        assert str(e), "a ConfigError must say what is wrong"
-        return None
+        message = str(e)
+    assert message, "a ConfigError must say what is wrong"
+    return None
 
 
 @SETTINGS
