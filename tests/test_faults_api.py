@@ -163,6 +163,7 @@ class _WithEmpty(nn.Module):
         return self.b(self.a(x))
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 def test_zero_size_linear_is_excluded_and_sparsity_is_exact():
     model = _WithEmpty()
     pruner = MPPruner(model, PruningConfig("magnitude", 0.5))
@@ -171,6 +172,7 @@ def test_zero_size_linear_is_excluded_and_sparsity_is_exact():
     assert masks.num_pruned == (64 + 32) // 2 and masks.sparsity() == 0.5
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 def test_model_with_only_a_zero_size_linear_has_no_prunable_layers():
     with pytest.raises(NoPrunableLayersError):
         MPPruner(nn.Sequential(nn.Linear(0, 4)), PruningConfig("magnitude", 0.5))

@@ -3,6 +3,8 @@
 Owns layer discovery (`layers`), masks (`masks`), the masks/ledger side table that travels with a model
 (`attached`), the ledger (`ledger`), configs and the method registry
 (`config`, `registry`: one dict, no method known by name), calibration capture (`calibration`), sequential
-layer-by-layer calibration (`sequential`), OBS / least-squares math (`obs`), errors and file-name constants.
+layer-by-layer calibration (`sequential`), OBS / least-squares math (`obs`), safe file readers (`files`: JSON sidecars,
+safetensors headers, model folders), input validation (`validate`: config field types, finiteness, batch keys),
+errors and file-name constants.
 May import: nothing else from `hf_mpprune` (only torch, numpy, transformers and the standard library).
 """

@@ -53,7 +53,8 @@ class ModelSpec:
         dtype = getattr(torch, str(self.dtype), None) if self.dtype is not None else torch.float32
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ConfigError(
-                f"model.dtype = {self.dtype!r} is not a floating-point torch dtype; use one of float32, float16, bfloat16 (or omit it)"
+                f"model.dtype = {self.dtype!r} is not a floating-point torch dtype; use float32, float16 or bfloat16 "
+                "(or omit it)"
             )
 
 
