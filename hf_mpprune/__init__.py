@@ -11,6 +11,7 @@ if _os.environ.get("HF_MPPRUNE_VERBOSITY"):
 
 from . import methods  # noqa: E402  (fills the registry)
 from .certify.audit import budget_audit  # noqa: E402
+from .core.attached import attached_ledger, attached_masks  # noqa: E402
 from .core.config import KeepPattern, PruningConfig, SpectralConfig  # noqa: E402
 from .core.constants import __version__  # noqa: E402
 from .core.errors import (  # noqa: E402
@@ -43,7 +44,9 @@ from .methods.wanda import WandaConfig  # noqa: E402
 from .pruner import MPPruner  # noqa: E402
 from .recipes.schema import Recipe, load_recipe  # noqa: E402
 from .spectral.fit import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
+from .training.checkpoints import latest_complete_checkpoint  # noqa: E402
 from .training.cycles import CycleFinetune, TrainStep, make_train_step, run_cycles  # noqa: E402
+from .training.peft import masked_merge, sparse_adapter_config  # noqa: E402
 from .training.trainer import (  # noqa: E402
     MaskFreezeCallback,
     MPDistillationArguments,
@@ -92,18 +95,23 @@ __all__ = [
     "analyze",
     "apply_tome",
     "attach_permutations",
+    "attached_ledger",
+    "attached_masks",
     "budget_audit",
     "discover_layers",
     "fit_mp",
     "get_method",
     "kd_loss",
+    "latest_complete_checkpoint",
     "legality_audit",
     "list_methods",
     "load_recipe",
     "mac_report",
     "make_train_step",
+    "masked_merge",
     "register_method",
     "remove_tome",
     "run_cycles",
+    "sparse_adapter_config",
     "to_semi_structured",
 ]

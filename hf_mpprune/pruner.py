@@ -14,7 +14,7 @@ from torch import nn
 
 from .core.attached import attach
 from .core.config import PruningConfig, SpectralConfig
-from .core.errors import ConfigError, PatternError
+from .core.errors import ConfigError, PatternError, warn_experimental
 from .core.layers import LayerSet, discover_layers
 from .core.ledger import Ledger, environment
 from .core.masks import Masks
@@ -141,8 +141,6 @@ class MPPruner:
                 "pruning is cumulative; pick a target >= the current sparsity"
             )
         if spec.experimental:
-            from .core.errors import warn_experimental
-
             warn_experimental(spec.name)
         if spec.needs_spectra and self.spectra is None:
             self.analyze(progress=False)
