@@ -1,14 +1,13 @@
 """Frozen-mask distillation with the `transformers.Trainer` (ALGORITHMS.md §1.4, §11.2).
 
-* `kd_loss` and `feature_loss`: pure loss functions, tested alone.
-* `MaskFreezeCallback`: both mask-freezing steps of §1.4 — gradient masking during backward (tensor hooks, so
-  clipping, gradient accumulation and DDP all-reduce only ever see masked gradients) and re-masking after every
-  optimizer step (`on_optimizer_step`: weight decay and momentum cannot resurrect a pruned entry).
-* `MPDistillationTrainer`: a thin `Trainer` subclass. The teacher goes through accelerate
-  (`prepare_model(evaluation_mode=True)`, eval mode, no grad); masks travel with every checkpoint
-  (`mpprune_masks.safetensors`) and are verified on `train(resume_from_checkpoint=...)`.
+* `MPDistillationTrainer`: a thin `Trainer` subclass. The masks it freezes come from `masking.resolve_masks`
+  (given, attached to the model by `MPPruner`, from a resumed checkpoint, or from exact zeros; a dense model is
+  refused), frozen by `masking.MaskFreezeCallback`. The teacher goes through accelerate
+  (`prepare_model(evaluation_mode=True)`, eval mode, no grad). Losses live in `losses`.
+* Checkpoints carry masks and ledger, are marked complete last (`checkpoints`), resume through the model's own
+  `from_pretrained` (transformers 5 legacy keys), and `train()` appends its step to the model's ledger (`record`).
 
-Launch on several processes with `accelerate launch your_script.py` (see the README).
+Launch on several processes with `torchrun` or `accelerate launch your_script.py` (see docs/training.md).
 """
 
 import dataclasses
