@@ -276,6 +276,16 @@ class MPDistillationTrainer(Trainer):
         else:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
+    def _load_best_model(self) -> None:
+        """`load_best_model_at_end`: the same key conversion as resume (transformers' own path misses it)."""
+        best = self.state.best_model_checkpoint
+        if isinstance(self.model, PreTrainedModel) and not hasattr(self.model, "peft_config") and best:
+            if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+                logger.info("loading the best model from %s (metric %s)", best, self.state.best_metric)
+                load_weights(self.model, best)
+                return
+        super()._load_best_model()
+
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
         """`Trainer.train` with frozen masks; appends a fine-tune/distill step to the model's ledger.
 
