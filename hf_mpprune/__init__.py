@@ -18,6 +18,7 @@ if _os.environ.get("HF_MPPRUNE_VERBOSITY"):
 
 from . import methods  # fills the registry
 from .certify.audit import budget_audit
+from .core.attached import attached_ledger, attached_masks
 from .core.config import KeepPattern, PruningConfig, SpectralConfig
 from .core.constants import __version__
 from .core.errors import (
@@ -57,7 +58,9 @@ from .methods.wanda import WandaConfig
 from .pruner import MPPruner
 from .recipes.schema import Recipe, load_recipe
 from .spectral.fit import MPFit, SpectralReport, analyze, fit_mp
+from .training.checkpoints import latest_complete_checkpoint
 from .training.cycles import CycleFinetune, TrainStep, make_train_step, run_cycles
+from .training.peft import masked_merge, sparse_adapter_config
 from .training.trainer import MaskFreezeCallback, MPDistillationArguments, MPDistillationTrainer, kd_loss
 
 
@@ -110,19 +113,24 @@ __all__ = [
     "analyze",
     "apply_tome",
     "attach_permutations",
+    "attached_ledger",
+    "attached_masks",
     "budget_audit",
     "discover_layers",
     "export",
     "fit_mp",
     "get_method",
     "kd_loss",
+    "latest_complete_checkpoint",
     "legality_audit",
     "list_methods",
     "load_recipe",
     "mac_report",
     "make_train_step",
+    "masked_merge",
     "register_method",
     "remove_tome",
     "run_cycles",
+    "sparse_adapter_config",
     "to_semi_structured",
 ]

@@ -253,3 +253,18 @@ def test_head_and_embeddings_left_dense_and_listed_in_the_ledger(tiny_vit):
     assert report.ok and not report.illegal and sorted(r.name for r in report.rows) == sorted(masks.names)
     full = MPPruner(copy.deepcopy(tiny_vit), PruningConfig("magnitude", 0.5, targets=["Linear", "role:head"]))
     assert "classifier" in full.prune().names  # targeted explicitly
+
+
+def test_load_best_model_at_end_restores_the_best_checkpoint(pruned, digits, tmp_path):
+    teacher, student, pruner = pruned
+    snap = Snapshot()
+    args = make_args(tmp_path, max_steps=6, save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2,
+                     load_best_model_at_end=True, metric_for_best_model="loss", learning_rate=5e-2)  # fmt: skip
+    trainer = MPDistillationTrainer(model=student, teacher=teacher, args=args, train_dataset=digits,
+                                    eval_dataset=digits, callbacks=[snap])  # fmt: skip
+    trainer.train()
+    best = int(trainer.state.best_model_checkpoint.rsplit("-", 1)[1])
+    assert best < 6  # not the last step: the weights must come back from an earlier checkpoint
+    for k, v in snap.saved[best].items():
+        assert torch.equal(student.state_dict()[k], v), k
+    assert_exact_zeros(student, pruner.masks)

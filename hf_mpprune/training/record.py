@@ -61,6 +61,13 @@ def teacher_identity(teacher: nn.Module | None) -> dict[str, Any] | None:
     return {"id": name, "weights_sha256": state_sha256(teacher)}
 
 
+def _cached_teacher(trainer: Any) -> dict[str, Any] | None:
+    """The teacher's identity, hashed once per trainer (the teacher is frozen)."""
+    if getattr(trainer, "_mpprune_teacher_identity", None) is None:
+        trainer._mpprune_teacher_identity = teacher_identity(getattr(trainer, "teacher", None))
+    return trainer._mpprune_teacher_identity
+
+
 def training_step(trainer: Any, masks: Masks | None, masks_source: str, *, status: str, t0: float,
                   train_loss: float | None = None, resumed_from: str | None = None) -> dict[str, Any]:  # fmt: skip
     """The ledger record of a training run (also written, with `status="running"`, into every checkpoint)."""
@@ -80,7 +87,7 @@ def training_step(trainer: Any, masks: Masks | None, masks_source: str, *, statu
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
         "eval_metrics": evals[-1] if evals else {},
-        "teacher": teacher_identity(getattr(trainer, "teacher", None)) if kd else None,
+        "teacher": _cached_teacher(trainer) if kd else None,
         "train_dataset": dataset_provenance(trainer.train_dataset),
         "eval_dataset": dataset_provenance(trainer.eval_dataset),
         "masks_source": masks_source,

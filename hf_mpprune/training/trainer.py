@@ -1,14 +1,13 @@
 """Frozen-mask distillation with the `transformers.Trainer` (ALGORITHMS.md §1.4, §11.2).
 
-* `kd_loss` and `feature_loss`: pure loss functions, tested alone.
-* `MaskFreezeCallback`: both mask-freezing steps of §1.4 — gradient masking during backward (tensor hooks, so
-  clipping, gradient accumulation and DDP all-reduce only ever see masked gradients) and re-masking after every
-  optimizer step (`on_optimizer_step`: weight decay and momentum cannot resurrect a pruned entry).
-* `MPDistillationTrainer`: a thin `Trainer` subclass. The teacher goes through accelerate
-  (`prepare_model(evaluation_mode=True)`, eval mode, no grad); masks travel with every checkpoint
-  (`mpprune_masks.safetensors`) and are verified on `train(resume_from_checkpoint=...)`.
+* `MPDistillationTrainer`: a thin `Trainer` subclass. The masks it freezes come from `masking.resolve_masks`
+  (given, attached to the model by `MPPruner`, from a resumed checkpoint, or from exact zeros; a dense model is
+  refused), frozen by `masking.MaskFreezeCallback`. The teacher goes through accelerate
+  (`prepare_model(evaluation_mode=True)`, eval mode, no grad). Losses live in `losses`.
+* Checkpoints carry masks and ledger, are marked complete last (`checkpoints`), resume through the model's own
+  `from_pretrained` (transformers 5 legacy keys), and `train()` appends its step to the model's ledger (`record`).
 
-Launch on several processes with `accelerate launch your_script.py` (see the README).
+Launch on several processes with `torchrun` or `accelerate launch your_script.py` (see docs/training.md).
 """
 
 import dataclasses
@@ -276,6 +275,16 @@ class MPDistillationTrainer(Trainer):
             load_weights(model, resume_from_checkpoint)
         else:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        """`load_best_model_at_end`: the same key conversion as resume (transformers' own path misses it)."""
+        best = self.state.best_model_checkpoint
+        if isinstance(self.model, PreTrainedModel) and not hasattr(self.model, "peft_config") and best:
+            if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+                logger.info("loading the best model from %s (metric %s)", best, self.state.best_metric)
+                load_weights(self.model, best)
+                return
+        super()._load_best_model()
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
         """`Trainer.train` with frozen masks; appends a fine-tune/distill step to the model's ledger.
