@@ -44,8 +44,8 @@ from .bounds import (
 )
 from .inputs import (
     as_batches,
+    audit_logits,
     check_models,
-    logits_of,
     resolve_labels,
     resolve_layers,
     validate_options,
@@ -79,7 +79,7 @@ def _capture(model, module, batch, forward, name):
     seen = []
     handle = module.register_forward_hook(lambda m, i, o: seen.append((i[0].detach(), o.detach())))
     try:
-        z = logits_of(model, batch, forward)
+        z = audit_logits(model, batch, forward)
     finally:
         handle.remove()
     if len(seen) != 1:
@@ -130,7 +130,7 @@ def _run_step(model, layer, R, S_w, batches, forward, estimator, tail, stack) ->
             acc["L"].append(torch.full((len(z),), const, dtype=torch.float64))
         elif estimator == "jacobian_local":
             acc["L"].append(
-                torch.from_numpy(jacobian_local(model, module, batch, lambda m, b: logits_of(m, b, forward)))
+                torch.from_numpy(jacobian_local(model, module, batch, lambda m, b: audit_logits(m, b, forward)))
             )
         elif estimator in ("const",):
             acc["L"].append(torch.ones(len(z), dtype=torch.float64))
@@ -147,7 +147,7 @@ def _run_step(model, layer, R, S_w, batches, forward, estimator, tail, stack) ->
         acc["L"] = [torch.ones(sum(len(t) for t in acc["zb"]), dtype=torch.float64)]
     stack.enter_context(_swapped(module, S_w))
     with torch.no_grad():
-        z_after = torch.cat([logits_of(model, b, forward).detach().double() for b in batches]).cpu().numpy()
+        z_after = torch.cat([audit_logits(model, b, forward).detach().double() for b in batches]).cpu().numpy()
 
     def cat(key):
         return torch.cat(acc[key]).cpu().numpy() if acc[key] else None
@@ -281,8 +281,8 @@ def budget_audit(
     dtype = next((p.dtype for p in dense_model.parameters() if p.is_floating_point()), torch.float32)
     rtol = default_rtol(dtype) if rtol is None else float(rtol)
     with _eval_mode(dense_model, pruned_model), torch.no_grad():
-        z_dense = torch.cat([logits_of(dense_model, b, forward).detach().double() for b in batches]).cpu().numpy()
-        z_pruned = torch.cat([logits_of(pruned_model, b, forward).detach().double() for b in batches]).cpu().numpy()
+        z_dense = torch.cat([audit_logits(dense_model, b, forward).detach().double() for b in batches]).cpu().numpy()
+        z_pruned = torch.cat([audit_logits(pruned_model, b, forward).detach().double() for b in batches]).cpu().numpy()
     y = resolve_labels(labels, z_dense)
     Ss = [pm.weight.detach().to(dm.weight.device, dm.weight.dtype) for _, dm, pm, _ in resolved]
     As = [dm.weight.detach().clone() for _, dm, _, _ in resolved]

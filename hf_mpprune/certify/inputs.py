@@ -9,16 +9,15 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.layers import PrunableLayer, module_kind
+from ..core.outputs import logits_of
 from .bounds import ESTIMATORS
 
 
-def logits_of(model: nn.Module, batch: Any, forward: Callable | None) -> torch.Tensor:
+def audit_logits(model: nn.Module, batch: Any, forward: Callable | None) -> torch.Tensor:
     if forward is not None:
         out = forward(model, batch)
     else:
-        out = model(**batch) if isinstance(batch, Mapping) else model(batch)
-        out = getattr(out, "logits", out)
-        out = out[0] if isinstance(out, (tuple, list)) else out
+        out = logits_of(model(**batch) if isinstance(batch, Mapping) else model(batch))
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(

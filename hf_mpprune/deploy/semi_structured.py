@@ -28,6 +28,7 @@ from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 from ..core.config import KeepPattern
 from ..core.errors import ConfigError, PatternError, UnsupportedHardwareError
 from ..core.masks import Masks
+from ..core.outputs import logits_of
 from ..methods.kn.legality import audit_matrix
 
 
@@ -179,9 +180,7 @@ def _forbid_save(model: nn.Module) -> None:
 @torch.no_grad()
 def _logits(model: nn.Module, inputs) -> torch.Tensor:
     out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
-    t = getattr(out, "logits", None)
-    t = out.last_hidden_state if t is None and hasattr(out, "last_hidden_state") else (out if t is None else t)
-    return t.float()
+    return logits_of(out, hidden_fallback=True).float()
 
 
 @torch.no_grad()

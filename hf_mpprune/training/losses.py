@@ -12,18 +12,6 @@ from ..core.errors import ConfigError
 FEATURE_LOSSES = ("cosine", "mse")
 
 
-def logits_of(output) -> torch.Tensor:
-    """The logits of a model output: `output.logits` for transformers outputs, else the output itself (a tensor)."""
-    logits = getattr(output, "logits", None)
-    if logits is not None:
-        return logits
-    if isinstance(output, dict) and "logits" in output:
-        return output["logits"]
-    if isinstance(output, tuple | list):
-        return output[0]
-    return output
-
-
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor | None,

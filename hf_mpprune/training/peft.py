@@ -22,7 +22,7 @@ from torch import nn
 from ..core.attached import attach, attached_masks, unwrap_model
 from ..core.errors import ConfigError
 from ..core.masks import Masks, layer_weight
-from .losses import logits_of
+from ..core.outputs import logits_of
 from .record import model_ledger
 
 

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 
 from ..core.errors import ConfigError
 from ..core.masks import Masks
-from .losses import kd_loss, logits_of
+from ..core.outputs import logits_of
+from .losses import kd_loss
 
 
 logger = logging.getLogger(__name__)

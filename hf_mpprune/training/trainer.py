@@ -30,8 +30,9 @@ from ..core.errors import ConfigError, LedgerMismatchError, MPPruneWarning
 from ..core.ledger import Ledger, weights_sha256
 from ..core.loading import load_model
 from ..core.masks import Masks
+from ..core.outputs import logits_of
 from .checkpoints import latest_complete_checkpoint, load_weights, mark_complete
-from .losses import FEATURE_LOSSES, feature_loss, kd_loss, logits_of, mean_pool
+from .losses import FEATURE_LOSSES, feature_loss, kd_loss, mean_pool
 from .masking import MaskFreezeCallback, dense_error, realised_sparsity, resolve_masks
 from .presets import get_preset, read_yaml_arguments
 from .record import model_ledger, training_step
