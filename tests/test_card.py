@@ -104,3 +104,11 @@ def test_model_cards_readme_has_real_newlines():
     path = os.path.join(os.path.dirname(__file__), "..", "model_cards", "README.md")
     text = open(path, encoding="utf-8").read()
     assert "\\n" not in text and text.startswith("# Model cards\n\n")
+
+
+def test_no_license_for_ids_that_are_not_hub_ids(tmp_path):
+    from hf_mpprune.hub.card_meta import base_card_license
+
+    assert base_card_license("builtin:minilm") == {} and base_card_license("a/b/c--d") == {}
+    assert base_card_license("org/bad..name") == {}  # passes our shape check, refused by huggingface_hub
+    assert base_card_license(str(tmp_path / "missing-folder")) == {} and base_card_license(None) == {}

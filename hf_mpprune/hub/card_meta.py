@@ -14,6 +14,7 @@
 import functools
 import logging
 import os
+import re
 from typing import Any
 
 from huggingface_hub import ModelCard, try_to_load_from_cache
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 _INPUT_TYPES = {"pixel_values": "image", "input_ids": "text", "input_values": "audio", "input_features": "audio"}
 LICENSE_KEYS = ("license", "license_name", "license_link")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,8 +62,12 @@ def base_card_license(base: str | None, revision: str | None = None) -> dict[str
     if not base:
         return {}
     path = os.path.join(os.path.expanduser(base), "README.md") if os.path.isdir(os.path.expanduser(base)) else None
-    if path is None and base.count("/") <= 1:
-        cached = try_to_load_from_cache(base, "README.md", revision=revision)
+    if path is None and _HUB_ID.match(base):
+        try:
+            cached = try_to_load_from_cache(base, "README.md", revision=revision)
+        except ValueError as e:  # huggingface_hub's HFValidationError: not a valid repo id after all
+            logger.info("no cached card for %r: %s", base, e)
+            cached = None
         path = cached if isinstance(cached, str) else None
     if path is None or not os.path.isfile(path):
         return {}
