@@ -99,7 +99,7 @@ def test_vit_2_4_tome_to_torch_export(pruned_vit, tmp_path):
         check_exported_zeros(model, str(path), "pt2", masks)
 
 
-def test_tiny_bert_onnx_dynamic_batch_and_sequence(tmp_path):
+def test_tiny_bert_onnx_and_pt2_dynamic_batch_and_sequence(tmp_path):
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     model = BertModel(cfg).eval()
@@ -114,6 +114,12 @@ def test_tiny_bert_onnx_dynamic_batch_and_sequence(tmp_path):
     ref = _eager(model, **x)
     np.testing.assert_allclose(got[0], ref.last_hidden_state.numpy(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(got[1], ref.pooler_output.numpy(), rtol=0, atol=1e-5)
+    # torch.export too: the sequence range must fit the position table (max_position_embeddings = 512)
+    pt2 = export(model, tmp_path / "bert.pt2", format="pt2", masks=masks)
+    assert pt2.max_abs_diff <= 1e-5 and pt2.zeros_checked == masks.num_pruned
+    with torch.no_grad():
+        out = torch.export.load(tmp_path / "bert.pt2").module()(**x)
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow
