@@ -152,6 +152,15 @@ def test_bad_arguments(pruned_vit, tmp_path):
         export(str(tmp_path / "missing"), tmp_path / "m.pt2", format="pt2")
 
 
+def test_tome_with_eager_attention_exports(tmp_path):
+    """Eager attention gets an additive float mask (all zeros) while tracing; ToMe must accept that too."""
+    torch.manual_seed(0)
+    model = ViTForImageClassification(_vit_cfg(attn_implementation="eager")).eval()
+    assert model.config._attn_implementation == "eager"
+    report = export(model, tmp_path / "eager.pt2", format="pt2", tome=2)
+    assert report.max_abs_diff == 0.0 and report.tome["token_schedule"] == [17, 15]
+
+
 def test_tome_accepts_a_mask_that_hides_nothing_and_refuses_a_real_one():
     torch.manual_seed(0)
     model = ViTModel(_vit_cfg(), add_pooling_layer=False).eval()
