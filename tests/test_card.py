@@ -87,8 +87,11 @@ def test_hub_base_model_gives_relation_and_cached_card_license(base_dir, tmp_pat
     assert seen == ["tiny-org/tiny-bert"] and data.license == "apache-2.0"
     assert data.base_model == "tiny-org/tiny-bert" and data.base_model_relation == "finetune"
     assert data.model_name == "tiny-bert-mpprune-magnitude-2of4"
-    pruner.recipe = {"model": {"id": "tiny-org/tiny-bert", "license": "mit"}}  # the recipe wins
-    assert ModelCard(make_card(pruner)).data.license == "mit"
+    pruner.recipe = {"name": "tiny-bert-2of4", "model": {"id": "tiny-org/tiny-bert", "license": "mit"}}
+    data = ModelCard(make_card(pruner)).data
+    assert data.license == "mit" and data.model_name == "tiny-bert-2of4"  # the recipe wins
+    pruner.recipe, pruner.ledger.identity["base_model"] = None, "builtin:digits-vit"
+    assert ModelCard(make_card(pruner)).data.model_name == "digits-vit-mpprune-magnitude-2of4"
 
 
 def test_pipeline_tag_comes_from_the_pipeline_registry():

@@ -6,7 +6,8 @@
 * **pipeline_tag**: from transformers' pipeline registry (`transformers.pipelines.SUPPORTED_TASKS`): the tasks
   whose Auto classes map a config to the model's class; among several (e.g. `ViTModel` serves both
   `feature-extraction` and `image-feature-extraction`) the one whose input type matches the model's main input.
-* **title**: the model name: the Hub repo name when pushing, else `<base model name>-mpprune-<method>-<sparsity>`.
+* **title**: the model name: the Hub repo name when pushing, else the recipe's `name`, else
+  `<base model name>-mpprune-<method>-<2of4 | sNNN>`.
 * **base_model_relation**: `finetune` when a Hub `base_model` is named and the weights differ from it (pruned or
   trained); the Hub's other relations (adapter, merge, quantized) never apply to a pruned dense checkpoint.
 """
@@ -89,9 +90,13 @@ def card_license(pruner: Any) -> dict[str, str]:
 
 
 def default_model_name(pruner: Any) -> str:
-    """`<base name>-mpprune-<method>-<pattern or sNNN>`, e.g. `all-MiniLM-L6-v2-mpprune-wanda-2of4`."""
+    """The recipe's `name` if any, else `<base name>-mpprune-<method>-<2of4 | sNNN>`, e.g.
+    `all-MiniLM-L6-v2-mpprune-wanda-2of4`."""
+    recipe = getattr(pruner, "recipe", None)
+    if isinstance(recipe, dict) and isinstance(recipe.get("name"), str) and recipe["name"].strip():
+        return recipe["name"].strip()
     base = str(pruner.ledger.identity.get("base_model") or "")
-    name = os.path.basename(os.path.normpath(base)) if base else type(pruner.model).__name__
+    name = re.split(r"[/:]", os.path.normpath(base))[-1] if base else type(pruner.model).__name__  # builtin:x -> x
     if name in ("", ".", "model"):  # a package's bare `model/` folder says nothing
         name = getattr(getattr(pruner.model, "config", None), "model_type", None) or type(pruner.model).__name__
     if pruner.masks is None:
