@@ -87,8 +87,11 @@ def test_hub_base_model_gives_relation_and_cached_card_license(base_dir, tmp_pat
     assert seen == ["tiny-org/tiny-bert"] and data.license == "apache-2.0"
     assert data.base_model == "tiny-org/tiny-bert" and data.base_model_relation == "finetune"
     assert data.model_name == "tiny-bert-mpprune-magnitude-2of4"
-    pruner.recipe = {"model": {"id": "tiny-org/tiny-bert", "license": "mit"}}  # the recipe wins
-    assert ModelCard(make_card(pruner)).data.license == "mit"
+    pruner.recipe = {"name": "tiny-bert-2of4", "model": {"id": "tiny-org/tiny-bert", "license": "mit"}}
+    data = ModelCard(make_card(pruner)).data
+    assert data.license == "mit" and data.model_name == "tiny-bert-2of4"  # the recipe wins
+    pruner.recipe, pruner.ledger.identity["base_model"] = None, "builtin:digits-vit"
+    assert ModelCard(make_card(pruner)).data.model_name == "digits-vit-mpprune-magnitude-2of4"
 
 
 def test_pipeline_tag_comes_from_the_pipeline_registry():
@@ -104,3 +107,11 @@ def test_model_cards_readme_has_real_newlines():
     path = os.path.join(os.path.dirname(__file__), "..", "model_cards", "README.md")
     text = open(path, encoding="utf-8").read()
     assert "\\n" not in text and text.startswith("# Model cards\n\n")
+
+
+def test_no_license_for_ids_that_are_not_hub_ids(tmp_path):
+    from hf_mpprune.hub.card_meta import base_card_license
+
+    assert base_card_license("builtin:minilm") == {} and base_card_license("a/b/c--d") == {}
+    assert base_card_license("org/bad..name") == {}  # passes our shape check, refused by huggingface_hub
+    assert base_card_license(str(tmp_path / "missing-folder")) == {} and base_card_license(None) == {}

@@ -99,7 +99,7 @@ def test_vit_2_4_tome_to_torch_export(pruned_vit, tmp_path):
         check_exported_zeros(model, str(path), "pt2", masks)
 
 
-def test_tiny_bert_onnx_dynamic_batch_and_sequence(tmp_path):
+def test_tiny_bert_onnx_and_pt2_dynamic_batch_and_sequence(tmp_path):
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     model = BertModel(cfg).eval()
@@ -114,6 +114,12 @@ def test_tiny_bert_onnx_dynamic_batch_and_sequence(tmp_path):
     ref = _eager(model, **x)
     np.testing.assert_allclose(got[0], ref.last_hidden_state.numpy(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(got[1], ref.pooler_output.numpy(), rtol=0, atol=1e-5)
+    # torch.export too: the sequence range must fit the position table (max_position_embeddings = 512)
+    pt2 = export(model, tmp_path / "bert.pt2", format="pt2", masks=masks)
+    assert pt2.max_abs_diff <= 1e-5 and pt2.zeros_checked == masks.num_pruned
+    with torch.no_grad():
+        out = torch.export.load(tmp_path / "bert.pt2").module()(**x)
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -144,6 +150,15 @@ def test_bad_arguments(pruned_vit, tmp_path):
                                     intermediate_size=64)), tmp_path / "b.pt2", format="pt2", tome=2)  # fmt: skip
     with pytest.raises(FileNotFoundError, match="no directory"):
         export(str(tmp_path / "missing"), tmp_path / "m.pt2", format="pt2")
+
+
+def test_tome_with_eager_attention_exports(tmp_path):
+    """Eager attention gets an additive float mask (all zeros) while tracing; ToMe must accept that too."""
+    torch.manual_seed(0)
+    model = ViTForImageClassification(_vit_cfg(attn_implementation="eager")).eval()
+    assert model.config._attn_implementation == "eager"
+    report = export(model, tmp_path / "eager.pt2", format="pt2", tome=2)
+    assert report.max_abs_diff == 0.0 and report.tome["token_schedule"] == [17, 15]
 
 
 def test_tome_accepts_a_mask_that_hides_nothing_and_refuses_a_real_one():
@@ -203,6 +218,8 @@ def test_cli_export_and_env(pruned_vit, tmp_path, capsys):
     assert report["zeros_checked"] == 8192 and report["tome"]["token_schedule"] == [17, 15] and out.is_file()
     assert main(["export", str(ckpt), "--format", "pt2", "--opset", "18", "--output", str(out)]) == 2
     assert "opset applies to --format onnx" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope"), "--format", "pt2", "--output", str(out)]) == 2
+    assert "no directory" in capsys.readouterr().err and not (tmp_path / "nope").exists()
     assert main(["env", "--json"]) == 0
     env = json.loads(capsys.readouterr().out)
     assert env["packages"]["torch"] == torch.__version__ and env["hf_mpprune"] == hf_mpprune.__version__

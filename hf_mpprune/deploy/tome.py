@@ -116,15 +116,13 @@ def _check_masks_nothing(attention_mask: torch.Tensor | None) -> None:
     transformers 5 builds an all-visible boolean mask while tracing (`torch.export`, ONNX dynamo) even when the
     caller passes none; that mask is dropped (dropping it is exact). In eager mode a mask that hides any key
     (boolean False, or an additive float entry other than 0) raises `ConfigError`. While tracing the values are
-    symbolic: the mask is accepted when it is boolean (the form transformers builds) and a runtime assertion
-    that it hides nothing is recorded in the graph (checked again by `torch.export` programs at run time).
+    symbolic: the mask is accepted (boolean for SDPA, additive float for eager attention: the forms transformers
+    builds) and a runtime assertion that it hides nothing is recorded in the graph.
     """
     if attention_mask is None:
         return
     visible = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
     if _tracing():
-        if attention_mask.dtype != torch.bool:
-            raise ConfigError("ToMe cannot trace a float attention_mask with merged tokens; export without one")
         torch._assert_async(visible.all(), "ToMe: the attention mask hides tokens; call the model without one")
         return
     if not bool(visible.all()):

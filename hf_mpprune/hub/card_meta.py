@@ -6,7 +6,8 @@
 * **pipeline_tag**: from transformers' pipeline registry (`transformers.pipelines.SUPPORTED_TASKS`): the tasks
   whose Auto classes map a config to the model's class; among several (e.g. `ViTModel` serves both
   `feature-extraction` and `image-feature-extraction`) the one whose input type matches the model's main input.
-* **title**: the model name: the Hub repo name when pushing, else `<base model name>-mpprune-<method>-<sparsity>`.
+* **title**: the model name: the Hub repo name when pushing, else the recipe's `name`, else
+  `<base model name>-mpprune-<method>-<2of4 | sNNN>`.
 * **base_model_relation**: `finetune` when a Hub `base_model` is named and the weights differ from it (pruned or
   trained); the Hub's other relations (adapter, merge, quantized) never apply to a pruned dense checkpoint.
 """
@@ -14,6 +15,7 @@
 import functools
 import logging
 import os
+import re
 from typing import Any
 
 from huggingface_hub import ModelCard, try_to_load_from_cache
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 _INPUT_TYPES = {"pixel_values": "image", "input_ids": "text", "input_values": "audio", "input_features": "audio"}
 LICENSE_KEYS = ("license", "license_name", "license_link")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,8 +63,12 @@ def base_card_license(base: str | None, revision: str | None = None) -> dict[str
     if not base:
         return {}
     path = os.path.join(os.path.expanduser(base), "README.md") if os.path.isdir(os.path.expanduser(base)) else None
-    if path is None and base.count("/") <= 1:
-        cached = try_to_load_from_cache(base, "README.md", revision=revision)
+    if path is None and _HUB_ID.match(base):
+        try:
+            cached = try_to_load_from_cache(base, "README.md", revision=revision)
+        except ValueError as e:  # huggingface_hub's HFValidationError: not a valid repo id after all
+            logger.info("no cached card for %r: %s", base, e)
+            cached = None
         path = cached if isinstance(cached, str) else None
     if path is None or not os.path.isfile(path):
         return {}
@@ -83,9 +90,13 @@ def card_license(pruner: Any) -> dict[str, str]:
 
 
 def default_model_name(pruner: Any) -> str:
-    """`<base name>-mpprune-<method>-<pattern or sNNN>`, e.g. `all-MiniLM-L6-v2-mpprune-wanda-2of4`."""
+    """The recipe's `name` if any, else `<base name>-mpprune-<method>-<2of4 | sNNN>`, e.g.
+    `all-MiniLM-L6-v2-mpprune-wanda-2of4`."""
+    recipe = getattr(pruner, "recipe", None)
+    if isinstance(recipe, dict) and isinstance(recipe.get("name"), str) and recipe["name"].strip():
+        return recipe["name"].strip()
     base = str(pruner.ledger.identity.get("base_model") or "")
-    name = os.path.basename(os.path.normpath(base)) if base else type(pruner.model).__name__
+    name = re.split(r"[/:]", os.path.normpath(base))[-1] if base else type(pruner.model).__name__  # builtin:x -> x
     if name in ("", ".", "model"):  # a package's bare `model/` folder says nothing
         name = getattr(getattr(pruner.model, "config", None), "model_type", None) or type(pruner.model).__name__
     if pruner.masks is None:
