@@ -12,7 +12,9 @@ import torch
 N_TRAIN, N_VAL = 300, 100
 
 
-def digits_imagefolder(root: str, n_train: int = N_TRAIN, n_val: int = N_VAL, size: int = 32, mode: str = "RGB") -> str:
+def digits_imagefolder(
+    root: str, n_train: int = N_TRAIN, n_val: int = N_VAL, size: int = 32, mode: str = "RGB"
+) -> str:
     """`root/train/<digit>/<i>.png` and `root/validation/<digit>/<i>.png` (first rows of load_digits)."""
     from PIL import Image
     from sklearn.datasets import load_digits

@@ -283,6 +283,8 @@ def apply_overrides(data: Any, pairs: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {pair!r}: the value is not valid YAML: {e}") from e
+        if isinstance(value, int | float) and ":" in text:  # YAML 1.1 reads 2:4 as the base-60 number 124
+            value = text.strip()
         _set(out, key.strip().split("."), value, pair)
     return out
 
