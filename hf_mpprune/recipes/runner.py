@@ -46,17 +46,18 @@ def _load(recipe: Recipe, cache_dir: str, model: nn.Module | None) -> tuple[MPPr
 
 def execute(
     recipe: Recipe, *, output_dir: str | None = None, push: bool = False, cache_dir: str | None = None,
-    model: nn.Module | None = None, processor: Any = None,
+    model: nn.Module | None = None, processor: Any = None, save: bool = True,
 ) -> tuple[MPPruner, dict[str, Any]]:  # fmt: skip
     """Run a recipe end to end; returns the pruner and a summary (output dir, sparsity, metrics, timings).
 
     Errors in the recipe or its data (a method that is not installed, a push without `push.repo_id`, an unknown
     column or split, images that do not fit the processor, overlapping calibration / evaluation rows) are raised
-    before any work is done or file written. `model` / `processor` replace the recipe's (Python API)."""
+    before any work is done or file written. `model` / `processor` replace the recipe's (Python API); with
+    `save=False` nothing is written."""
     out = output_dir or recipe.output.dir or recipe.name
-    if not out:
+    if save and not out:
         raise ConfigError("no output directory: set output.dir in the recipe or pass --output DIR")
-    if push and not recipe.push.repo_id:
+    if push and (not recipe.push.repo_id or not save):
         raise ConfigError("--push-to-hub needs push.repo_id in the recipe (e.g. push: {repo_id: org/name})")
     need = needs(recipe)  # every method must be installed before we start
     set_seed(recipe.seed)
@@ -83,8 +84,8 @@ def execute(
     macs_ratio = stages.audit(recipe, pruner, teacher, plan)
     pruner.recipe = recipe.raw
     t2 = time.perf_counter()
-    path = pruner.save_pretrained(out, processor=processor)
-    if recipe.output.plots and pruner.spectra is not None:
+    path = pruner.save_pretrained(out, processor=processor) if save else None
+    if save and recipe.output.plots and pruner.spectra is not None:
         pruner.spectra.plot(os.path.join(path, "spectra_plots"), layers=False)
     pruner.ledger.add_timing("save", time.perf_counter() - t2)
     result = {
