@@ -59,7 +59,7 @@ def tiny_convnextv2_dir(path: str) -> str:
     from transformers import ConvNextImageProcessor, ConvNextV2Config, ConvNextV2ForImageClassification
 
     torch.manual_seed(0)
-    cfg = _labels(ConvNextV2Config(hidden_sizes=[16, 32], depths=[1, 1], image_size=32, num_labels=10))
+    cfg = _labels(ConvNextV2Config(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], image_size=32, num_labels=10))
     ConvNextV2ForImageClassification(cfg).save_pretrained(path)
     ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(path)
     return path
@@ -73,4 +73,57 @@ def tiny_resnet_dir(path: str) -> str:
                                num_labels=10))  # fmt: skip
     ResNetForImageClassification(cfg).save_pretrained(path)
     ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(path)
+    return path
+
+
+def tiny_bert_dir(path: str, tokenizer_from: str) -> str:
+    """A tiny BertModel (MiniLM's family) saved with a real WordPiece tokenizer (copied from `tokenizer_from`)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_from)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+FAMILIES = {"vit": tiny_vit_dir, "convnextv2": tiny_convnextv2_dir, "resnet": tiny_resnet_dir}
+
+
+def family(model_id: str) -> str:
+    """The architecture family of a shipped recipe's model: vit, convnextv2, resnet or bert."""
+    mid = model_id.lower()
+    for key, fam in (("vit", "vit"), ("convnextv2", "convnextv2"), ("resnet", "resnet"), ("minilm", "bert")):
+        if key in mid:
+            return fam
+    raise ValueError(f"no tiny stand-in for {model_id!r}")
+
+
+def local_overrides(raw: dict, model_dir: str, data: str, text: bool) -> list[str]:
+    """`--set` overrides that point a shipped recipe at a tiny local model and local data, at CI size."""
+    sets = [f"model.id={model_id_value(model_dir)}", "model.dtype=null", "model.revision=null", "output.plots=false",
+            "push=null"]  # fmt: skip
+    for role in ("train", "calibration", "evaluation"):
+        if role in raw:
+            sets.append(f"{role}.dataset={data}")
+            sets.append(f"{role}.batch_size=32")
+    if "calibration" in raw:
+        sets += ["calibration.size=16"] + (["calibration.split=train[:32]"] if text else [])
+    if "evaluation" in raw:
+        sets += ["evaluation.split=train[32:]" if text else "evaluation.split=validation"]
+    if "train" in raw:
+        sets.append("train.selection=0.2")
+    if "distill" in raw:
+        sets += ["distill.num_train_epochs=1", "distill.warmup_steps=0", "distill.per_device_train_batch_size=32"]
+    if "finetune" in raw:
+        sets.append("finetune.epochs=0.5")
+    schedule = raw["pruning"].get("schedule") if isinstance(raw["pruning"], dict) else None
+    if schedule and len(schedule) > 3:  # a 10-step paper grid: keep the first, the switch point and the target
+        sets.append(f"pruning.schedule=[{schedule[0]}, 0.25, {schedule[-1]}]")
+    return sets
+
+
+def model_id_value(path: str) -> str:
     return path

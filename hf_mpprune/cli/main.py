@@ -52,6 +52,7 @@ _COMMANDS: tuple[str, ...] = (
     "hf_mpprune.cli.prune",
     "hf_mpprune.cli.deploy",
     "hf_mpprune.cli.certify",
+    "hf_mpprune.cli.eval",
     "hf_mpprune.recipes.runner",
 )
 
