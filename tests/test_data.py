@@ -131,3 +131,26 @@ def test_bad_input_one_clear_error_nothing_written(local, tmp_path, sections, ma
     with pytest.raises(ConfigError, match=match):
         run_recipe(recipe, output_dir=str(out), cache_dir=str(tmp_path / "cache"))
     assert not out.exists() and os.listdir(tmp_path) == []  # nothing written: no output dir, no cache
+
+
+def test_cli_prune_with_dataset_then_eval(local, tmp_path, capsys):
+    import json
+
+    from hf_mpprune.cli.main import main
+
+    out = str(tmp_path / "p")
+    argv = ["prune", local["vit"], "--method", "wanda", "--sparsity", "0.5", "--dataset", local["images"],
+            "--split", "train[:50%]", "--samples", "16", "--eval-split", "validation", "--ignore", "role:head",
+            "--output", out]  # fmt: skip
+    assert main(argv) == 0
+    assert "wanda: sparsity 0.5000 over 13 layers" in capsys.readouterr().out  # patch conv + 2 blocks x 6, no head
+    led = Ledger.from_json(os.path.join(out, "mpprune_ledger.json"))
+    cal = led.data["splits"]["calibration"]
+    assert cal["split"] == "train[:50%]" and cal["count"] == 16 and max(cal["indices"]) < N_TRAIN // 2
+    pruned = next(m for m in led.metrics if m["stage"] == "pruned" and m["name"] == "top1")
+    assert main(["eval", out, "--dataset", local["images"]]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["task"] == "image-classification" and record["split"] == "validation"
+    assert record["metrics"]["top1"] == pruned["value"]
+    assert main(["eval", out, "--dataset", local["images"], "--split", "test"]) == 2
+    assert "no split 'test'; its splits are ['train', 'validation']" in capsys.readouterr().err
