@@ -119,6 +119,11 @@ def local_overrides(raw: dict, model_dir: str, data: str, text: bool) -> list[st
         sets += ["distill.num_train_epochs=1", "distill.warmup_steps=0", "distill.per_device_train_batch_size=32"]
     if "finetune" in raw:
         sets.append("finetune.epochs=0.5")
+    steps = raw["pruning"] if isinstance(raw["pruning"], list) else [raw["pruning"]]
+    for i, step in enumerate(steps):  # SER phase A: a few small batches instead of 128 x 256 rows
+        if step.get("method") in ("ser", "hybrid"):
+            where = f"pruning.{i}" if isinstance(raw["pruning"], list) else "pruning"
+            sets += [f"{where}.phase_a_min_batches=2", f"{where}.phase_a_batch_size=32"]
     schedule = raw["pruning"].get("schedule") if isinstance(raw["pruning"], dict) else None
     if schedule and len(schedule) > 3:  # a 10-step paper grid: keep the first, the switch point and the target
         sets.append(f"pruning.schedule=[{schedule[0]}, 0.25, {schedule[-1]}]")

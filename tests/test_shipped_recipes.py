@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from hf_mpprune import MPPruner
+from hf_mpprune import MPPruner, legality_audit
 from hf_mpprune.cli.main import main
 from hf_mpprune.recipes.schema import list_recipes, read_recipe
 from tests.data_helpers import FAMILIES, digits_imagefolder, family, local_overrides, sentences_jsonl, tiny_bert_dir
@@ -18,8 +18,9 @@ PAPER_SCALE = {
     "vit_l16_cast_8of16_perm": "google/vit-large-patch16-224",
     "convnextv2_b_cast_12of16": "facebook/convnextv2-base-22k-224", "resnet50_cast_conv_2of4_perm": "microsoft/resnet-50",
 }  # fmt: skip
-# CPU seconds on the shared 2-core box are tight: the longest runs (many SER cycles, MiniLM-sized work) are slow.
-SLOW = {"vit_b16_hybrid_s050", "digits_vit_hybrid_s050", "vit_b16_cast_2of4_tome8"}
+# CPU seconds on the shared 2-core box are tight: runs with SER / cyclic fine-tunes or > 20 s there are `slow`.
+SLOW = {"vit_b16_hybrid_s050", "digits_vit_hybrid_s050", "vit_b16_cast_2of4_tome8", "resnet50_cast_conv_2of4_perm",
+        "digits_vit_magnitude_s050", "convnextv2_b_cast_12of16"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +57,17 @@ def test_shipped_recipe_runs_on_a_tiny_local_stand_in(name, stand_ins, tmp_path,
     back = MPPruner.from_pretrained(result["output_dir"])  # masks verified against the saved zeros
     steps = raw["pruning"] if isinstance(raw["pruning"], list) else [raw["pruning"]]
     last = steps[-1]
-    if "pattern" in last:
+    if "pattern" in last:  # every layer the k:n method sparsified is legal and exactly 1 - k/n sparse
         keep, group = (int(v) for v in last["pattern"].split(":"))
-        legality = next(a for a in back.ledger.audits if a["kind"] == "legality")
-        assert str(back.masks.pattern) == last["pattern"] and legality["bad_groups"] == 0
-        assert back.masks.sparsity() >= 1 - keep / group - 1e-9
+        layer_sparsity = back.masks.layer_sparsity()
+        # layers the method skipped (e.g. a 3-channel stem conv) keep the earlier unstructured mask, and say so
+        skipped = set(next(s for s in back.ledger.steps if s.get("method") == last["method"])["cast"]["skipped"])
+        sparse = [n for n, v in layer_sparsity.items() if v > 0 and n not in skipped]
+        assert str(back.masks.pattern) == last["pattern"] and len(sparse) >= len(layer_sparsity) // 2
+        assert legality_audit(back.model, last["pattern"], layers=sparse).totals()["bad_groups"] == 0
+        audit = [a for a in back.ledger.audits if a["kind"] == "legality"]
+        assert all(set(a["bad_layers"]) <= skipped for a in audit)  # the runner's audit flags exactly those
+        assert all(layer_sparsity[n] == pytest.approx(1 - keep / group) for n in sparse)
     else:
         assert back.masks.sparsity() == pytest.approx(last["sparsity"], abs=2e-3)
     assert back.ledger.metrics, "every shipped recipe evaluates"

@@ -137,9 +137,11 @@ def audit(recipe: Recipe, pruner, teacher, plan: DataPlan) -> float | None:
         return None
     pattern = pruner.masks.pattern
     record: dict[str, Any] = {"kind": "legality", "pattern": str(pattern) if pattern else "unstructured"}
-    if pattern is not None:
-        rep = legality_audit(pruner.model, pattern, layers=pruner.layers.names)
-        record.update(bad_groups=rep.totals()["bad_groups"], bad_layers=[r.name for r in rep.rows if r.bad_groups])
+    if pattern is not None:  # layers a k:n method left dense (task head, ineligible convs) are not k:n layers
+        sparse = [n for n in pruner.layers.names if not bool(pruner.masks[n].all())]
+        rep = legality_audit(pruner.model, pattern, layers=sparse)
+        record.update(bad_groups=rep.totals()["bad_groups"], bad_layers=[r.name for r in rep.rows if r.bad_groups],
+                      dense_layers=[n for n in pruner.layers.names if n not in sparse])  # fmt: skip
     zeros = sum(int((la.weight == 0).sum()) for la in pruner.layers)
     record.update(sparsity=pruner.masks.sparsity(), exact_zeros=zeros, pruned=pruner.masks.num_pruned)
     pruner.ledger.audits.append(record)
