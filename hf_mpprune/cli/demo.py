@@ -16,6 +16,8 @@ import os
 import sys
 import time
 
+import torch
+
 from ..core.errors import ConfigError
 from ..recipes.runner import run_recipe
 from ..recipes.schema import LIBRARY, load_recipe
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=20, help="dense training epochs of the digits ViT (cached)")
     ap.add_argument("--recipes", nargs="*", default=None, help="recipe files (default: the offline shipped ones)")
     args = ap.parse_args(argv)
+    torch.set_flush_denormal(True)  # a program, not a library: tiny-model CPU training is several times faster
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     t0 = time.perf_counter()
     paths = args.recipes or [os.path.join(LIBRARY, n) for n in _OFFLINE]
