@@ -22,6 +22,7 @@ from transformers import set_seed
 
 from .. import builtins  # noqa: F401  (registers the builtin:* models and datasets)
 from ..core.errors import ConfigError
+from ..data.preprocess import load_processor, modality
 from ..data.spec import resolve_model
 from ..pruner import MPPruner
 from . import stages
@@ -42,6 +43,14 @@ def _load(recipe: Recipe, cache_dir: str, model: nn.Module | None) -> tuple[MPPr
     if recipe.model.dtype:
         kw["dtype"] = getattr(torch, recipe.model.dtype)
     return MPPruner.from_pretrained(path, cfg, **kw), path
+
+
+def _optional_processor(model: nn.Module, source: str):
+    try:
+        return load_processor(source, modality(model))
+    except ConfigError as e:
+        logger.info("no processor saved with the checkpoint: %s", e)
+        return None
 
 
 def execute(
@@ -68,6 +77,8 @@ def execute(
     pruner.ledger.seeds["recipe"] = recipe.seed
     plan = build_plan(recipe, pruner.model, need)
     processor = prepare_plan(plan, pruner.model, recipe.model.processor or source, processor)
+    if processor is None and (recipe.model.processor or source):  # no data roles: still save the processor along
+        processor = _optional_processor(pruner.model, recipe.model.processor or source)
     plan.record(pruner.ledger)
     pruner.ledger.add_timing("load", time.perf_counter() - t0)
     teacher = copy.deepcopy(pruner.model).eval() if recipe.distill is not None or "evaluation" in plan else None
