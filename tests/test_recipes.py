@@ -107,10 +107,13 @@ def test_run_digits_magnitude_recipe_ci_size(tmp_path):
 def test_cli_run_minilm_magnitude(tmp_path, capsys, minilm_path):
     from hf_mpprune.cli.main import main
 
-    rc = main(["run", os.path.join(LIBRARY, "minilm_magnitude_s050.yaml"), "--output", str(tmp_path / "m")])
+    rc = main(["run", os.path.join(LIBRARY, "minilm_magnitude_s050.yaml"), "--output", str(tmp_path / "m"),
+               "--set", "evaluation.size=32", "--set", "output.plots=false"])  # fmt: skip
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert result["sparsity"] == pytest.approx(0.5, abs=1e-5) and 0 < result["accuracy"] < 1  # embedding agreement
     assert result["base_metrics"]["embedding_agreement"] == pytest.approx(1.0)
+    led = json.load(open(tmp_path / "m" / "mpprune_ledger.json"))
+    assert led["data"]["splits"]["evaluation"]["count"] == 32  # --set reached the recipe
     assert main(["push", str(tmp_path / "m"), "--repo-id", ""]) == 2  # clear error, nothing uploaded
     assert "repo_id" in capsys.readouterr().err
