@@ -39,6 +39,7 @@ from .core.layers import LayerSet, PrunableLayer, discover_layers
 from .core.ledger import Ledger
 from .core.masks import Masks
 from .core.registry import get_method, list_methods, register_method
+from .data import DatasetSpec
 from .deploy.export import ExportReport, export
 from .deploy.macs import MACReport, mac_report
 from .deploy.semi_structured import ConversionReport, to_semi_structured
@@ -56,6 +57,7 @@ from .methods.ser import HybridConfig, SERConfig
 from .methods.sparsegpt import SparseGPTConfig
 from .methods.wanda import WandaConfig
 from .pruner import MPPruner
+from .recipes.oneshot import oneshot
 from .recipes.schema import Recipe, load_recipe
 from .spectral.fit import MPFit, SpectralReport, analyze, fit_mp
 from .training.checkpoints import latest_complete_checkpoint
@@ -71,6 +73,7 @@ __all__ = [
     "ConversionReport",
     "CycleFinetune",
     "DataError",
+    "DatasetSpec",
     "ExportReport",
     "HubError",
     "HybridConfig",
@@ -128,6 +131,7 @@ __all__ = [
     "mac_report",
     "make_train_step",
     "masked_merge",
+    "oneshot",
     "register_method",
     "remove_tome",
     "run_cycles",

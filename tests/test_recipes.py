@@ -1,4 +1,5 @@
-"""Recipes: every shipped file validates; bad input gives clear errors; the offline magnitude recipes run."""
+"""Recipes: every shipped file validates; bad input gives clear errors; the offline magnitude recipes run (the
+builtins go through the same data layer as user datasets)."""
 
 import copy
 import glob
@@ -84,12 +85,17 @@ def test_run_digits_magnitude_recipe_ci_size(tmp_path):
     led = back.ledger
     assert [s.get("target_sparsity") for s in led.steps[:3]] == [0.2, 0.35, 0.5] and led.steps[3]["kind"] == "distill"
     assert {m["stage"] for m in led.metrics} == {"base", "pruned", "distilled"}
+    assert {m["split"] for m in led.metrics} == {"test"} and {m["name"] for m in led.metrics} == {"top1", "top5"}
     assert (
-        set(led.data["splits"]) == {"selection", "evaluation"}
+        set(led.data["splits"]) == {"train", "selection", "evaluation"}
         and led.audits[0]["exact_zeros"] >= back.masks.num_pruned
     )
+    sel, train = led.data["splits"]["selection"], led.data["splits"]["train"]  # selection carved from train
+    assert sel["dataset"] == train["dataset"] == "builtin:digits:train" and not set(sel["indices"]) & set(
+        train["indices"]
+    )
     assert led.steps[3]["trainer"] == "MPDistillationTrainer" and led.steps[3]["num_train_epochs"] == 1
-    # the schedule ran through run_cycles: one fine-tune per target, selection accuracy on val, test only reported
+    # the schedule ran through run_cycles: one fine-tune per target, selection accuracy on rows carved from train
     assert all(s["finetune"]["steps"] > 0 and "accuracy" in s["post_ft_selection"] for s in led.steps[:3])
     assert {"load", "analyze", "prune", "distill"} <= set(led.timings) and led.seeds == {"recipe": 0}
     saved = yaml.safe_load(open(os.path.join(result["output_dir"], "recipe.yaml")))
@@ -101,9 +107,13 @@ def test_run_digits_magnitude_recipe_ci_size(tmp_path):
 def test_cli_run_minilm_magnitude(tmp_path, capsys, minilm_path):
     from hf_mpprune.cli.main import main
 
-    rc = main(["run", os.path.join(LIBRARY, "minilm_magnitude_s050.yaml"), "--output", str(tmp_path / "m")])
+    rc = main(["run", os.path.join(LIBRARY, "minilm_magnitude_s050.yaml"), "--output", str(tmp_path / "m"),
+               "--set", "evaluation.size=32", "--set", "output.plots=false"])  # fmt: skip
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["sparsity"] == pytest.approx(0.5, abs=1e-5) and result["accuracy"] is None
+    assert result["sparsity"] == pytest.approx(0.5, abs=1e-5) and 0 < result["accuracy"] < 1  # embedding agreement
+    assert result["base_metrics"]["embedding_agreement"] == pytest.approx(1.0)
+    led = json.load(open(tmp_path / "m" / "mpprune_ledger.json"))
+    assert led["data"]["splits"]["evaluation"]["count"] == 32  # --set reached the recipe
     assert main(["push", str(tmp_path / "m"), "--repo-id", ""]) == 2  # clear error, nothing uploaded
     assert "repo_id" in capsys.readouterr().err

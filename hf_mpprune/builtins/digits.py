@@ -2,14 +2,35 @@
 
 Shared by tests, benchmarks and the demo: `load_digits_splits(seed)` (stratified 60/20/20 train/val/test; the
 test split is never used for choices), `build_digits_vit(seed)` (patch 2, width 96, 4 blocks, 4 heads, MLP 384:
-every k:n pattern is legal) and `train_digits_vit(model, splits, epochs, seed)`.
+every k:n pattern is legal) and `train_digits_vit(model, splits, epochs, seed)`. The same splits as an ordinary
+image `datasets.DatasetDict` (`digits_dataset`: 8×8 grey PNG-able images, `ClassLabel` labels, splits train /
+validation / test) with the `ViTImageProcessor` that maps them exactly onto the training pixels
+(`digits_processor`), and the trained model saved with that processor (`digits_vit_dir`): the recipe runner sees
+them like any user model and dataset.
 """
 
+import logging
+import os
 import tempfile
 
+import datasets
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Dataset
+from transformers import (
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
+
+
+logger = logging.getLogger(__name__)
 
 
 SPLITS = ("train", "val", "test")
@@ -46,8 +67,6 @@ def load_digits_splits(seed: int = 0) -> dict[str, DigitsDataset]:
 
 def build_digits_vit(seed: int = 0, hidden: int = 96, layers: int = 4, heads: int = 4, mlp: int = 384):
     """A freshly initialised `ViTForImageClassification` for 8×8 one-channel digits (16 patches + [CLS])."""
-    from transformers import ViTConfig, ViTForImageClassification
-
     torch.manual_seed(seed)
     cfg = ViTConfig(
         image_size=8, patch_size=2, num_channels=1, hidden_size=hidden, num_hidden_layers=layers,
@@ -67,13 +86,25 @@ def accuracy(model, dataset: DigitsDataset, batch_size: int = 512) -> float:
     return correct / len(dataset)
 
 
-def train_digits_vit(model, splits: dict[str, DigitsDataset], epochs: int = 30, seed: int = 0, lr: float = 1e-3):
+class _EpochLog(TrainerCallback):
+    """Logs every epoch of the dense training with its validation accuracy (the demo's first seconds)."""
+
+    def __init__(self, val: DigitsDataset, epochs: int):
+        self.val, self.epochs = val, epochs
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        acc = accuracy(model, self.val)
+        model.train()
+        logger.info("digits ViT: epoch %d/%d, val accuracy %.4f", round(state.epoch or 0), self.epochs, acc)
+
+
+def train_digits_vit(
+    model, splits: dict[str, DigitsDataset], epochs: int = 30, seed: int = 0, lr: float = 1e-3, progress: bool = False
+):
     """Train from scratch with a plain `transformers.Trainer` (AdamW, cosine, warmup 10%); returns val accuracy.
 
     Nothing is written outside a temporary directory; the test split is not touched.
     """
-    from transformers import PrinterCallback, Trainer, TrainingArguments
-
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             output_dir=tmp, num_train_epochs=epochs, learning_rate=lr, weight_decay=0.05, warmup_steps=0.1,
@@ -82,6 +113,8 @@ def train_digits_vit(model, splits: dict[str, DigitsDataset], epochs: int = 30, 
         )  # fmt: skip
         trainer = Trainer(model=model, args=args, train_dataset=splits["train"])
         trainer.remove_callback(PrinterCallback)  # quiet: no metrics dict on stdout
+        if progress:
+            trainer.add_callback(_EpochLog(splits["val"], epochs))
         trainer.train()
     return accuracy(model, splits["val"])
 
@@ -89,15 +122,12 @@ def train_digits_vit(model, splits: dict[str, DigitsDataset], epochs: int = 30, 
 def trained_digits_vit(seed: int, splits: dict[str, DigitsDataset], epochs: int = 20, cache_dir: str | None = None):
     """The dense digits ViT of `seed` trained for `epochs` (`train_digits_vit`), loaded from
     `cache_dir/digits_vit_seed{seed}_ep{epochs}` when present and saved there after training otherwise."""
-    import os
-
-    from transformers import ViTForImageClassification
-
     path = os.path.join(cache_dir, f"digits_vit_seed{seed}_ep{epochs}") if cache_dir else None
     if path and os.path.isfile(os.path.join(path, "config.json")):
         return ViTForImageClassification.from_pretrained(path).eval()
     model = build_digits_vit(seed)
-    train_digits_vit(model, splits, epochs=epochs, seed=seed)
+    logger.info("training the builtin digits ViT (seed %d, %d epochs; cached in %s)", seed, epochs, path)
+    train_digits_vit(model, splits, epochs=epochs, seed=seed, progress=True)
     if path:
         model.save_pretrained(path)
     return model.eval()
@@ -107,9 +137,7 @@ def train_digits_mlp(seed: int = 0, steps: int = 400, n_train: int = 1080, n_aud
     """The certificates testbed: a ReLU MLP 64-256-256-10 trained `steps` Adam steps (lr 2e-3, batch 64) on a
     random `n_train` digits (flattened pixels / 16). Returns `(net, X_audit, y_audit, audit accuracy)` for the
     next `n_audit` images of the same permutation (held out)."""
-    import torch.nn.functional as F
     from sklearn.datasets import load_digits
-    from torch import nn
 
     torch.manual_seed(seed)
     X, y = load_digits(return_X_y=True)
@@ -128,3 +156,49 @@ def train_digits_mlp(seed: int = 0, steps: int = 400, n_train: int = 1080, n_aud
     with torch.no_grad():
         acc = (net(X[te]).argmax(1) == y[te]).float().mean().item()
     return net, X[te], y[te], acc
+
+
+# ---- the same task as an ordinary dataset + processor + model folder ---------------------------------------------
+DATASET_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+
+
+def digits_processor() -> ViTImageProcessor:
+    """Grey 8×8 images with pixels 15·v (v = 0…16) → exactly the training pixels v/8 − 1 (no resize)."""
+    return ViTImageProcessor(
+        do_resize=False, size={"height": 8, "width": 8}, rescale_factor=1 / 240, image_mean=[0.5], image_std=[0.5]
+    )
+
+
+def digits_dataset(seed: int = 0) -> datasets.DatasetDict:
+    """`load_digits_splits(seed)` as an image `DatasetDict` (train / validation / test) with an `idx` column (the
+    row of `sklearn.datasets.load_digits()`)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images.astype(np.uint8) * 15  # (1797, 8, 8), values 0…240
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)]),
+         "idx": datasets.Value("int64")}
+    )  # fmt: skip
+    out = {}
+    for name, key in DATASET_SPLITS.items():
+        split = load_digits_splits(seed)[key]
+        rows = split.index.tolist()
+        out[name] = datasets.Dataset.from_dict(
+            {"image": [Image.fromarray(images[i], mode="L") for i in rows], "label": split.y.tolist(), "idx": rows},
+            features=features,
+        )
+    return datasets.DatasetDict(out)
+
+
+def digits_vit_dir(cache_dir: str | None = None, seed: int = 0, epochs: int | None = None, **_) -> str:
+    """A folder with the dense digits ViT (initialised with `seed`, trained on the train split of
+    `digits_dataset(0)`) and its `digits_processor`; built once and cached under `cache_dir`."""
+    epochs = epochs or 20
+    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "hf_mpprune")
+    path = os.path.join(cache_dir, f"digits_vit_seed{seed}_ep{epochs}")
+    model = trained_digits_vit(seed, load_digits_splits(0), epochs=epochs, cache_dir=cache_dir)
+    if not os.path.isfile(os.path.join(path, "preprocessor_config.json")):
+        model.save_pretrained(path)
+        digits_processor().save_pretrained(path)
+    return path

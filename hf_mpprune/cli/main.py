@@ -72,6 +72,7 @@ _COMMANDS: tuple[str, ...] = (
     "hf_mpprune.cli.prune",
     "hf_mpprune.cli.deploy",
     "hf_mpprune.cli.certify",
+    "hf_mpprune.cli.eval",
     "hf_mpprune.recipes.runner",
     "hf_mpprune.cli.export",
     "hf_mpprune.cli.env",

@@ -1,6 +1,9 @@
 """Recipes: YAML files that describe a whole run, and the runner that executes them.
 
-Owns `schema` (`Recipe`, `load_recipe`, validation), `runner` (`run_recipe`: analyze → prune → fine-tune /
-distill → evaluate → audit → save → push) and the shipped recipes under `library/` (package data, so they work
-from an installed wheel). May import: every stage below it and `hf_mpprune.pruner`, `hf_mpprune.builtins`.
+Owns `schema` (`Recipe`, `load_recipe`, validation, `--set` overrides), `runner` (`execute` / `run_recipe` and the
+`run` / `push` verbs: load → data → analyze → prune → fine-tune / distill → evaluate → audit → save → push),
+`inputs` (the recipe's data roles through `hf_mpprune.data`), `stages` (evaluate, prune, distill, audit),
+`oneshot` (`hf_mpprune.oneshot`) and the shipped recipes under `library/` (package data, so they work from an
+installed wheel). May import: every stage below it: core, spectral, methods, training, deploy, certify, metrics,
+hub, `hf_mpprune.pruner`, `hf_mpprune.data` and `hf_mpprune.builtins`.
 """

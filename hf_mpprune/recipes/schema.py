@@ -5,11 +5,15 @@ Sections (all but `model` and `pruning` optional)::
     name: vit-b16-hybrid-s050            # free text
     description: ...
     seed: 0
-    model: {id: google/vit-base-patch16-224, revision: main, dtype: float32}   # or builtin:digits-vit / builtin:minilm
+    hardware: 1x GPU with 24 GB, ImageNet-1k (~150 GB)   # free text: what the full-size run needs
+    model: {id: google/vit-base-patch16-224, revision: main, dtype: float32, processor: null}
+                                         # id: Hub id, local folder or builtin:digits-vit / builtin:minilm;
+                                         # processor: where the image processor / tokenizer is (default: id)
     pruning:                             # one PruningConfig mapping, or a list of them (steps, run in order)
       method: hybrid                     # a registered method name (hf_mpprune.list_methods())
       sparsity: 0.5
       schedule: [0.05, 0.10, 0.50]       # optional cumulative targets (the last one = `sparsity`)
+    train: {dataset: imagenet-1k, split: train, selection: 0.02}   # fine-tune / distillation rows
     calibration: {dataset: imagenet-1k, split: train, size: 256, seed: 0, batch_size: 32}
     evaluation: {dataset: imagenet-1k, split: validation, size: null, batch_size: 64}
     finetune: {epochs: 1.0, lr: 3.0e-5, optimizer: sgd}   # per-cycle fine-tune between schedule steps (§11.1)
@@ -18,6 +22,13 @@ Sections (all but `model` and `pruning` optional)::
     output: {dir: vit-b16-hybrid-s050, plots: true}
     push: {repo_id: org/name, private: true, revision: null, create_pr: false, commit_message: null}
 
+Data sections (`train`, `calibration`, `evaluation`) are `hf_mpprune.data.DatasetSpec`s: `dataset` (Hub id, local
+`save_to_disk` / imagefolder folder, json / jsonl / csv / parquet file, `builtin:digits`, `builtin:minilm-text`),
+`config`, `revision`, `split` (with slicing, `train[:2%]`), `image_column` / `text_column` / `text_pair_column` /
+`label_column` (detected when unambiguous), `size`, `seed`, `batch_size`, `max_length` and, for `train`, `selection`
+(rows carved out of the training split for the selection split of cyclic methods). A missing `train` section is
+derived from `calibration` (then `evaluation`) with split `train`.
+
 Every pruning step is validated completely at load time (`PruningConfig.from_dict`, strict: unknown keys and
 unregistered methods are errors). `distill` keys are checked against the fields of `MPDistillationArguments` at
 load time (values are checked when the arguments are built). `finetune` holds `CycleFinetune` fields: with a
@@ -25,6 +36,7 @@ training set (the builtin digits task) a schedule runs through `run_cycles`, fin
 (SER steps use their own `keep_ft_*` settings); without `finetune` the paper default (1 epoch SGD 3e-5) applies.
 """
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -35,6 +47,10 @@ import yaml
 
 from ..core.config import PruningConfig
 from ..core.errors import ConfigError
+from ..core.registry import list_methods
+from ..data.spec import DatasetSpec
+from ..training.cycles import CycleFinetune
+from ..training.trainer import MPDistillationArguments
 
 
 BUILTIN_MODELS = ("builtin:digits-vit", "builtin:minilm")
@@ -46,6 +62,7 @@ class ModelSpec:
     id: str
     revision: str | None = None
     dtype: str | None = None
+    processor: str | None = None  # folder / Hub id of the image processor or tokenizer (default: the model's)
     train_epochs: int | None = None  # builtin:digits-vit only: epochs of the (cached) dense training
     license: str | None = None  # Hub license id for the model card (default: the base model card's license)
 
@@ -58,13 +75,7 @@ class ModelSpec:
             )
 
 
-@dataclass
-class DataSpec:
-    dataset: str
-    split: str = "train"
-    size: int | None = None
-    seed: int = 0
-    batch_size: int = 32
+DataSpec = DatasetSpec  # the recipe name of a data section
 
 
 @dataclass
@@ -106,6 +117,8 @@ class Recipe:
     name: str = ""
     description: str = ""
     seed: int = 0
+    hardware: str = ""
+    train: DataSpec | None = None
     calibration: DataSpec | None = None
     evaluation: DataSpec | None = None
     finetune: Any = None  # hf_mpprune.training.cycles.CycleFinetune
@@ -119,13 +132,14 @@ class Recipe:
 
 _SECTIONS = {
     "model": ModelSpec,
+    "train": DataSpec,
     "calibration": DataSpec,
     "evaluation": DataSpec,
     "output": OutputSpec,
     "push": PushSpec,
 }
-_TOP = {"name": str, "description": str, "seed": int, "model": dict, "pruning": (dict, list), "calibration": dict,
-        "evaluation": dict, "finetune": dict, "distill": dict, "audit": dict, "output": dict, "push": dict}  # fmt: skip
+_TOP = {"name": str, "description": str, "hardware": str, "seed": int, "model": dict, "pruning": (dict, list),
+        "train": dict, "calibration": dict, "evaluation": dict, "finetune": dict, "distill": dict, "audit": dict, "output": dict, "push": dict}  # fmt: skip
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -141,7 +155,7 @@ def _type_ok(value: Any, hint: Any) -> bool:
 def _section(name: str, cls: type, data: Any) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"recipe section {name!r} must be a mapping, got {type(data).__name__}: {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in recipe section {name!r}; allowed: {sorted(fields)}")
@@ -155,8 +169,6 @@ def _section(name: str, cls: type, data: Any) -> Any:
 
 
 def _step(data: Any, where: str) -> PruningStep:
-    from ..core.registry import list_methods
-
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a PruningConfig mapping, got {type(data).__name__}: {data!r}")
     data = dict(data)
@@ -189,8 +201,6 @@ def recipe_from_dict(data: Any, source: str = "") -> Recipe:
         raise ConfigError("a recipe needs a 'model' section (id: <hub id or builtin:...>) and a 'pruning' section")
     kw: dict[str, Any] = {k: _section(k, cls, data[k]) for k, cls in _SECTIONS.items() if k in data}
     if "finetune" in data:
-        from ..training.cycles import CycleFinetune
-
         kw["finetune"] = _section("finetune", CycleFinetune, data["finetune"])
     if "distill" in data:
         _check_distill(data["distill"])
@@ -199,7 +209,7 @@ def recipe_from_dict(data: Any, source: str = "") -> Recipe:
         raise ConfigError("recipe 'pruning' is an empty list; give at least one step")
     kw["pruning"] = [_step(s, f"pruning[{i}]") for i, s in enumerate(steps)]
     _check_steps_share_layers(kw["pruning"])
-    for key in ("name", "description", "seed", "distill", "audit"):
+    for key in ("name", "description", "hardware", "seed", "distill", "audit"):
         if key in data:
             kw[key] = data[key]
     if not kw["model"].id.strip():
@@ -208,8 +218,6 @@ def recipe_from_dict(data: Any, source: str = "") -> Recipe:
 
 
 def _check_distill(distill: dict[str, Any]) -> None:
-    from ..training.trainer import MPDistillationArguments
-
     fields = {f.name for f in dataclasses.fields(MPDistillationArguments) if f.init}
     unknown = sorted(set(distill) - fields)
     if unknown:
@@ -231,7 +239,7 @@ def _check_steps_share_layers(steps: list[PruningStep]) -> None:
                 )
 
 
-LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "library")
+LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "library")  # package data (also in a wheel)
 
 
 def list_recipes() -> list[str]:
@@ -252,12 +260,68 @@ def recipe_path(name_or_path: str | os.PathLike) -> str:
     raise ConfigError(f"recipe {path!r} not found; shipped recipes: {', '.join(list_recipes())}")
 
 
-def load_recipe(path: str | os.PathLike) -> Recipe:
-    """Read and validate a recipe file, or a shipped recipe by name (`list_recipes()`)."""
+def read_recipe(path: str | os.PathLike) -> tuple[Any, str]:
+    """The parsed YAML of a recipe file or shipped recipe, and its path (not validated)."""
     path = recipe_path(path)
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            return yaml.safe_load(f), os.fspath(path)
     except yaml.YAMLError as e:
         raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
-    return recipe_from_dict(data, source=os.fspath(path))
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a recipe file, or a shipped recipe by name (`list_recipes()`); `overrides` are
+    `key.path=value` strings applied before validation (`hf-mpprune run --set`, see `apply_overrides`)."""
+    data, path = read_recipe(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return recipe_from_dict(data, source=path)
+
+
+def apply_overrides(data: Any, pairs: list[str]) -> dict[str, Any]:
+    """Apply `key.path=value` overrides to a parsed recipe (a copy is returned). Values are YAML
+    (`--set calibration.size=64`, `--set model.id=./my-vit`, `--set 'pruning.schedule=[0.2, 0.5]'`); `null`
+    removes the key. A key under a list of pruning steps applies to every step unless an index is given
+    (`pruning.1.sparsity=0.6`)."""
+    out = copy.deepcopy(data) if isinstance(data, dict) else {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: write KEY=VALUE, e.g. --set model.id=./my-model")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML: {e}") from e
+        if isinstance(value, int | float) and ":" in text:  # YAML 1.1 reads 2:4 as the base-60 number 124
+            value = text.strip()
+        _set(out, key.strip().split("."), value, pair)
+    return out
+
+
+def _set(node: Any, path: list[str], value: Any, pair: str) -> None:
+    head, rest = path[0], path[1:]
+    if isinstance(node, list):
+        if head.isdigit():
+            if int(head) >= len(node):
+                raise ConfigError(f"--set {pair!r}: index {head} is past the {len(node)} entries")
+            if not rest:
+                node[int(head)] = value
+                return
+            targets, path = [node[int(head)]], rest
+        else:
+            targets = node
+        for item in targets:
+            _set(item, path, value, pair)
+        return
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {pair!r}: {head!r} is under a value that is not a mapping")
+    if not rest:
+        if value is None:
+            node.pop(head, None)
+        else:
+            node[head] = value
+        return
+    if node.get(head) is None:
+        node[head] = {}
+    _set(node[head], rest, value, pair)

@@ -1,0 +1,98 @@
+"""Evaluation as users expect it: top-1 / top-5 for image and text classifiers, embedding agreement with the dense
+model for encoders. The numbers come from the packaged `evaluate` modules when `evaluate` is installed (the same
+arithmetic as `hf_mpprune.metrics`, which is used otherwise) and go into the ledger with the dataset's id, config,
+split and revision, which is what the model card's model-index is built from."""
+
+import functools
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.errors import ConfigError
+from ..core.ledger import Ledger
+from ..metrics import EMBEDDING_AGREEMENT, TOPK_ACCURACY, compute_topk, embedding_agreement
+from ..training.trainer import mean_pool
+from .preprocess import Prepared
+
+
+logger = logging.getLogger(__name__)
+
+TASKS = {"image": "image-classification", "text": "text-classification"}
+
+
+def task_of(model: nn.Module, prepared: Prepared) -> str:
+    """`image-classification` / `text-classification` for models with a classification head and labelled data,
+    `feature-extraction` (embedding agreement) for encoders."""
+    arch = (getattr(getattr(model, "config", None), "architectures", None) or [type(model).__name__])[0]
+    if ("ForImageClassification" in arch or "ForSequenceClassification" in arch) and prepared.has_labels:
+        return TASKS[prepared.modality]
+    if "Classification" in type(model).__name__ and prepared.has_labels:
+        return TASKS[prepared.modality]
+    return "feature-extraction"
+
+
+@functools.lru_cache(maxsize=4)
+def _load_module(path: str):
+    try:
+        import evaluate
+    except ImportError:
+        return None
+    try:
+        return evaluate.load(path)
+    except Exception as e:  # an evaluate release that cannot load local modules: same numbers without it
+        logger.warning("evaluate.load(%s) failed (%s); computing the metric directly", path, e)
+        return None
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, batch: dict[str, torch.Tensor]):
+    device = next(model.parameters()).device
+    return model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+
+
+def evaluate_model(
+    model: nn.Module, prepared: Prepared, *, task: str, teacher: nn.Module | None = None, batch_size: int = 64
+) -> dict[str, float]:
+    """`{"top1", "top5"}` (classification) or `{"embedding_agreement", "embedding_agreement_min"}` (encoders,
+    against `teacher`, mean-pooled `last_hidden_state` as in sentence-transformers)."""
+    was = model.training
+    model.eval()
+    try:
+        if task.endswith("classification"):
+            logits, labels = [], []
+            for b in prepared.batches(batch_size):
+                logits.append(_outputs(model, b).logits.float().cpu())
+                labels.append(b["labels"])
+            z, y = torch.cat(logits).numpy(), torch.cat(labels).numpy()
+            k = [1, 5] if z.shape[-1] > 5 else [1]
+            mod = _load_module(TOPK_ACCURACY)
+            out = mod.compute(predictions=z, references=y, k=k) if mod is not None else compute_topk(z, y, k)
+            return {key: float(v) for key, v in out.items()}
+        if teacher is None:
+            raise ConfigError("embedding agreement needs the dense model as a reference (teacher)")
+        teacher.eval()
+        s, t = [], []
+        for b in prepared.batches(batch_size):
+            mask = b.get("attention_mask")
+            s.append(mean_pool(_outputs(model, b).last_hidden_state, mask).float().cpu())
+            t.append(mean_pool(_outputs(teacher, b).last_hidden_state, mask).float().cpu())
+        s_all, t_all = torch.cat(s).numpy(), torch.cat(t).numpy()
+        mod = _load_module(EMBEDDING_AGREEMENT)
+        res = (
+            mod.compute(predictions=s_all, references=t_all) if mod is not None else embedding_agreement(s_all, t_all)
+        )
+        return {"embedding_agreement": float(res["mean_cosine"]), "embedding_agreement_min": float(res["min_cosine"])}
+    finally:
+        model.train(was)
+
+
+def record_metrics(ledger: Ledger, metrics: dict[str, float], info: dict[str, Any], *, task: str, stage: str) -> None:
+    """One ledger metric per value, with the dataset id, split expression, config and revision (or fingerprint)."""
+    for name, value in metrics.items():
+        if not np.isfinite(value):
+            raise ConfigError(f"metric {name} is {value}; the model produced non-finite outputs")
+        rec = ledger.add_metric(name, value, dataset=info["dataset"], split=info["split"], task=task, stage=stage)
+        rec.update(dataset_config=info.get("config"), dataset_revision=info.get("revision") or info.get("fingerprint"))
