@@ -111,7 +111,7 @@ def distill(recipe: Recipe, pruner, teacher, plan: DataPlan) -> None:
             data_collator=train.prepared.collator,
         )  # fmt: skip
         trainer.remove_callback(PrinterCallback)  # stdout stays machine-readable (hf-mpprune run prints JSON)
-        out = trainer.train()
+        trainer.train()
     pruner.model.eval()
     # the trainer appended the distill step (arguments, losses, teacher, data) to the model's ledger = pruner.ledger
     pruner.ledger.add_timing("distill", time.perf_counter() - t0)
