@@ -14,6 +14,7 @@ from torch import nn
 
 from .core.attached import attach
 from .core.config import PruningConfig, SpectralConfig
+from .core.constants import EVERY_ROLE
 from .core.errors import ConfigError, PatternError, warn_experimental
 from .core.layers import LayerSet, discover_layers
 from .core.ledger import Ledger, environment
@@ -43,7 +44,7 @@ class MPPruner:
             raise ConfigError(f"config must be a PruningConfig, got {type(config).__name__}")
         self.model = model
         self.config = config.resolve() if config is not None else None
-        cfg = self.config or PruningConfig()
+        cfg = self.config or PruningConfig(targets=list(EVERY_ROLE))  # no config: analyse every prunable layer
         self.layers: LayerSet = discover_layers(model, cfg.targets, cfg.ignore)
         self.spectra: SpectralReport | None = None
         self.masks: Masks | None = None

@@ -143,13 +143,14 @@ def test_gpu_converted_matches_dense_masked(tome_r):
 
 def test_negative_zeros_are_written_as_positive_zeros(tiny_vit, monkeypatch):
     """The conversion step canonicalises −0.0 (checked on CPU with an identity stand-in for the GPU kernel)."""
+    from hf_mpprune.deploy import semi_structured
     from hf_mpprune.deploy.semi_structured import ConversionReport, _convert
 
     model, masks = _pruned(tiny_vit)
     name = block_linear_names(model)[0]
     lin = model.get_submodule(name)
     lin.weight.data[~masks[name]] = -0.0
-    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda w: w)
+    monkeypatch.setattr(semi_structured, "to_sparse_semi_structured", lambda w: w)
     report = ConversionReport(backend="cusparselt", device="cpu", dtype="bf16")
     _convert({name: lin}, "cusparselt", report)
     assert report.converted == [name]

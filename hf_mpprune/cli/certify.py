@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..certify.audit import budget_audit
 from ..certify.bounds import ESTIMATORS
+from ..core.constants import EVERY_ROLE
 from ..core.errors import ConfigError
 from ..core.files import write_text_atomic
 from ..core.layers import discover_layers
@@ -72,7 +73,7 @@ def _default_layers(dense, pruned, estimator: str) -> list[str]:
     pm = dict(pruned.named_modules())
     names = [
         la.name
-        for la in discover_layers(dense)
+        for la in discover_layers(dense, list(EVERY_ROLE))  # the user may have pruned the head too
         if la.name in pm and not torch.equal(la.weight, pm[la.name].weight)
         and (estimator != "head" or la.role == "head")
     ]  # fmt: skip

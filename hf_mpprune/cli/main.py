@@ -20,7 +20,7 @@ import torch
 import transformers
 
 from ..core.config import PruningConfig, SpectralConfig
-from ..core.constants import __version__
+from ..core.constants import EVERY_ROLE, __version__
 from ..core.errors import ConfigError, MPPruneError, NoPrunableLayersError
 from ..core.files import write_text_atomic
 from ..pruner import MPPruner
@@ -53,7 +53,8 @@ def _run_analyze(args) -> int:
     if args.plot and not args.out:
         raise ConfigError("--plot needs --out DIR")
     spectral = SpectralConfig(compat=args.compat, view=args.view, device=args.device)
-    cfg = PruningConfig(targets=args.targets, ignore=args.ignore, spectral=spectral)
+    targets = args.targets or list(EVERY_ROLE)  # analysis covers every prunable layer unless narrowed
+    cfg = PruningConfig(targets=targets, ignore=args.ignore, spectral=spectral)
     pruner = MPPruner.from_pretrained(args.model)
     pruner = type(pruner)(pruner.model, cfg)
     report = pruner.analyze()

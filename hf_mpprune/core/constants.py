@@ -8,5 +8,7 @@ RECIPE_NAME = "recipe.yaml"
 LIBRARY_TAG = "hf-mpprune"
 
 ROLES = ("attn", "mlp", "head", "embed", "other")
+# `targets` that select every prunable layer, the task head and the input embeddings included (analysis, audits).
+EVERY_ROLE = tuple(f"role:{r}" for r in ROLES)
 
 __version__ = "0.1.0"
