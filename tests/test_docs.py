@@ -15,6 +15,7 @@ printed by pytest:
 import ast
 import contextlib
 import copy
+import json
 import os
 import re
 import shlex
@@ -26,8 +27,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from hf_mpprune.builtins.sources import make_sentences
 from hf_mpprune.cli.main import main as cli_main
 
+from .data_helpers import digits_imagefolder, tiny_bert_dir, tiny_vit_dir
 from .tiny_models import tiny_bert, tiny_vit, vit_inputs
 
 
@@ -35,6 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ["README.md"] + sorted(
     os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")
 )
+SHELLS = ("bash", "sh", "console", "shell")
 FENCE = re.compile(r"^```(\w*)\s*$")
 SKIP_BLOCK = re.compile(r"<!--\s*docs-test:\s*skip\s+(.+?)\s*-->")
 SKIP_LINE = re.compile(r"#\s*docs-test:\s*skip\s+(.+)$")
@@ -107,14 +111,24 @@ class TinyImages(Dataset):
         return {"pixel_values": self.x[i], "labels": self.y[i]}
 
 
+# Files a page names as the reader's own, created in the page's working directory (symlinks to one shared copy).
+READER_FILES = ("my-vit", "my-bert", "photos", "reviews.jsonl")
+
+
 @pytest.fixture(scope="module")
-def standins(tmp_path_factory):
+def standins(tmp_path_factory, minilm_path):
     base = tmp_path_factory.mktemp("docs-standins")
     vit = tiny_vit()
     vit.save_pretrained(base / "tiny-vit")
     bert = tiny_bert()
     bert.save_pretrained(base / "tiny-bert")
-    return {"vit_dir": str(base / "tiny-vit"), "bert_dir": str(base / "tiny-bert")}
+    tiny_vit_dir(str(base / "my-vit"))  # a ViT saved with its ViTImageProcessor (32×32 RGB)
+    tiny_bert_dir(str(base / "my-bert"), tokenizer_from=minilm_path)
+    digits_imagefolder(str(base / "photos"), n_train=60, n_val=20)  # train/ and validation/ PNG folders
+    with open(base / "reviews.jsonl", "w", encoding="utf-8") as f:
+        for i, text in enumerate(make_sentences(64, seed=3)):
+            f.write(json.dumps({"id": i, "body": text}) + "\n")
+    return {"vit_dir": str(base / "tiny-vit"), "bert_dir": str(base / "tiny-bert"), "base": str(base)}
 
 
 def namespace(standins) -> dict:
@@ -174,29 +188,48 @@ def run_shell_line(line: str) -> None:
     assert rc == 0, f"{line!r} exited {rc}"
 
 
-def shell_lines(code: str) -> list[str]:
-    out, cur = [], ""
-    for line in code.split("\n"):
-        line = line.split(" #")[0].rstrip() if not line.lstrip().startswith("#") else ""
+OPTIONAL_ARGS = re.compile(r"\s\[--[^\]]*\]")  # `[--flag VALUE]`: optional in the usage sense, left out
+
+
+def shell_lines(code: str) -> tuple[list[str], list[str]]:
+    """Commands (continuation lines joined, comments and optional `[--...]` groups removed) and the skip reasons
+    of commands marked `# docs-test: skip REASON` on any of their lines."""
+    out, reasons, cur, skip = [], [], "", None
+    for raw in code.split("\n"):
+        m = SKIP_LINE.search(raw)
+        skip = skip or (m.group(1) if m else None)
+        line = raw.split(" #")[0].rstrip() if not raw.lstrip().startswith("#") else ""
         if line.endswith("\\"):
             cur += line[:-1] + " "
             continue
         cur += line
         if cur.strip():
-            out.append(cur.strip())
-        cur = ""
-    return out
+            if skip:
+                reasons.append(skip)
+            else:
+                out.append(OPTIONAL_ARGS.sub("", cur).strip())
+        cur, skip = "", None
+    return out, reasons
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_runs(page, standins, tmp_path, capsys):
     ns, skipped, ran = namespace(standins), [], 0
     sys.modules.setdefault("__docs__", type(sys)("__docs__"))
+    for name in READER_FILES:
+        os.symlink(os.path.join(standins["base"], name), tmp_path / name)
     with chdir(tmp_path):
         for b in blocks(page):
             where = f"{page}:{b.line}"
             if b.skip:
                 skipped.append(f"{where} ({b.skip})")
+                continue
+            if b.lang in SHELLS:
+                lines, reasons = shell_lines(fill(b.code, standins))
+                skipped += [f"{where} command ({r})" for r in reasons]
+                for line in lines:
+                    run_shell_line(line.removeprefix("$ "))
+                ran += 1
                 continue
             code, reasons = runnable(fill(b.code, standins), b.lang)
             skipped += [f"{where} line ({r})" for r in reasons]
@@ -206,14 +239,11 @@ def test_page_runs(page, standins, tmp_path, capsys):
                 except Exception as e:
                     raise AssertionError(f"{where}: the python block fails as written: {type(e).__name__}: {e}") from e
                 ran += 1
-            elif b.lang in ("bash", "sh", "console", "shell"):
-                for line in shell_lines(code):
-                    run_shell_line(line.removeprefix("$ "))
-                ran += 1
     if skipped:
         with capsys.disabled():
             print(f"\n{page}: {ran} blocks ran; skipped: " + "; ".join(skipped))
-    assert ran or not blocks(page), f"{page}: no block ran"
+    runnable_blocks = [b for b in blocks(page) if b.lang in ("python", *SHELLS) and not b.skip]
+    assert ran == len(runnable_blocks), f"{page}: {ran} of {len(runnable_blocks)} code blocks ran"
 
 
 def test_every_public_name_in_the_readme_imports():
