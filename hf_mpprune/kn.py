@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .calibration import capture
 from .config import KeepPattern, PruningConfig
 from .errors import ConfigError, PatternError
 from .layers import LayerSet, PrunableLayer
@@ -165,35 +164,15 @@ class _Stop(Exception):
 @torch.no_grad()
 def sequential_hessians(
     model: nn.Module, layers: list[PrunableLayer], batches: Iterable[dict],
-    on_layer: Callable[[PrunableLayer, torch.Tensor], None],
-) -> None:  # fmt: skip
+    on_layer: Callable[[PrunableLayer, torch.Tensor], None], *, timings=None,
+):  # fmt: skip
     """For each layer in order, H = 2·XᵀX of its inputs (float64) on the CURRENT model, then `on_layer(layer, H)`,
-    which may rewrite the layer; later layers see the rewritten upstream. Forwards stop at the layer."""
-    batches = list(batches)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        for layer in layers:
-            acc: dict[str, torch.Tensor] = {}
+    which may rewrite the layer; later layers see the rewritten upstream. Runs on cached block inputs
+    (`hf_mpprune.blockwise.block_sequential`; plain partial forwards where a model cannot be chained). Returns the
+    phase timings."""
+    from .blockwise import block_sequential
 
-            def add(la, rows, acc=acc):
-                x = rows.double()
-                acc["h"] = acc.get("h", 0) + 2.0 * x.T @ x
-                acc["n"] = acc.get("n", 0) + x.shape[0]
-                raise _Stop
-
-            with capture(model, LayerSet([layer]), add):
-                for b in batches:
-                    try:
-                        model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
-                    except _Stop:
-                        pass
-            if "h" not in acc:
-                raise ConfigError(f"calibration forwards never reached layer {layer.name!r}")
-            on_layer(layer, acc["h"] / acc["n"])
-    finally:
-        model.train(was_training)
+    return block_sequential(model, list(layers), batches, on_layer, timings=timings)
 
 
 # ---- shared config and calibration wrapper ------------------------------------------------------------------
