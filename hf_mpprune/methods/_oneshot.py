@@ -59,16 +59,30 @@ def calibration_batches(ctx: PruneContext) -> CalibrationBatches:
 def reconstruct_(ctx: PruneContext, masks: Masks, batches: CalibrationBatches) -> None:
     """Re-fit the kept weights of every layer by `obs_reconstruct`, sequentially (model modified in place)."""
     damp = float(ctx.config.percdamp)
+    stats: dict = {}
 
     def fit(layer, h: torch.Tensor) -> torch.Tensor:
         keep = layer.matrix_view(masks[layer.name].cpu())
-        return obs_reconstruct(layer.matrix_view().detach().cpu(), h, keep, percdamp=damp)
+        return obs_reconstruct(layer.matrix_view().detach().cpu(), h, keep, percdamp=damp, stats=stats)
 
-    sequential_apply(ctx.model, ctx.layers, batches.batches, fit, desc="obs-reconstruct")
+    tm = sequential_apply(ctx.model, ctx.layers, batches.batches, fit, desc="obs-reconstruct")
     ctx.record["reconstruct"] = {
         "kind": "obs_least_squares", "percdamp": damp, "order": "forward, sequential",
         "target": "dense W x on inputs from the re-fitted earlier layers",
+        "solver": "per row the smaller of kept / pruned (OBS) form; float32 Cholesky + float64 refinement",
+        "solver_stats": stats, "time_split": tm.record(),
     }  # fmt: skip
+    return tm
+
+
+def time_split(ctx: PruneContext, forwards_s: float, mask_s: float, tm=None) -> None:
+    """ctx.record["time_split"]: seconds in calibration forwards, Hessians, mask choice and reconstruction."""
+    ctx.record["time_split"] = {
+        "calibration_forwards_s": round(forwards_s + (tm.forward_s if tm else 0.0), 3),
+        "hessians_s": round(tm.hessian_s if tm else 0.0, 3),
+        "mask_choice_s": round(mask_s, 3),
+        "reconstruction_s": round(tm.solve_s if tm else 0.0, 3),
+    }
 
 
 def check_rows(layer, norms: torch.Tensor) -> None:

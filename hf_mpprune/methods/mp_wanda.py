@@ -8,6 +8,7 @@ sentences disjoint from the reported evaluation split and from calibration (benc
 """
 
 import math
+import time
 from dataclasses import dataclass
 
 from ..budgets import SEBRegime, seb_weights
@@ -15,7 +16,7 @@ from ..config import PruningConfig
 from ..errors import ConfigError
 from ..masks import Masks
 from ..registry import PruneContext, register_method
-from ._oneshot import CalibrationOptions, calibration_batches, reconstruct_
+from ._oneshot import CalibrationOptions, calibration_batches, reconstruct_, time_split
 from .magnitude import select
 from .wanda import kn_prune, layer_budgets, previous_matrix, rows_keep, wanda_scores
 
@@ -103,7 +104,9 @@ def mp_wanda(ctx: PruneContext) -> Masks:
     """MP-budgeted Wanda: Wanda scores inside each layer, layer budgets from a shape-free MP statistic."""
     cfg = ctx.config
     batches = calibration_batches(ctx)
+    t0 = time.perf_counter()
     scores = wanda_scores(ctx, batches)
+    t1 = time.perf_counter()
     weights = layer_weights(ctx)
     record = {
         "signal": cfg.signal, "orientation": SIGNALS[cfg.signal][1], "mapping": cfg.mapping, "beta": cfg.beta,
@@ -128,6 +131,7 @@ def mp_wanda(ctx: PruneContext) -> Masks:
             {la.name: la.from_matrix(rows_keep(scores[la.name], counts[la.name], previous_matrix(ctx, la))) for la in ctx.layers}
         )  # fmt: skip
     ctx.record["mp_wanda"] = record
-    if cfg.reconstruct:
-        reconstruct_(ctx, masks, batches)
+    t2 = time.perf_counter()
+    tm = reconstruct_(ctx, masks, batches) if cfg.reconstruct else None
+    time_split(ctx, t1 - t0, t2 - t1, tm)
     return masks

@@ -67,7 +67,13 @@ def sparsegpt(ctx: PruneContext) -> Masks:
         keeps[layer.name] = layer.from_matrix(keep)
         return w_new
 
-    sequential_apply(ctx.model, ctx.layers, batches.batches, prune_layer, desc="sparsegpt")
+    tm = sequential_apply(ctx.model, ctx.layers, batches.batches, prune_layer, desc="sparsegpt")
+    ctx.record["time_split"] = {
+        "calibration_forwards_s": round(tm.forward_s, 3),
+        "hessians_s": round(tm.hessian_s, 3),
+        "mask_choice_and_update_s": round(tm.solve_s, 3),  # SparseGPT chooses the mask inside the OBS sweep
+        "path": tm.path,
+    }
     ctx.record["sparsegpt"] = {
         "blocksize": cfg.blocksize,
         "percdamp": cfg.percdamp,

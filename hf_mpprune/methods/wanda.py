@@ -1,6 +1,7 @@
 """Wanda (Sun et al., 2023): score |W_ij| · ‖x_j‖₂ from calibration activations, prune the lowest per output row."""
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +11,7 @@ from ..config import KeepPattern, PruningConfig
 from ..errors import ConfigError
 from ..masks import Masks
 from ..registry import PruneContext, register_method
-from ._oneshot import CalibrationOptions, calibration_batches, check_rows, reconstruct_
+from ._oneshot import CalibrationOptions, calibration_batches, check_rows, reconstruct_, time_split
 
 
 @dataclass
@@ -148,7 +149,9 @@ def masks_from_rows(ctx: PruneContext, scores: dict[str, torch.Tensor], sparsity
 def wanda(ctx: PruneContext) -> Masks:
     """Wanda: |W|·‖x‖₂ per output row from calibration activations (optionally OBS re-fit of kept weights)."""
     batches = calibration_batches(ctx)
+    t0 = time.perf_counter()
     scores = wanda_scores(ctx, batches)
+    t1 = time.perf_counter()
     cfg = ctx.config
     if cfg.pattern is None and cfg.rounding == "exact":
         counts = layer_budgets({la.name: la.numel for la in ctx.layers}, dict.fromkeys(scores, 1.0), cfg.sparsity, 1.0)
@@ -160,6 +163,7 @@ def wanda(ctx: PruneContext) -> Masks:
         masks = masks_from_rows(ctx, scores, dict.fromkeys(scores, cfg.sparsity))
         rule = "floor(s*N_in) per output row" if cfg.pattern is None else f"{cfg.pattern} per row"
     ctx.record["wanda"] = {"rounding": rule, "tie_break": "lower input index pruned first"}
-    if ctx.config.reconstruct:
-        reconstruct_(ctx, masks, batches)
+    t2 = time.perf_counter()
+    tm = reconstruct_(ctx, masks, batches) if ctx.config.reconstruct else None
+    time_split(ctx, t1 - t0, t2 - t1, tm)
     return masks
