@@ -15,7 +15,6 @@ Both accept a k:n `KeepPattern` (k kept of every n consecutive inputs, per row; 
 dense) and return masks with True = kept; pruned entries are exactly 0.0.
 """
 
-import contextlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +22,7 @@ import torch
 
 from .budgets import keep_top
 from .config import KeepPattern
+from .threads import one_thread_workers
 
 
 __all__ = ["damped", "hessian", "kn_block_keep", "obs_reconstruct", "sparsegpt_prune"]
@@ -147,22 +147,6 @@ def _kn_keep_by_magnitude(W: torch.Tensor, pattern: KeepPattern) -> torch.Tensor
     return keep
 
 
-@contextlib.contextmanager
-def _one_thread_workers():
-    """Yield the worker count for a thread pool of independent small LAPACK calls: torch's batched Cholesky loops
-    over the batch calling LAPACK per matrix, which is faster single-threaded per call with the batch split over
-    the cores than multi-threaded per small matrix. Restores the thread count on exit."""
-    n = torch.get_num_threads()
-    if n <= 1:
-        yield 1
-        return
-    torch.set_num_threads(1)
-    try:
-        yield n
-    finally:
-        torch.set_num_threads(n)
-
-
 def _solve_rows(
     mat: torch.Tensor, sel: torch.Tensor, rhs: torch.Tensor, rows: torch.Tensor, max_elems: int, stats, fast: bool
 ):
@@ -234,7 +218,7 @@ def _solve_rows(
         out[idx] = torch.zeros(len(idx), n + smax, dtype=torch.float64).scatter_(1, cols, y)[:, :n]
         return int(bad.sum())
 
-    with _one_thread_workers() as workers:
+    with one_thread_workers() as workers:
         jobs, i = [], 0
         while i < len(order) and int(counts[order[i]]) > 0:
             size = int(counts[order[i]])
