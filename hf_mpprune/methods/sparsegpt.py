@@ -45,13 +45,19 @@ class SparseGPTConfig(CalibrationOptions, PruningConfig):
 def sparsegpt(ctx: PruneContext) -> Masks:
     """SparseGPT: OBS mask selection + weight updates from the calibration Hessian, sequential over layers."""
     cfg = ctx.config
-    batches = calibration_batches(ctx)
-    target = cfg.pattern if cfg.pattern is not None else cfg.sparsity
     counts = {}
     if cfg.pattern is None:
         counts = layer_budgets(
             {la.name: la.numel for la in ctx.layers}, dict.fromkeys(ctx.layers.names, 1.0), cfg.sparsity, 1.0
         )
+    return run_sparsegpt(ctx, counts)
+
+
+def run_sparsegpt(ctx: PruneContext, counts: dict[str, int]) -> Masks:
+    """SparseGPT over the registered layers with per-layer prune `counts` (unused with a k:n pattern)."""
+    cfg = ctx.config
+    batches = calibration_batches(ctx)
+    target = cfg.pattern if cfg.pattern is not None else cfg.sparsity
     keeps: dict[str, torch.Tensor] = {}
 
     def prune_layer(layer, h: torch.Tensor) -> torch.Tensor:
@@ -74,10 +80,12 @@ def sparsegpt(ctx: PruneContext) -> Masks:
         "mask_choice_and_update_s": round(tm.solve_s, 3),  # SparseGPT chooses the mask inside the OBS sweep
         "path": tm.path,
     }
-    ctx.record["sparsegpt"] = {
-        "blocksize": cfg.blocksize,
-        "percdamp": cfg.percdamp,
-        "rounding": "exact: floor(s*P) overall, floor(s*numel_l) + largest remainder, running budget per block",
-        "order": "forward, sequential on the pruned model",
-    }
+    ctx.record.setdefault("sparsegpt", {}).update(
+        {
+            "blocksize": cfg.blocksize,
+            "percdamp": cfg.percdamp,
+            "rounding": "exact: floor(s*P) overall, floor(s*numel_l) + largest remainder, running budget per block",
+            "order": "forward, sequential on the pruned model",
+        }
+    )
     return Masks({la.name: keeps[la.name] for la in ctx.layers}, cfg.pattern)
