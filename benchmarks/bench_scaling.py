@@ -71,7 +71,8 @@ def one(name: str, method: str, samples: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     model, sample = build(name)
     g = torch.Generator().manual_seed(0)
-    data = [sample(g) for _ in range(samples)]
+    rows = [sample(g) for _ in range(samples)]
+    data = [{k: torch.stack([r[k] for r in rows[i : i + 8]]) for k in rows[0]} for i in range(0, samples, 8)]
     params = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
     if method == "analyze":
