@@ -45,6 +45,7 @@ UNSTRUCTURED = {
     "wanda": ("wanda", {}),
     "mp-wanda": ("mp-wanda", {}),
     "sparsegpt": ("sparsegpt", {}),
+    "sparsegpt[block]": ("sparsegpt", {"sequential": "block"}),
     "mp-sparsegpt": ("mp-sparsegpt", {}),
     "wanda+rec": ("wanda", {"reconstruct": True}),
     "mp-wanda+rec": ("mp-wanda", {"reconstruct": True}),

@@ -79,6 +79,7 @@ def sequential_apply(
     desc: str = "sequential",
     hessian_dtype: torch.dtype = torch.float64,
     timings: "Timings | None" = None,
+    granularity: str = "layer",
 ) -> "Timings":
     """For each layer in forward order: H from the current model, `new = fn(layer, H)` ((out, in) matrix), write
     it into the layer's weight. All registered weights are restored if any step raises.
@@ -97,7 +98,9 @@ def sequential_apply(
         bar.update(1)
 
     try:
-        return block_sequential(model, layer_list, batches, step, hessian_dtype=hessian_dtype, timings=timings)
+        return block_sequential(
+            model, layer_list, batches, step, hessian_dtype=hessian_dtype, timings=timings, granularity=granularity
+        )
     except BaseException:
         with torch.no_grad():
             for la in layer_list:

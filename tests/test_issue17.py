@@ -194,3 +194,29 @@ def test_time_split_recorded(tiny_bert):
     assert set(split_) == {"calibration_forwards_s", "hessians_s", "mask_choice_s", "reconstruction_s"}
     assert all(v >= 0 for v in split_.values()) and split_["reconstruction_s"] > 0
     assert pruner.ledger.steps[-1]["reconstruct"]["solver_stats"]["float64_fallback_rows"] == 0
+
+
+def test_sparsegpt_block_granularity_is_exact_and_one_forward_per_block(tiny_bert):
+    calib = _calib("bert")
+
+    def run(granularity):
+        model = copy.deepcopy(tiny_bert)
+        calls = {"n": 0}
+        for blk in model.encoder.layer:
+            blk.register_forward_pre_hook(lambda mod, args: calls.__setitem__("n", calls["n"] + 1))
+        cfg = {"method": "sparsegpt", "sparsity": 0.5, "sequential": granularity}
+        pruner = MPPruner(model, PruningConfig.from_dict(cfg))
+        masks = pruner.prune(calibration=calib)
+        assert masks.num_pruned == math.floor(0.5 * pruner.layers.total_params)
+        assert pruner.ledger.steps[-1]["time_split"]["path"] == "blocks"
+        return calls["n"], masks
+
+    n_layer, m_layer = run("layer")
+    n_block, m_block = run("block")
+    # BERT blocks have 4 input groups (q/k/v, attention output, intermediate, output): layer granularity runs
+    # 4 partial forwards + 1 propagation per block and batch, block granularity 1 + 1
+    blocks, batches = len(tiny_bert.encoder.layer), len(calib)
+    assert n_layer - n_block == blocks * batches * 3
+    assert m_layer.sha256() != m_block.sha256()  # a different (coarser) convention, not the same result
+    with pytest.raises(Exception, match="sequential"):
+        PruningConfig.from_dict({"method": "sparsegpt", "sequential": "nope"})

@@ -27,18 +27,24 @@ class SparseGPTConfig(CalibrationOptions, PruningConfig):
 
     Args:
         blocksize (`int`, defaults to 128): columns per lazy-update block (multiple of n for k:n).
+        sequential (`str`, defaults to `"layer"`): `"layer"` = every layer calibrated on the model with all earlier
+            layers already pruned; `"block"` = llm-compressor's convention (`sequential_targets` = the transformer
+            block): all layers of a block calibrated in one forward of the block, then pruned; cheaper forwards.
         calibration_samples, calibration_batch_size, percdamp: see `CalibrationOptions` (`reconstruct` is ignored:
             SparseGPT updates weights by construction).
     """
 
     method: str = "sparsegpt"
     blocksize: int = 128
+    sequential: str = "layer"
 
     def __post_init__(self):
         super().__post_init__()
         self._check_calibration_options()
         if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize < 1:
             raise ConfigError(f"blocksize={self.blocksize!r} must be an int >= 1 (the paper uses 128)")
+        if self.sequential not in ("layer", "block"):
+            raise ConfigError(f"sequential={self.sequential!r} must be 'layer' or 'block'")
 
 
 @register_method("sparsegpt", SparseGPTConfig, needs_calibration=True)
@@ -73,7 +79,9 @@ def run_sparsegpt(ctx: PruneContext, counts: dict[str, int]) -> Masks:
         keeps[layer.name] = layer.from_matrix(keep)
         return w_new
 
-    tm = sequential_apply(ctx.model, ctx.layers, batches.batches, prune_layer, desc="sparsegpt")
+    tm = sequential_apply(
+        ctx.model, ctx.layers, batches.batches, prune_layer, desc="sparsegpt", granularity=cfg.sequential
+    )
     ctx.record["time_split"] = {
         "calibration_forwards_s": round(tm.forward_s, 3),
         "hessians_s": round(tm.hessian_s, 3),
@@ -85,7 +93,7 @@ def run_sparsegpt(ctx: PruneContext, counts: dict[str, int]) -> Masks:
             "blocksize": cfg.blocksize,
             "percdamp": cfg.percdamp,
             "rounding": "exact: floor(s*P) overall, floor(s*numel_l) + largest remainder, running budget per block",
-            "order": "forward, sequential on the pruned model",
+            "order": f"forward, sequential on the pruned model (granularity: {cfg.sequential})",
         }
     )
     return Masks({la.name: keeps[la.name] for la in ctx.layers}, cfg.pattern)
