@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-all wheel lint demo bench bench-gpu clean
+.PHONY: venv test test-all wheel lint demo bench bench-issue17 bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,18 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_digits_grid.py --seeds 0 1 2 --out benchmarks/out/digits_grid.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_digits_kn.py --seeds 0 1 2 --out benchmarks/out/digits_kn.json
 	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/bench_minilm_kn.py --seeds 0 1 2 --out benchmarks/out/minilm_kn.json
+	$(MAKE) bench-issue17
+
+# Issue 17: cost and quality against llm-compressor's SparseGPT (its own pinned venv, outside the repository),
+# measured in the same run; then the scaling table. PEER_VENV defaults to ../peer-venv.
+PEER_VENV ?= $(abspath ..)/peer-venv
+bench-issue17: $(STAMP)
+	mkdir -p benchmarks/out
+	PEER_VENV=$(PEER_VENV) bash benchmarks/peer_venv.sh
+	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/bench_minilm_issue17.py --targets 0.5 0.6 0.7 2:4 --seeds 0 1 2 \
+		--peer-venv $(PEER_VENV) --out benchmarks/out/issue17_minilm.json
+	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/bench_scaling.py --models vit-s bert-base vit-b vit-l --samples 8 \
+		--out benchmarks/out/scaling.json
 
 clean:
 	rm -rf $(VENV) mpprune-demo .pytest_cache .ruff_cache

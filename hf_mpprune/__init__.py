@@ -54,7 +54,7 @@ from .methods.mp_wanda import MPWandaConfig
 from .methods.rmt import RMTConfig
 from .methods.seb import SEBConfig
 from .methods.ser import HybridConfig, SERConfig
-from .methods.sparsegpt import SparseGPTConfig
+from .methods.sparsegpt import MPSparseGPTConfig, SparseGPTConfig
 from .methods.wanda import WandaConfig
 from .pruner import MPPruner
 from .recipes.oneshot import oneshot
@@ -91,6 +91,7 @@ __all__ = [
     "MPPruneError",
     "MPPruneWarning",
     "MPPruner",
+    "MPSparseGPTConfig",
     "MPWandaConfig",
     "MagnitudeConfig",
     "MaskFreezeCallback",

@@ -1,9 +1,10 @@
 """Sequential layer-by-layer calibration (SparseGPT-style): each registered layer, in forward order, sees the
 inputs produced by the already pruned / re-fitted earlier layers.
 
-Cost: one partial forward of the calibration batches per layer (the forward stops at the layer being processed),
-so O(L) partial forwards; for MiniLM (37 layers, 128 sentences) a few seconds on CPU. Memory: one (N, N) float64
-Hessian at a time. If anything fails midway, every registered weight is restored, so the model is unmodified.
+Cost: the calibration batches run once up to the first transformer block, then one block at a time on cached block
+inputs (`hf_mpprune.blockwise`; one partial block forward per group of layers sharing an input), so O(L) layer
+forwards; models that cannot be chained fall back to one partial forward per layer. Memory: one (N, N) float64
+Hessian at a time plus the cached block inputs. If anything fails midway, every registered weight is restored, so the model is unmodified.
 """
 
 import logging
@@ -13,6 +14,7 @@ import torch
 from huggingface_hub.utils import tqdm
 from torch import nn
 
+from .blockwise import Timings, block_sequential
 from .calibration import capture, run_batches
 from .errors import ConfigError
 from .layers import LayerSet, PrunableLayer
@@ -74,13 +76,13 @@ def layer_hessian(model: nn.Module, layer: PrunableLayer, batches: Iterable[dict
 @torch.no_grad()
 def sequential_hessians(
     model: nn.Module, layers: Iterable[PrunableLayer], batches: Iterable[dict],
-    on_layer: Callable[[PrunableLayer, torch.Tensor], None],
-) -> None:  # fmt: skip
-    """For each layer in the given order: H of its inputs on the CURRENT model (`layer_hessian`), then
-    `on_layer(layer, H)`, which may rewrite the layer; later layers see the rewritten upstream."""
-    batches = list(batches)
-    for layer in layers:
-        on_layer(layer, layer_hessian(model, layer, batches))
+    on_layer: Callable[[PrunableLayer, torch.Tensor], None], *, timings=None,
+):  # fmt: skip
+    """For each layer in the given order: H = 2·XᵀX of its inputs (float64) on the CURRENT model, then
+    `on_layer(layer, H)`, which may rewrite the layer; later layers see the rewritten upstream. Runs on cached
+    transformer-block inputs (`blockwise.block_sequential`; plain partial forwards where a model cannot be chained).
+    Returns the phase timings."""
+    return block_sequential(model, list(layers), batches, on_layer, timings=timings)
 
 
 def sequential_apply(
@@ -90,22 +92,37 @@ def sequential_apply(
     fn: Callable[[PrunableLayer, torch.Tensor], torch.Tensor],
     *,
     desc: str = "sequential",
-) -> None:
+    hessian_dtype: torch.dtype = torch.float64,
+    timings: "Timings | None" = None,
+    granularity: str = "layer",
+) -> "Timings":
     """For each layer in forward order: H from the current model, `new = fn(layer, H)` ((out, in) matrix), write
-    it into the layer's weight. All registered weights are restored if any step raises."""
-    order = forward_order(model, layers, batches)
-    backup = {la.name: la.weight.detach().clone() for la in layers}
+    it into the layer's weight. All registered weights are restored if any step raises.
+
+    Runs on cached transformer-block inputs (`hf_mpprune.blockwise`: same result, O(L) instead of O(L²) layer
+    forwards; layers fed the same tensor share one Hessian) and falls back to one partial forward per layer for
+    models it cannot chain. Returns the phase timings."""
+    layer_list = list(layers)
+    backup = {la.name: la.weight.detach().clone() for la in layer_list}
+    bar = tqdm(total=len(layer_list), desc=desc, disable=len(layer_list) < 8)
+
+    def step(layer: PrunableLayer, h: torch.Tensor) -> None:
+        new = fn(layer, h)
+        with torch.no_grad():
+            layer.weight.copy_(layer.from_matrix(new.to(layer.weight.dtype)))
+        bar.update(1)
+
     try:
-        for layer in tqdm(order, desc=desc, disable=len(order) < 8):
-            h = layer_hessian(model, layer, batches)
-            new = fn(layer, h)
-            with torch.no_grad():
-                layer.weight.copy_(layer.from_matrix(new.to(layer.weight.dtype)))
+        return block_sequential(
+            model, layer_list, batches, step, hessian_dtype=hessian_dtype, timings=timings, granularity=granularity
+        )
     except BaseException:
         with torch.no_grad():
-            for la in layers:
+            for la in layer_list:
                 la.weight.copy_(backup[la.name])
         raise
+    finally:
+        bar.close()
 
 
 # `hessian` is re-exported for callers that capture rows themselves.

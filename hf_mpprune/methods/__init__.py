@@ -1,8 +1,9 @@
 """Pruning methods: one module per method, each registering itself in `hf_mpprune.core.registry`.
 
-Owns the shared helpers (`common`: calibration options and batches, reconstruction, row budgets, cumulative
-selection; `budgets`: SEB layer weights and global keep-top), one file per unstructured method and `kn/` for k:n
-methods. Adding a method = one file that calls `@register_method(...)` + one import line here. May import:
+Owns the shared helpers (`common`: calibration options and batches, reconstruction and its time split, row
+budgets, cumulative selection, SEB and MP layer weights), one file per unstructured method (`ser.py` also registers
+Hybrid, `sparsegpt.py` also mp-sparsegpt: each is the same algorithm with another schedule or budget) and `kn/` for
+k:n methods. Adding a method = one file that calls `@register_method(...)` + one import line here. May import:
 `hf_mpprune.core` and `hf_mpprune.spectral`; a method module never imports another method module.
 """
 

@@ -71,22 +71,30 @@ def calibration_batches(ctx: PruneContext) -> CalibrationBatches:
 def reconstruct_(ctx: PruneContext, masks: Masks, batches: CalibrationBatches) -> None:
     """Re-fit the kept weights of every layer by `obs_reconstruct`, sequentially (model modified in place)."""
     damp = float(ctx.config.percdamp)
-    layers = LayerSet([la for la in ctx.layers if grouped_reason(la) is None], ctx.layers.excluded)
-    for la in ctx.layers:
-        if grouped_reason(la) is not None:
-            logger.info(
-                "reconstruct: %s skipped (%s): its weights keep their pruned values", la.name, grouped_reason(la)
-            )
+    stats: dict = {}
 
     def fit(layer, h: torch.Tensor) -> torch.Tensor:
         keep = layer.matrix_view(masks[layer.name].cpu())
-        return obs_reconstruct(layer.matrix_view().detach().cpu(), h, keep, percdamp=damp)
+        return obs_reconstruct(layer.matrix_view().detach().cpu(), h, keep, percdamp=damp, stats=stats)
 
-    sequential_apply(ctx.model, layers, batches.batches, fit, desc="obs-reconstruct")
+    tm = sequential_apply(ctx.model, ctx.layers, batches.batches, fit, desc="obs-reconstruct")
     ctx.record["reconstruct"] = {
         "kind": "obs_least_squares", "percdamp": damp, "order": "forward, sequential",
         "target": "dense W x on inputs from the re-fitted earlier layers",
+        "solver": "per row the smaller of kept / pruned (OBS) form; float32 Cholesky + float64 refinement",
+        "solver_stats": stats, "time_split": tm.record(),
     }  # fmt: skip
+    return tm
+
+
+def time_split(ctx: PruneContext, forwards_s: float, mask_s: float, tm=None) -> None:
+    """ctx.record["time_split"]: seconds in calibration forwards, Hessians, mask choice and reconstruction."""
+    ctx.record["time_split"] = {
+        "calibration_forwards_s": round(forwards_s + (tm.forward_s if tm else 0.0), 3),
+        "hessians_s": round(tm.hessian_s if tm else 0.0, 3),
+        "mask_choice_s": round(mask_s, 3),
+        "reconstruction_s": round(tm.solve_s if tm else 0.0, 3),
+    }
 
 
 def check_rows(layer, norms: torch.Tensor) -> None:
@@ -320,3 +328,35 @@ def skips_grouped_convs(fn: Callable[[PruneContext], Masks]) -> Callable[[PruneC
         return Masks(out, masks.pattern)
 
     return wrapper
+
+
+# ---- MP layer weights shared by the MP-budgeted methods (mp-wanda, mp-sparsegpt) ---------------------------
+def _sigma2_rel(fit, shape) -> float:
+    """Bulk variance σ̂² over the mean squared entry: the share of the energy a pure-noise matrix would explain."""
+    mean_sq = fit.frob_norm**2 / (shape[0] * shape[1])
+    return fit.sigma2 / mean_sq if mean_sq > 0 else math.nan
+
+
+# name -> (value from an MPFit and the layer shape, orientation: +1 when larger = more random-like)
+SIGNALS = {
+    "sigma2_rel": (_sigma2_rel, +1.0),
+    "bulk_fraction": (lambda f, s: f.bulk_fraction, +1.0),
+    "spike_energy_fraction": (lambda f, s: f.spike_energy_fraction, -1.0),
+    "fit_error": (lambda f, s: f.fit_error, -1.0),
+    "edge_ratio": (lambda f, s: 1.0 / f.top_ratio if f.top_ratio and math.isfinite(f.top_ratio) else 0.0, +1.0),
+    "hill_alpha": (lambda f, s: f.hill_alpha, +1.0),
+    "sigma_plus": (lambda f, s: f.sigma_plus, +1.0),  # raw, shape-dependent: kept for the ablation only
+}
+
+
+def layer_weights(ctx: PruneContext) -> dict[str, float]:
+    """w_ℓ from the oriented, z-scored signal of the dense model's spectra."""
+    cfg = ctx.config
+    fits = ctx.spectra.by_layer() if ctx.spectra is not None else {}
+    fn, sign = SIGNALS[cfg.signal]
+    signal = {}
+    for la in ctx.layers:
+        v = fn(fits[la.name], la.shape) if la.name in fits else None
+        signal[la.name] = sign * v if v is not None and math.isfinite(v) else None
+    regime = SEBRegime(cfg.signal, cfg.beta, cfg.decay_end or math.inf, cfg.decay_power)
+    return seb_weights(signal, {la.name: la.role for la in ctx.layers}, cfg.sparsity, regime)

@@ -7,7 +7,7 @@ w_ℓ = max(0.1, 1 + β · d(s) · z_ℓ) (`budgets.seb_weights`). The defaults 
 sentences disjoint from the reported evaluation split and from calibration (benchmarks/RESULTS.md).
 """
 
-import math
+import time
 from dataclasses import dataclass
 
 from ..core.config import PruningConfig
@@ -15,37 +15,22 @@ from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.registry import PruneContext, register_method
 from .common import (
+    SIGNALS,
     CalibrationOptions,
-    SEBRegime,
     calibration_batches,
     kn_prune,
     layer_budgets,
+    layer_weights,
     previous_matrix,
     reconstruct_,
     rows_keep,
-    seb_weights,
     select,
     skips_grouped_convs,
+    time_split,
     wanda_scores,
 )
 
 
-def _sigma2_rel(fit, shape) -> float:
-    """Bulk variance σ̂² over the mean squared entry: the share of the energy a pure-noise matrix would explain."""
-    mean_sq = fit.frob_norm**2 / (shape[0] * shape[1])
-    return fit.sigma2 / mean_sq if mean_sq > 0 else math.nan
-
-
-# name -> (value from an MPFit and the layer shape, orientation: +1 when larger = more random-like)
-SIGNALS = {
-    "sigma2_rel": (_sigma2_rel, +1.0),
-    "bulk_fraction": (lambda f, s: f.bulk_fraction, +1.0),
-    "spike_energy_fraction": (lambda f, s: f.spike_energy_fraction, -1.0),
-    "fit_error": (lambda f, s: f.fit_error, -1.0),
-    "edge_ratio": (lambda f, s: 1.0 / f.top_ratio if f.top_ratio and math.isfinite(f.top_ratio) else 0.0, +1.0),
-    "hill_alpha": (lambda f, s: f.hill_alpha, +1.0),
-    "sigma_plus": (lambda f, s: f.sigma_plus, +1.0),  # raw, shape-dependent: kept for the ablation only
-}
 MAPPINGS = ("layer", "global")
 
 
@@ -95,26 +80,15 @@ class MPWandaConfig(CalibrationOptions, PruningConfig):
             raise ConfigError(f"max_layer_sparsity={self.max_layer_sparsity} must be in [sparsity={self.sparsity}, 1)")
 
 
-def layer_weights(ctx: PruneContext) -> dict[str, float]:
-    """w_ℓ from the oriented, z-scored signal of the dense model's spectra."""
-    cfg = ctx.config
-    fits = ctx.spectra.by_layer() if ctx.spectra is not None else {}
-    fn, sign = SIGNALS[cfg.signal]
-    signal = {}
-    for la in ctx.layers:
-        v = fn(fits[la.name], la.shape) if la.name in fits else None
-        signal[la.name] = sign * v if v is not None and math.isfinite(v) else None
-    regime = SEBRegime(cfg.signal, cfg.beta, cfg.decay_end or math.inf, cfg.decay_power)
-    return seb_weights(signal, {la.name: la.role for la in ctx.layers}, cfg.sparsity, regime)
-
-
 @register_method("mp-wanda", MPWandaConfig, needs_spectra=True, needs_calibration=True)
 @skips_grouped_convs
 def mp_wanda(ctx: PruneContext) -> Masks:
     """MP-budgeted Wanda: Wanda scores inside each layer, layer budgets from a shape-free MP statistic."""
     cfg = ctx.config
     batches = calibration_batches(ctx)
+    t0 = time.perf_counter()
     scores = wanda_scores(ctx, batches)
+    t1 = time.perf_counter()
     weights = layer_weights(ctx)
     record = {
         "signal": cfg.signal, "orientation": SIGNALS[cfg.signal][1], "mapping": cfg.mapping, "beta": cfg.beta,
@@ -139,6 +113,7 @@ def mp_wanda(ctx: PruneContext) -> Masks:
             {la.name: la.from_matrix(rows_keep(scores[la.name], counts[la.name], previous_matrix(ctx, la))) for la in ctx.layers}
         )  # fmt: skip
     ctx.record["mp_wanda"] = record
-    if cfg.reconstruct:
-        reconstruct_(ctx, masks, batches)
+    t2 = time.perf_counter()
+    tm = reconstruct_(ctx, masks, batches) if cfg.reconstruct else None
+    time_split(ctx, t1 - t0, t2 - t1, tm)
     return masks

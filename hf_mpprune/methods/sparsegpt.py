@@ -11,7 +11,15 @@ from ..core.masks import Masks
 from ..core.obs import sparsegpt_prune
 from ..core.registry import PruneContext, register_method
 from ..core.sequential import sequential_apply
-from .common import CalibrationOptions, calibration_batches, layer_budgets, previous_matrix, skips_grouped_convs
+from .common import (
+    SIGNALS,
+    CalibrationOptions,
+    calibration_batches,
+    layer_budgets,
+    layer_weights,
+    previous_matrix,
+    skips_grouped_convs,
+)
 
 
 @dataclass
@@ -26,18 +34,24 @@ class SparseGPTConfig(CalibrationOptions, PruningConfig):
 
     Args:
         blocksize (`int`, defaults to 128): columns per lazy-update block (multiple of n for k:n).
+        sequential (`str`, defaults to `"layer"`): `"layer"` = every layer calibrated on the model with all earlier
+            layers already pruned; `"block"` = llm-compressor's convention (`sequential_targets` = the transformer
+            block): all layers of a block calibrated in one forward of the block, then pruned; cheaper forwards.
         calibration_samples, calibration_batch_size, percdamp: see `CalibrationOptions` (`reconstruct` is ignored:
             SparseGPT updates weights by construction).
     """
 
     method: str = "sparsegpt"
     blocksize: int = 128
+    sequential: str = "layer"
 
     def __post_init__(self):
         super().__post_init__()
         self._check_calibration_options()
         if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize < 1:
             raise ConfigError(f"blocksize={self.blocksize!r} must be an int >= 1 (the paper uses 128)")
+        if self.sequential not in ("layer", "block"):
+            raise ConfigError(f"sequential={self.sequential!r} must be 'layer' or 'block'")
 
 
 @register_method("sparsegpt", SparseGPTConfig, needs_calibration=True)
@@ -45,13 +59,19 @@ class SparseGPTConfig(CalibrationOptions, PruningConfig):
 def sparsegpt(ctx: PruneContext) -> Masks:
     """SparseGPT: OBS mask selection + weight updates from the calibration Hessian, sequential over layers."""
     cfg = ctx.config
-    batches = calibration_batches(ctx)
-    target = cfg.pattern if cfg.pattern is not None else cfg.sparsity
     counts = {}
     if cfg.pattern is None:
         counts = layer_budgets(
             {la.name: la.numel for la in ctx.layers}, dict.fromkeys(ctx.layers.names, 1.0), cfg.sparsity, 1.0
         )
+    return run_sparsegpt(ctx, counts)
+
+
+def run_sparsegpt(ctx: PruneContext, counts: dict[str, int]) -> Masks:
+    """SparseGPT over the registered layers with per-layer prune `counts` (unused with a k:n pattern)."""
+    cfg = ctx.config
+    batches = calibration_batches(ctx)
+    target = cfg.pattern if cfg.pattern is not None else cfg.sparsity
     keeps: dict[str, torch.Tensor] = {}
 
     def prune_layer(layer, h: torch.Tensor) -> torch.Tensor:
@@ -67,11 +87,66 @@ def sparsegpt(ctx: PruneContext) -> Masks:
         keeps[layer.name] = layer.from_matrix(keep)
         return w_new
 
-    sequential_apply(ctx.model, ctx.layers, batches.batches, prune_layer, desc="sparsegpt")
-    ctx.record["sparsegpt"] = {
-        "blocksize": cfg.blocksize,
-        "percdamp": cfg.percdamp,
-        "rounding": "exact: floor(s*P) overall, floor(s*numel_l) + largest remainder, running budget per block",
-        "order": "forward, sequential on the pruned model",
+    tm = sequential_apply(
+        ctx.model, ctx.layers, batches.batches, prune_layer, desc="sparsegpt", granularity=cfg.sequential
+    )
+    ctx.record["time_split"] = {
+        "calibration_forwards_s": round(tm.forward_s, 3),
+        "hessians_s": round(tm.hessian_s, 3),
+        "mask_choice_and_update_s": round(tm.solve_s, 3),  # SparseGPT chooses the mask inside the OBS sweep
+        "path": tm.path,
     }
+    ctx.record.setdefault("sparsegpt", {}).update(
+        {
+            "blocksize": cfg.blocksize,
+            "percdamp": cfg.percdamp,
+            "rounding": "exact: floor(s*P) overall, floor(s*numel_l) + largest remainder, running budget per block",
+            "order": f"forward, sequential on the pruned model (granularity: {cfg.sequential})",
+        }
+    )
     return Masks({la.name: keeps[la.name] for la in ctx.layers}, cfg.pattern)
+
+
+# ---- mp-sparsegpt: SparseGPT with MP layer budgets (same file: it is SparseGPT with other counts) ----------
+@dataclass
+class MPSparseGPTConfig(SparseGPTConfig):
+    """SparseGPT with MP layer budgets.
+
+    Args:
+        signal (`str`, defaults to `"spike_energy_fraction"`), beta (`float`, defaults to -0.25), decay_end,
+            decay_power: as `MPWandaConfig` (w_ℓ = max(0.1, 1 + β·d(s)·z_ℓ) of the oriented, z-scored signal).
+        max_layer_sparsity (`float`, defaults to 0.95): cap on any layer's sparsity.
+        blocksize, calibration_samples, calibration_batch_size, percdamp: see `SparseGPTConfig`.
+    """
+
+    method: str = "mp-sparsegpt"
+    signal: str = "spike_energy_fraction"
+    beta: float = -0.25
+    decay_end: float | None = None
+    decay_power: float = 1.0
+    max_layer_sparsity: float = 0.95
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.signal not in SIGNALS:
+            raise ConfigError(f"signal={self.signal!r} must be one of {sorted(SIGNALS)}")
+        if self.decay_end is not None and not self.decay_end > 0:
+            raise ConfigError(f"decay_end={self.decay_end} must be > 0, or None for no decay")
+        if not self.sparsity <= self.max_layer_sparsity < 1.0:
+            raise ConfigError(f"max_layer_sparsity={self.max_layer_sparsity} must be in [sparsity={self.sparsity}, 1)")
+
+
+@register_method("mp-sparsegpt", MPSparseGPTConfig, needs_spectra=True, needs_calibration=True)
+def mp_sparsegpt(ctx: PruneContext) -> Masks:
+    """SparseGPT (OBS masks + updates, sequential) with per-layer budgets from the dense model's MP spectra."""
+    cfg = ctx.config
+    counts = {}
+    if cfg.pattern is None:
+        weights = layer_weights(ctx)
+        numel = {la.name: la.numel for la in ctx.layers}
+        counts = layer_budgets(numel, weights, cfg.sparsity, cfg.max_layer_sparsity)
+        ctx.record["sparsegpt"] = {
+            "budgets": "mp", "signal": cfg.signal, "beta": cfg.beta, "layer_weights": weights,
+            "layer_sparsity": {n: counts[n] / numel[n] for n in counts},
+        }  # fmt: skip
+    return run_sparsegpt(ctx, counts)

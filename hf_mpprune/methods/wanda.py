@@ -1,5 +1,6 @@
 """Wanda (Sun et al., 2023): score |W_ij| · ‖x_j‖₂ from calibration activations, prune the lowest per output row."""
 
+import time
 from dataclasses import dataclass
 
 from ..core.config import PruningConfig
@@ -15,6 +16,7 @@ from .common import (
     reconstruct_,
     rows_keep,
     skips_grouped_convs,
+    time_split,
     wanda_scores,
 )
 
@@ -53,7 +55,9 @@ class WandaConfig(CalibrationOptions, PruningConfig):
 def wanda(ctx: PruneContext) -> Masks:
     """Wanda: |W|·‖x‖₂ per output row from calibration activations (optionally OBS re-fit of kept weights)."""
     batches = calibration_batches(ctx)
+    t0 = time.perf_counter()
     scores = wanda_scores(ctx, batches)
+    t1 = time.perf_counter()
     cfg = ctx.config
     if cfg.pattern is None and cfg.rounding == "exact":
         counts = layer_budgets({la.name: la.numel for la in ctx.layers}, dict.fromkeys(scores, 1.0), cfg.sparsity, 1.0)
@@ -65,6 +69,7 @@ def wanda(ctx: PruneContext) -> Masks:
         masks = masks_from_rows(ctx, scores, dict.fromkeys(scores, cfg.sparsity))
         rule = "floor(s*N_in) per output row" if cfg.pattern is None else f"{cfg.pattern} per row"
     ctx.record["wanda"] = {"rounding": rule, "tie_break": "lower input index pruned first"}
-    if ctx.config.reconstruct:
-        reconstruct_(ctx, masks, batches)
+    t2 = time.perf_counter()
+    tm = reconstruct_(ctx, masks, batches) if ctx.config.reconstruct else None
+    time_split(ctx, t1 - t0, t2 - t1, tm)
     return masks

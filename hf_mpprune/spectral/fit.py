@@ -20,6 +20,7 @@ from huggingface_hub.utils import tqdm
 from ..core.config import SpectralConfig
 from ..core.constants import __version__
 from ..core.errors import SpectralError
+from ..core.threads import parallel_map, split
 from .law import mp_cdf, mp_quantile, tw1_quantile
 from .plots import plot_report
 
@@ -99,7 +100,11 @@ def gram_eigvals(mats: torch.Tensor, device: str | None = None) -> np.ndarray:
     x = mats.to(device=device or mats.device, dtype=torch.float64)  # (B, M, N)
     g = x @ x.mT if x.shape[1] <= x.shape[2] else x.mT @ x  # (B, p, p)
     del x
-    ev = torch.linalg.eigvalsh(g)  # (B, p) ascending
+    if g.device.type == "cpu":  # single-threaded calls spread over the cores (see hf_mpprune.threads)
+        parts = split(g.shape[0], torch.get_num_threads())
+        ev = torch.cat(parallel_map(lambda sl: torch.linalg.eigvalsh(g[sl]), parts))
+    else:
+        ev = torch.linalg.eigvalsh(g)  # (B, p) ascending
     return ev.clamp_min_(0.0).cpu().numpy()
 
 

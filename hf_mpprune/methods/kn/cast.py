@@ -2,6 +2,7 @@
 
 import logging
 import math
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -253,8 +254,10 @@ def cast(ctx: PruneContext) -> Masks:
     src = {la.name: source_keep(la, ctx.previous) for la in ctx.layers}
     dense = _dense_table(dense, eligible, src) if cfg.free_restoration else None
     perms = align(ctx, eligible, batches, src, dense) if cfg.permute_align else {}
+    t0 = time.perf_counter()
     stats = capture_stats(ctx.model, eligible, batches, n=cfg.pattern.group, conv_grouping=cfg.conv_grouping,
                           seed=cfg.seed, keep_rows=cfg.cost_form == "linf")  # fmt: skip
+    t1 = time.perf_counter()
     cand, mode = candidates(cfg.pattern, cfg.max_patterns, cfg.num_sampled_patterns, cfg.seed)
     factors = _layer_factors(eligible, src, cfg)
     masks, sources, layer_rec = {}, {}, {}
@@ -263,14 +266,20 @@ def cast(ctx: PruneContext) -> Masks:
                                       (dense or {}).get(layer.name), cfg, cand, factors[layer.name])  # fmt: skip
         layer.weight.copy_(w_new.to(layer.weight.device))
         masks[layer.name], sources[layer.name], layer_rec[layer.name] = keep, u, rec
-    if cfg.reconstruct:
-        _reconstruct(ctx, eligible, batches, masks, sources)
+    t2 = time.perf_counter()
+    tm = _reconstruct(ctx, eligible, batches, masks, sources) if cfg.reconstruct else None
+    split = {
+        "calibration_forwards_and_moments_s": round(t1 - t0, 3),  # one forward; per-group second moments
+        "mask_choice_s": round(t2 - t1, 3),
+        "reconstruction": tm.record() if tm is not None else None,
+    }
     for la in ctx.layers:
         masks.setdefault(la.name, src[la.name])
     out = Masks({la.name: masks[la.name] for la in ctx.layers}, cfg.pattern)
     audit = legality_audit(ctx.model, cfg.pattern, layers=Masks({la.name: masks[la.name] for la in eligible}),
                            conv_grouping=cfg.conv_grouping)  # fmt: skip
     ctx.record.update(_record(cfg, batches, mode, cand, skipped, perms, layer_rec, audit))
+    ctx.record["time_split"] = split
     if not audit.ok:
         raise PatternError(f"CAST produced an illegal {cfg.pattern} model (a bug): {audit.totals()}")
     return out
@@ -282,7 +291,7 @@ def _reconstruct(ctx, eligible, batches, masks, sources) -> None:
                               percdamp=ctx.config.percdamp)  # fmt: skip
         layer.weight.copy_(layer.from_matrix(mat).to(layer.weight.device, layer.weight.dtype))
 
-    sequential_hessians(ctx.model, eligible, batches, refit)
+    return sequential_hessians(ctx.model, eligible, batches, refit)
 
 
 def _record(cfg, batches, mode, cand, skipped, perms, layer_rec, audit) -> dict:

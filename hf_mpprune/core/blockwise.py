@@ -1,0 +1,369 @@
+"""Block-cached sequential calibration: the same layer-by-layer result as re-running the model up to every layer,
+at a fraction of the forward cost.
+
+The sequential convention (SparseGPT's, `sequential.sequential_apply`): each registered layer, in forward order, is
+processed with the Hessian H = 2XᵀX/rows of its inputs on the model as already modified by the earlier layers. The
+plain implementation re-runs the model from the embeddings up to every layer: O(L²) layer forwards. Here the
+inputs of the repeated transformer blocks (the `nn.ModuleList` holding most registered layers) are cached once and
+the model is advanced one block at a time on the cache, like llm-compressor's sequential pipeline:
+
+* block inputs `(args, kwargs)` of every calibration batch are captured at block 0 (forward stopped there), then
+  each block's output (on the already modified block) becomes the next block's first argument;
+* inside a block, layers that receive the very same input tensor (same storage and values; e.g. query / key /
+  value) form one group with ONE Hessian; each group costs one partial block forward that stops at its first layer;
+* registered layers before / after the blocks (patch embedding, pooler, head) use the plain path.
+
+Equivalence is checked before anything is modified: on the first batch the cached chain of dense blocks must
+reproduce the inputs the real forward hands to every block (`torch.allclose`, rtol 1e-4). A model whose blocks take
+non-tensor state (KV caches), whose forward order interleaves blocks, or that fails the check is processed by the
+plain path (`Timings.path` says why). Hessians: float64 accumulators of per-batch `XᵀX` products computed in
+`hessian_dtype` (default float64: the plain path's arithmetic).
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .calibration import layer_input_rows, run_batches
+from .errors import ConfigError
+from .layers import PrunableLayer
+
+
+logger = logging.getLogger(__name__)
+
+_SIMPLE = (type(None), bool, int, float, str, torch.dtype, torch.device)
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a forward early."""
+
+
+@dataclass
+class Timings:
+    """Seconds per phase of a sequential run (read by the methods into the ledger record)."""
+
+    forward_s: float = 0.0  # calibration forwards (block chain, partial and plain forwards)
+    hessian_s: float = 0.0  # XᵀX accumulation
+    solve_s: float = 0.0  # the per-layer callbacks (mask choice and / or re-fit)
+    path: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        out = {
+            "calibration_forwards_s": round(self.forward_s, 3),
+            "hessians_s": round(self.hessian_s, 3),
+            "layer_solves_s": round(self.solve_s, 3),
+            "path": self.path,
+        }
+        out.update({k: round(v, 3) if isinstance(v, float) else v for k, v in self.extra.items()})
+        return out
+
+
+def _to(b: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+
+
+def _first_tensor(args, kwargs) -> torch.Tensor | None:
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    hs = kwargs.get("hidden_states")
+    return hs if isinstance(hs, torch.Tensor) else None
+
+
+def _with_hidden(args, kwargs, hidden):
+    if args and isinstance(args[0], torch.Tensor):
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def _simple_state(obj) -> bool:
+    if isinstance(obj, (torch.Tensor, *_SIMPLE)):
+        return True
+    if isinstance(obj, (tuple, list)):
+        return all(_simple_state(o) for o in obj)
+    return False
+
+
+def _block_index(name: str, prefix: str) -> int | None:
+    pre = f"{prefix}." if prefix else ""
+    if not name.startswith(pre):
+        return None
+    head = name[len(pre) :].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def find_blocks(model: nn.Module, layers: list[PrunableLayer]) -> tuple[str, list[nn.Module]] | None:
+    """(prefix, blocks) of the `nn.ModuleList` whose children hold the most registered layers (≥ 2 children)."""
+    best, best_count = None, 0
+    for prefix, mod in model.named_modules():
+        if not isinstance(mod, nn.ModuleList) or len(mod) < 2:
+            continue
+        idx = [_block_index(la.name, prefix) for la in layers]
+        idx = [i for i in idx if i is not None]
+        if len(idx) > best_count and len(set(idx)) >= 2:
+            best, best_count = (prefix, list(mod)), len(idx)
+    return best
+
+
+@dataclass
+class BlockPlan:
+    pre: list[PrunableLayer]
+    blocks: list[nn.Module]
+    groups: list[list[list[PrunableLayer]]]  # per block: groups sharing one input tensor, forward order
+    post: list[PrunableLayer]
+
+
+@torch.no_grad()
+def plan(
+    model: nn.Module, layers: list[PrunableLayer], batches: list[dict]
+) -> tuple[list[PrunableLayer], BlockPlan | None, str]:
+    """Forward order of `layers` (every batch runs once, so a batch that does not fit raises `ConfigError` before
+    anything changes) and the block plan, or None with the reason for the plain path."""
+    order: list[PrunableLayer] = []
+    inputs: dict[str, torch.Tensor] = {}
+    block_inputs: list[tuple] = []
+    found = find_blocks(model, layers)
+    layer_handles, block_handles = [], []
+
+    def note(layer):
+        def hook(mod, args):
+            if layer.name not in inputs:
+                order.append(layer)
+                inputs[layer.name] = args[0] if args and isinstance(args[0], torch.Tensor) else None
+
+        return hook
+
+    def grab(mod, args, kwargs):
+        block_inputs.append((args, kwargs))
+
+    try:
+        layer_handles = [la.module.register_forward_pre_hook(note(la)) for la in layers]
+        if found is not None:
+            block_handles = [blk.register_forward_pre_hook(grab, with_kwargs=True) for blk in found[1]]
+        run_batches(model, batches[:1])
+        for h in block_handles:
+            h.remove()
+        run_batches(model, batches[1:])
+    finally:
+        for h in layer_handles + block_handles:
+            h.remove()
+    missing = [la.name for la in layers if la.name not in inputs]
+    if missing:
+        raise ConfigError(
+            f"calibration forwards never reached layer(s) {missing[:10]}: exclude them with ignore=[...] "
+            "or pass inputs that exercise them"
+        )
+    if found is None:
+        return order, None, "no repeated block list"
+    prefix, blocks = found
+    if len(block_inputs) != len(blocks):
+        return order, None, f"{len(block_inputs)} block calls for {len(blocks)} blocks"
+    pre, post, inner = [], [], []
+    phase, last = 0, -1  # 0: before the blocks, 1: inside, 2: after
+    for la in order:
+        i = _block_index(la.name, prefix)
+        if i is None:
+            if phase == 0:
+                pre.append(la)
+            else:
+                phase = 2
+                post.append(la)
+        elif phase == 2 or i < last:
+            return order, None, "forward order interleaves blocks and other layers"
+        else:
+            phase, last = 1, i
+            inner.append((la, i))
+    groups: list[list[list[PrunableLayer]]] = [[] for _ in blocks]
+    for la, i in inner:
+        g = groups[i]
+        a = inputs[g[-1][-1].name] if g else None
+        b = inputs[la.name]
+        same = (
+            a is not None and b is not None and a.data_ptr() == b.data_ptr() and a.shape == b.shape
+            and a.stride() == b.stride() and a.dtype == b.dtype and torch.equal(a, b)
+        )  # fmt: skip
+        if same:
+            g[-1].append(la)
+        else:
+            g.append([la])
+    for args, kwargs in block_inputs:
+        if _first_tensor(args, kwargs) is None or not all(_simple_state(v) for v in (*args, *kwargs.values())):
+            return order, None, "blocks take non-tensor state (e.g. a KV cache) or no hidden-state tensor"
+    args, kwargs = block_inputs[0]  # the chained dense blocks must reproduce every block's real input
+    for i, blk in enumerate(blocks[:-1]):
+        out = blk(*args, **kwargs)
+        hidden = out[0] if isinstance(out, (tuple, list)) else out
+        real = _first_tensor(*block_inputs[i + 1])
+        if not isinstance(hidden, torch.Tensor) or real.shape != hidden.shape:
+            return order, None, f"block {i} output does not have block {i + 1}'s input shape"
+        if not torch.allclose(real, hidden, rtol=1e-4, atol=1e-5):
+            return order, None, f"block {i} output is not block {i + 1}'s input"
+        args, kwargs = block_inputs[i + 1]
+    return order, BlockPlan(pre, blocks, groups, post), "blocks"
+
+
+class _Hessian:
+    """float64 accumulator of XᵀX; products in `dtype`."""
+
+    def __init__(self, dtype: torch.dtype, tm: "Timings"):
+        self.dtype, self.tm, self.xtx, self.rows = dtype, tm, None, 0
+
+    def add(self, rows: torch.Tensor) -> None:
+        t = time.perf_counter()
+        x = rows.to(self.dtype)
+        xtx = (x.T @ x).double()
+        self.xtx = xtx if self.xtx is None else self.xtx + xtx
+        self.rows += x.shape[0]
+        self.tm.hessian_s += time.perf_counter() - t
+
+    def value(self, name: str) -> torch.Tensor:
+        if self.xtx is None:
+            raise ConfigError(f"calibration forwards never reached layer {name!r}")
+        return 2.0 * self.xtx.cpu() / max(1, self.rows)
+
+
+def _partial(tm: Timings, layer: PrunableLayer, acc: _Hessian, forwards: Callable[[], None]) -> None:
+    """Run `forwards` with a hook on `layer` that feeds `acc` and stops the forward; time it."""
+
+    def hook(mod, args):
+        acc.add(layer_input_rows(layer, args[0].detach()))
+        raise _Stop
+
+    handle = layer.module.register_forward_pre_hook(hook)
+    t0, h0 = time.perf_counter(), tm.hessian_s
+    try:
+        forwards()
+    finally:
+        handle.remove()
+    tm.forward_s += time.perf_counter() - t0 - (tm.hessian_s - h0)
+
+
+@torch.no_grad()
+def block_sequential(
+    model: nn.Module,
+    layers: list[PrunableLayer],
+    batches: Iterable[dict],
+    on_layer: Callable[[PrunableLayer, torch.Tensor], None],
+    *,
+    hessian_dtype: torch.dtype = torch.float64,
+    timings: Timings | None = None,
+    granularity: str = "layer",
+) -> Timings:
+    """Call `on_layer(layer, H)` for every layer of `layers` in forward order, H from the current model.
+
+    `on_layer` may rewrite the layer's weight; later layers see the rewritten upstream. Layers of one input group
+    share H (their input is one tensor, which no rewrite inside the group can change). Returns the timings.
+    `granularity="block"` (llm-compressor's convention): inside a transformer block every Hessian comes from ONE
+    forward of the block as it was when the block was reached (earlier blocks already rewritten), so a block costs
+    2 block forwards instead of (groups + 1); results differ from the layer-sequential default.
+    """
+    tm = timings if timings is not None else Timings()
+    batches = list(batches)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+
+    def call(layer, h):
+        t = time.perf_counter()
+        on_layer(layer, h)
+        tm.solve_s += time.perf_counter() - t
+
+    def plain(layer):
+        acc = _Hessian(hessian_dtype, tm)
+
+        def forwards():
+            for b in batches:
+                try:
+                    model(**_to(b, device))
+                except _Stop:
+                    pass
+
+        _partial(tm, layer, acc, forwards)
+        call(layer, acc.value(layer.name))
+
+    try:
+        t0 = time.perf_counter()
+        order, pl, why = plan(model, layers, batches)
+        tm.forward_s += time.perf_counter() - t0
+        if pl is None:
+            tm.path = f"plain ({why})"
+            logger.debug("sequential calibration: plain path (%s)", why)
+            for la in order:
+                plain(la)
+            return tm
+        tm.path = "blocks"
+        for la in pl.pre:
+            plain(la)
+        cache: list[tuple] = []
+
+        def grab(mod, args, kwargs):
+            cache.append((args, kwargs))
+            raise _Stop
+
+        t0 = time.perf_counter()
+        handle = pl.blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            for b in batches:
+                try:
+                    model(**_to(b, device))
+                except _Stop:
+                    pass
+        finally:
+            handle.remove()
+        tm.forward_s += time.perf_counter() - t0
+        for blk, groups in zip(pl.blocks, pl.groups):
+            if granularity == "block":
+                accs = [_Hessian(hessian_dtype, tm) for _ in groups]
+                handles = [
+                    g[0].module.register_forward_pre_hook(
+                        lambda mod, args, acc=acc, la=g[0]: acc.add(layer_input_rows(la, args[0].detach()))
+                    )
+                    for g, acc in zip(groups, accs)
+                ]
+                t0, h0 = time.perf_counter(), tm.hessian_s
+                try:
+                    for args, kwargs in cache:
+                        blk(*args, **kwargs)
+                finally:
+                    for hd in handles:
+                        hd.remove()
+                tm.forward_s += time.perf_counter() - t0 - (tm.hessian_s - h0)
+                hs = [acc.value(g[0].name) for g, acc in zip(groups, accs)]
+                for group, h in zip(groups, hs):
+                    for la in group:
+                        call(la, h)
+                groups = []
+            for group in groups:
+                acc = _Hessian(hessian_dtype, tm)
+
+                def forwards(blk=blk, cache=cache):
+                    for args, kwargs in cache:
+                        try:
+                            blk(*args, **kwargs)
+                        except _Stop:
+                            pass
+
+                _partial(tm, group[0], acc, forwards)
+                h = acc.value(group[0].name)
+                for la in group:
+                    call(la, h)
+            t0 = time.perf_counter()
+            nxt = []
+            for args, kwargs in cache:
+                out = blk(*args, **kwargs)
+                nxt.append(_with_hidden(args, kwargs, out[0] if isinstance(out, (tuple, list)) else out))
+            cache[:] = nxt
+            tm.forward_s += time.perf_counter() - t0
+        cache.clear()
+        for la in pl.post:
+            plain(la)
+        return tm
+    finally:
+        model.train(was_training)
+
+
+__all__ = ["BlockPlan", "Timings", "block_sequential", "find_blocks", "plan"]
