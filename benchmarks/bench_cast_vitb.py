@@ -1,4 +1,4 @@
-"""CAST pattern-search time per ViT-B/16 Linear shape and peak memory (ALGORITHMS.md §8.7, §8.12).
+"""CAST pattern-search time per ViT-B/16 Linear shape and peak memory (docs/algorithms.md §8.7, §8.12).
 
 `--mode search` (default): for each ViT-B/16 Linear shape (q/k/v/o 768x768, fc1 3072x768, fc2 768x3072) time the
 CAST projection of one layer (`methods.cast.project`: source tuple, magnitude init, running-argmin search, new

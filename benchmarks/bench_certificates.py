@@ -1,4 +1,4 @@
-"""Certificate benchmarks (ALGORITHMS.md §16 rows 4 and 6) on a ReLU MLP 64-256-256-10 trained on sklearn digits.
+"""Certificate benchmarks (docs/algorithms.md §16 rows 4 and 6) on a ReLU MLP 64-256-256-10 trained on sklearn digits.
 
 1. Lemma 5.1 / Cor 5.2 with the valid `mlp_global` L_s over `--masks` masks per layer (half magnitude masks on a
    swept sparsity grid, half random masks at uniform random sparsity) on layers 0 and 2: violations (expected 0),

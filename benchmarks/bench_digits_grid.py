@@ -1,4 +1,4 @@
-"""Benchmark (b): digits ViT trained from scratch, cyclic grid 0.05…0.70, 1 KD epoch per cycle (ALGORITHMS.md §16 #9).
+"""Benchmark (b): digits ViT trained from scratch, cyclic grid 0.05…0.70, 1 KD epoch per cycle (docs/algorithms.md §16 #9).
 
 Methods, all registered ones, run by `run_cycles` along the full grid with cumulative masks: global magnitude,
 SEB (four-regime table, dense spectra), SER (from the first grid point), Hybrid (magnitude ≤ 0.20, SER after),

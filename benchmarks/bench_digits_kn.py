@@ -1,4 +1,4 @@
-"""k:n on the digits ViT with 3 epochs of frozen-mask KD (issue 5, ALGORITHMS.md §11.2): magnitude / Wanda /
+"""k:n on the digits ViT with 3 epochs of frozen-mask KD (issue 5, docs/algorithms.md §11.2): magnitude / Wanda /
 SparseGPT k:n vs CAST (+ permutation, + reconstruction), dense source, 3 seeds.
 
 Per seed: the dense digits ViT (`hf_mpprune.builtins.digits`, 20 epochs, cached under benchmarks/out/), calibration = 128

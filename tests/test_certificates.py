@@ -1,4 +1,4 @@
-"""Data-path budget certificates (ALGORITHMS.md §9; §16 rows 4-6): the bounds hold against independently computed
+"""Data-path budget certificates (docs/algorithms.md §9; §16 rows 4-6): the bounds hold against independently computed
 truths on a trained ReLU MLP, exactly on classifier heads, vanish for dead inputs, and bad inputs fail clearly."""
 
 import copy

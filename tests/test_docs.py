@@ -260,3 +260,23 @@ def test_every_public_name_in_the_readme_imports():
         module = __import__(mod, fromlist=[name])
         assert hasattr(module, name), f"README imports {name} from {mod}, which does not exist"
     assert all(hasattr(hf_mpprune, n) for n in hf_mpprune.__all__)
+
+
+def test_citations_of_docs_algorithms_resolve_to_a_section():
+    """Code comments cite `docs/algorithms.md §x.y`; every cited section exists (the repository stands alone)."""
+    headings = set()
+    for line in open(os.path.join(ROOT, "docs", "algorithms.md"), encoding="utf-8"):
+        m = re.match(r"^#{2,4}\s+(?:§\s*)?(\d+(?:\.\d+)*)", line)
+        if m:
+            headings.add(m.group(1))
+    cited = set()
+    for top in ("hf_mpprune", "docs", "README.md"):
+        paths = [os.path.join(ROOT, top)] if top.endswith(".md") else [
+            os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(ROOT, top)) for f in fs
+            if f.endswith((".py", ".md", ".yaml"))
+        ]  # fmt: skip
+        for p in paths:
+            text = open(p, encoding="utf-8").read()
+            assert "shared/design" not in text and "ALGORITHMS.md" not in text, f"{p} points outside the repository"
+            cited |= {m.rstrip(".") for m in re.findall(r"docs/algorithms\.md §(\d+(?:\.\d+)*)", text)}
+    assert cited and cited <= headings, sorted(cited - headings)

@@ -28,7 +28,7 @@ def test_vit_transformers5_names_and_roles(tiny_vit):
         assert r[f"vit.layers.{i}.mlp.fc1"] == r[f"vit.layers.{i}.mlp.fc2"] == "mlp"
     conv = ls["vit.embeddings.patch_embeddings.projection"]
     assert conv.kind == "conv2d" and conv.shape == (64, 3 * 4 * 4)
-    # the conv matrix view is channel-major then kernel row then column (ALGORITHMS.md §1.2)
+    # the conv matrix view is channel-major then kernel row then column (docs/algorithms.md §1.2)
     w = conv.weight
     assert conv.matrix_view()[5, 1 * 16 + 2 * 4 + 3] == w[5, 1, 2, 3]
     assert conv.from_matrix(conv.matrix_view()).shape == w.shape

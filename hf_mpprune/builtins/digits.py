@@ -1,4 +1,4 @@
-"""The small-scale testbed of ALGORITHMS.md §16: scikit-learn's 8×8 digits and a tiny ViT trained from scratch.
+"""The small-scale testbed of docs/algorithms.md §16: scikit-learn's 8×8 digits and a tiny ViT trained from scratch.
 
 Shared by tests, benchmarks and the demo: `load_digits_splits(seed)` (stratified 60/20/20 train/val/test; the
 test split is never used for choices), `build_digits_vit(seed)` (patch 2, width 96, 4 blocks, 4 heads, MLP 384:

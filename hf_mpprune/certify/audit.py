@@ -1,4 +1,4 @@
-"""Deterministic data-path certificates and budget audits (ALGORITHMS.md §9.4): hooks, weight swaps, batching.
+"""Deterministic data-path certificates and budget audits (docs/algorithms.md §9.4): hooks, weight swaps, batching.
 
 The math lives in `bounds.py`, the L_s estimators in `lipschitz.py`, the records in
 `report.py`. Decisions [D] (also stored in every report's `decisions`):
@@ -253,7 +253,7 @@ def budget_audit(
     rtol: float | None = None,
     progress: bool = False,
 ) -> BudgetAuditReport:
-    """Data-path budget audit of replacing `layers` of `dense_model` by those of `pruned_model` (ALGORITHMS.md §9).
+    """Data-path budget audit of replacing `layers` of `dense_model` by those of `pruned_model` (docs/algorithms.md §9).
 
     Args:
         dense_model, pruned_model: same architecture; R = W_dense - W_pruned per audited layer. The dense model

@@ -1,4 +1,4 @@
-"""Pure math of the data-path budget certificates (ALGORITHMS.md §9). No hooks, no models: arrays in, numbers out.
+"""Pure math of the data-path budget certificates (docs/algorithms.md §9). No hooks, no models: arrays in, numbers out.
 
 Conventions: `eta[s] = L_s · ‖Rψ₁(s)‖_∞` (θ = 0, full removal); logits arrays are `(N, K)` float64; every check
 uses a per-sample float tolerance `tol_z[s] = rtol · max(1, ‖z_before(s)‖_∞, ‖z_after(s)‖_∞)` on logits, which

@@ -1,4 +1,4 @@
-"""L_s estimators that need the model (ALGORITHMS.md §9.4): the ReLU-MLP tail product (`mlp_global`), the logits-
+"""L_s estimators that need the model (docs/algorithms.md §9.4): the ReLU-MLP tail product (`mlp_global`), the logits-
 layer check (`head`) and the local Jacobian row-sum (`jacobian_local`). `const` and `secant` need no model."""
 
 from collections.abc import Callable, Sequence

@@ -1,4 +1,4 @@
-"""Result records of `budget_audit` (ALGORITHMS.md §9.4): per layer, joint (Thm 5.8) and the whole report."""
+"""Result records of `budget_audit` (docs/algorithms.md §9.4): per layer, joint (Thm 5.8) and the whole report."""
 
 import json
 from dataclasses import dataclass, field

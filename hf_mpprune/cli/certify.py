@@ -1,4 +1,4 @@
-"""`hf-mpprune certify PRUNED_DIR --dense DENSE_DIR`: data-path budget certificates (ALGORITHMS.md §9.4).
+"""`hf-mpprune certify PRUNED_DIR --dense DENSE_DIR`: data-path budget certificates (docs/algorithms.md §9.4).
 
 Samples: `--data random` (default) draws seeded inputs from the model config (pixel_values ~ N(0, 1) for image
 models, uniform token ids of length min(16, max_position_embeddings) for text models); `--data digits` uses the first

@@ -88,7 +88,7 @@ def _as_int(v: Any) -> int | None:
 
 @dataclass
 class SpectralConfig:
-    """Settings of the MP fit (ALGORITHMS.md §2).
+    """Settings of the MP fit (docs/algorithms.md §2).
 
     Args:
         bema_alpha (`float`, defaults to 0.25): BEMA trimming fraction; the central `1 - 2α` of eigenvalues is fit.

@@ -68,7 +68,7 @@ def warn_experimental(name: str) -> None:
     _warned_experimental.add(name)
     warnings.warn(
         f"method {name!r} is experimental: it reconstructs code the paper did not publish "
-        "(ALGORITHMS.md [R]). Set HF_MPPRUNE_EXPERIMENTAL_SILENCE=1 to silence.",
+        "(docs/algorithms.md [R]). Set HF_MPPRUNE_EXPERIMENTAL_SILENCE=1 to silence.",
         ExperimentalMethodWarning,
         stacklevel=3,
     )

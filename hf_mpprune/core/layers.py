@@ -3,7 +3,7 @@
 Layers are found by module **type** (Linear, Conv2d, transformers' Conv1D) and classified by **role patterns**
 on path components, never by hard-coded full names, so transformers 5 ViT (`attention.q_proj`, `mlp.fc1`),
 BERT-family (`attention.self.query`, `intermediate.dense`, `output.dense`), timm (`attn.qkv`, `mlp.fc1`),
-ResNet/ConvNeXt and GPT-2 all work (ALGORITHMS.md §1.1–1.3, §12).
+ResNet/ConvNeXt and GPT-2 all work (docs/algorithms.md §1.1–1.3, §12).
 """
 
 import re
@@ -73,7 +73,7 @@ def module_kind(module: nn.Module) -> str | None:
 @dataclass(eq=False)
 class PrunableLayer:
     """One registered weight. Masks are stored in the **weight's own shape**; `matrix_view` maps any
-    weight-shaped tensor to the `(out, in)` matrix of ALGORITHMS.md §1.2 (a view, never a copy)."""
+    weight-shaped tensor to the `(out, in)` matrix of docs/algorithms.md §1.2 (a view, never a copy)."""
 
     name: str
     module: nn.Module = field(repr=False)

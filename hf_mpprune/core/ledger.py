@@ -1,4 +1,4 @@
-"""The ledger: one auditable JSON record of a pruning run (ALGORITHMS.md §14, our superset). Never holds a token.
+"""The ledger: one auditable JSON record of a pruning run (docs/algorithms.md §14, our superset). Never holds a token.
 
 Sections (all plain JSON):
 
@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .files import parse_sidecar
 
 
-# Roles of data splits that must never share an example of the same dataset (ALGORITHMS.md §14).
+# Roles of data splits that must never share an example of the same dataset (docs/algorithms.md §14).
 DISJOINT_ROLES = ("calibration", "selection", "evaluation")
 # Index lists up to this length are stored verbatim (so a reader can re-check disjointness); longer ones as hashes.
 MAX_STORED_INDICES = 4096

@@ -111,7 +111,7 @@ class Masks:
         return model
 
     def freeze_(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list:
-        """Freeze masks during any training (ALGORITHMS.md §1.4): mask each gradient after backward, and
+        """Freeze masks during any training (docs/algorithms.md §1.4): mask each gradient after backward, and
         (if `optimizer` is given) re-apply the masks after every `optimizer.step()`. Returns removable handles.
         Weights that do not require grad (frozen by the user) get no gradient hook: they cannot move."""
         handles = []

@@ -1,4 +1,4 @@
-"""Exact MAC accounting by forward hooks, with k:n sparse-execution estimates (ALGORITHMS.md §10.2).
+"""Exact MAC accounting by forward hooks, with k:n sparse-execution estimates (docs/algorithms.md §10.2).
 
 * 1 MAC = one multiply-add. Linear / GPT-2 Conv1D: `tokens · in · out`; ConvNd: `out_elements · (C_in/g) · prod(k)`;
   attention matmuls `2 · N² · D` per sequence (QKᵀ and AV), counted by hooking every attention module that owns

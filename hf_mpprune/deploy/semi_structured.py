@@ -1,4 +1,4 @@
-"""2:4 semi-structured conversion of audited Linears for GPU inference (ALGORITHMS.md §13.2/§13.4, CONVENTIONS §5).
+"""2:4 semi-structured conversion of audited Linears for GPU inference (docs/algorithms.md §13.2/§13.4, CONVENTIONS §5).
 
 Order of checks (each refusal names what is wrong and how to fix it):
 

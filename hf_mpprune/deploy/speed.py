@@ -1,4 +1,4 @@
-"""Honest speed audit of a 2:4 model (ALGORITHMS.md §13.4): same-dtype dense is the primary denominator.
+"""Honest speed audit of a 2:4 model (docs/algorithms.md §13.4): same-dtype dense is the primary denominator.
 
 Variants, each optionally with the same ToMe `r`:
 * `dense_bf16` (primary denominator), `dense_fp32_autocast` (the paper's headline denominator, §13.2), and

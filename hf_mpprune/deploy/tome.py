@@ -1,6 +1,6 @@
 """Token merging (ToMe) for transformers ViT-family models, written from the ToMe paper (Bolya et al., ICLR 2023).
 
-ALGORITHMS.md §10.1. In every block, after the attention residual add and before the MLP, `r` tokens are merged:
+docs/algorithms.md §10.1. In every block, after the attention residual add and before the MLP, `r` tokens are merged:
 
 * **metric**: the block's attention keys averaged over heads, cosine-normalised;
 * **bipartite soft matching**: the non-protected tokens are split alternately into A (even) and B (odd); each A
@@ -240,7 +240,7 @@ def apply_tome(model: nn.Module, r: int = 8) -> dict:
 
     Args:
         model (`torch.nn.Module`): a transformers ViT/DeiT model (`ViTModel`, `ViTForImageClassification`, DeiT...).
-        r (`int`, defaults to 8): tokens merged per block (ALGORITHMS.md §10.1 uses 8 for ViT-B/DeiT).
+        r (`int`, defaults to 8): tokens merged per block (docs/algorithms.md §10.1 uses 8 for ViT-B/DeiT).
 
     Raises:
         ConfigError: `r` negative or not an int, `r` larger than half the mergeable tokens of the first block, a

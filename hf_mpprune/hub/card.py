@@ -116,7 +116,7 @@ def metrics_table(pruner: Any) -> str:
         for m in pruner.ledger.metrics
     ]
     certs = [a["certified_line"] for a in pruner.ledger.audits if a.get("certified_line")]
-    if certs:  # data-path certificates (ALGORITHMS.md §9): a bound, or a labelled estimate
+    if certs:  # data-path certificates (docs/algorithms.md §9): a bound, or a labelled estimate
         rows += ["", "**Certificates.** " + " ".join(certs)]
     return "\n".join(rows)
 

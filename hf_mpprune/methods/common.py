@@ -231,7 +231,7 @@ def masks_from_rows(ctx: PruneContext, scores: dict[str, torch.Tensor], sparsity
     return Masks(out, ctx.config.pattern)
 
 
-# ---- SEB layer weights (ALGORITHMS.md §4.1, §4.3) -------------------------------------------------------------
+# ---- SEB layer weights (docs/algorithms.md §4.1, §4.3) -------------------------------------------------------------
 @dataclass(frozen=True)
 class SEBRegime:
     """One row of the four-regime table: which signal, modulation strengths, decay endpoint and power."""

@@ -1,4 +1,4 @@
-"""Magnitude pruning (ALGORITHMS.md §3): global (default) or per-layer, cumulative, exact to the entry."""
+"""Magnitude pruning (docs/algorithms.md §3): global (default) or per-layer, cumulative, exact to the entry."""
 
 from dataclasses import dataclass
 
@@ -38,7 +38,7 @@ class MagnitudeConfig(CalibrationOptions, PruningConfig):
 def magnitude(ctx: PruneContext) -> Masks:
     """Global (or per-layer) unstructured magnitude pruning, cumulative across cycles; k:n with `pattern`."""
     batches = calibration_batches(ctx) if ctx.config.reconstruct else None  # fail before any work if missing
-    if ctx.config.pattern is not None:  # k largest |W| per (row, group), head skipped (ALGORITHMS.md §8.10)
+    if ctx.config.pattern is not None:  # k largest |W| per (row, group), head skipped (docs/algorithms.md §8.10)
         masks = magnitude_kn(ctx)
     else:
         masks = select(ctx, {layer.name: layer.weight.abs() for layer in ctx.layers}, ctx.config.scope)

@@ -1,4 +1,4 @@
-"""Classical RMT baseline (ALGORITHMS.md §5), an ablation / negative control. Experimental.
+"""Classical RMT baseline (docs/algorithms.md §5), an ablation / negative control. Experimental.
 
 Per cycle `i` (one grid step): MP-fit every layer's **current** weights; on even cycles sparsify the singular
 vectors of bulk / spike components and recompose (previously pruned entries are zeroed again, so masks stay

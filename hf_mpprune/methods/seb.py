@@ -1,4 +1,4 @@
-"""Spectral Edge Budgeting (ALGORITHMS.md §4): global magnitude with per-layer MP-edge weights, one-shot."""
+"""Spectral Edge Budgeting (docs/algorithms.md §4): global magnitude with per-layer MP-edge weights, one-shot."""
 
 import dataclasses
 from dataclasses import dataclass

@@ -1,5 +1,5 @@
-"""SER — Spectral Edge Reallocation: sparsify → estimate → restore (ALGORITHMS.md §6), and Hybrid Magnitude–SER
-(ALGORITHMS.md §7), the schedule that runs global magnitude steps up to a switch point and SER steps after it: the
+"""SER — Spectral Edge Reallocation: sparsify → estimate → restore (docs/algorithms.md §6), and Hybrid Magnitude–SER
+(docs/algorithms.md §7), the schedule that runs global magnitude steps up to a switch point and SER steps after it: the
 two share SER's config and step, so they live in one file (Hybrid registers its own name and config). Experimental ([R]): the
 paper's engine is not public; this follows the §6.2 step list and the §6.4 recommended defaults.
 
@@ -33,7 +33,7 @@ _CHOICES = {
 
 @dataclass
 class SERConfig(PruningConfig):
-    """SER step settings. Every [D] choice of ALGORITHMS.md §6.4 is a field; defaults follow its recommendation.
+    """SER step settings. Every [D] choice of docs/algorithms.md §6.4 is a field; defaults follow its recommendation.
 
     Args:
         overprune_margin (`float`, defaults to 0.03): additive over-prune, `s_over = s + margin` [D1].

@@ -1,4 +1,4 @@
-"""Marchenko–Pastur fit of weight matrices (ALGORITHMS.md §2). Pure float64 math; no hooks, no files.
+"""Marchenko–Pastur fit of weight matrices (docs/algorithms.md §2). Pure float64 math; no hooks, no files.
 
 Route: eigenvalues of the smaller Gram matrix in float64 (`eigvalsh`, ~6x faster than `svdvals` here), same-shape
 matrices batched in memory-bounded chunks; BEMA quantile matching of the central window; Tracy–Widom-corrected
@@ -45,7 +45,7 @@ def _bema_window(p: int, n: int, alpha: float) -> tuple[int, int, float, np.ndar
 # ---- one fit -------------------------------------------------------------------------------------------------
 @dataclass
 class MPFit:
-    """MP fit of one matrix (ALGORITHMS.md §2.6, §2.10). Eigen quantities use the `normalisation` convention."""
+    """MP fit of one matrix (docs/algorithms.md §2.6, §2.10). Eigen quantities use the `normalisation` convention."""
 
     shape: tuple[int, int]
     p: int
@@ -149,7 +149,7 @@ def fit_from_eigvals(ev: np.ndarray, shape: tuple[int, int], cfg: SpectralConfig
 
 
 def hill_alpha(energy_desc: np.ndarray, k_max: int = 20) -> float:
-    """Hill power-law exponent of the top eigenvalues (ALGORITHMS.md §2.6); 99.0 when undefined."""
+    """Hill power-law exponent of the top eigenvalues (docs/algorithms.md §2.6); 99.0 when undefined."""
     k = min(k_max, len(energy_desc) - 1)
     if k < 2 or energy_desc[k] <= 0:
         return 99.0

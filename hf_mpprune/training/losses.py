@@ -1,6 +1,6 @@
 """The training losses, in one place: knowledge distillation, feature distillation, pooling and logits extraction.
 
-Both the `MPDistillationTrainer` and the small `make_train_step` loop use these functions (ALGORITHMS.md §11.2).
+Both the `MPDistillationTrainer` and the small `make_train_step` loop use these functions (docs/algorithms.md §11.2).
 """
 
 import torch
@@ -21,7 +21,7 @@ def kd_loss(
     label_smoothing: float = 0.1,
     num_items_in_batch: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`(1−α)·CE_ls(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))`, averaged over items (ALGORITHMS.md §11.2).
+    """`(1−α)·CE_ls(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))`, averaged over items (docs/algorithms.md §11.2).
 
     Logits are `(..., C)`; items are all leading positions (a batch for classifiers). Labels equal to -100 are
     ignored by both terms. The sum over items is divided by `num_items_in_batch` when given (the whole

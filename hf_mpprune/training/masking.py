@@ -1,4 +1,4 @@
-"""Which masks a training run freezes, and the callback that freezes them (ALGORITHMS.md §1.4).
+"""Which masks a training run freezes, and the callback that freezes them (docs/algorithms.md §1.4).
 
 `resolve_masks` decides, in this order: the `masks=` given to the trainer; the masks attached to the model by
 `MPPruner` (`prune()` or `from_pretrained`); masks derived from the exact zeros of the registered layers (logged
@@ -80,7 +80,7 @@ def dense_error(model: nn.Module) -> ConfigError:
 
 
 class MaskFreezeCallback(TrainerCallback):
-    """Keep `masks` frozen through any optimizer (ALGORITHMS.md §1.4, both steps).
+    """Keep `masks` frozen through any optimizer (docs/algorithms.md §1.4, both steps).
 
     `on_train_begin` applies the masks (after a checkpoint was loaded) and registers gradient hooks, so clipping,
     gradient accumulation and the DDP all-reduce only ever see masked gradients; `on_optimizer_step` re-applies

@@ -1,4 +1,4 @@
-"""Fine-tuning presets: the paper's recipes (ALGORITHMS.md §11) as plain `MPDistillationArguments` overrides.
+"""Fine-tuning presets: the paper's recipes (docs/algorithms.md §11) as plain `MPDistillationArguments` overrides.
 
 Use them from Python, `MPDistillationArguments.from_preset("vit_kd_canonical", output_dir="out")`, or from YAML,
 `MPDistillationArguments.from_yaml("ft.yaml")` with a file such as::

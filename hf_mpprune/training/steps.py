@@ -2,7 +2,7 @@
 
 Two phases share one loop:
 - `"finetune"`: every trainable parameter moves; registered weights keep their masks (gradient masking and
-  post-step re-zeroing, ALGORITHMS.md §1.4). Loss: CE with label smoothing, or KD
+  post-step re-zeroing, docs/algorithms.md §1.4). Loss: CE with label smoothing, or KD
   `(1-α)·CE_ls + α·T²·KL(teacher‖student)` (α = 0.5, T = 2, LS 0.1, §11.2).
 - `"ser_phase_a"` (SER selection phase, §6.2 (c)): only the entries flagged in `trainable` move. Every other
   parameter gets `requires_grad=False` for the duration (restored afterwards); gradients of the registered

@@ -1,4 +1,4 @@
-"""Frozen-mask distillation with the `transformers.Trainer` (ALGORITHMS.md §1.4, §11.2).
+"""Frozen-mask distillation with the `transformers.Trainer` (docs/algorithms.md §1.4, §11.2).
 
 * `MPDistillationTrainer`: a thin `Trainer` subclass. The masks it freezes come from `masking.resolve_masks`
   (given, attached to the model by `MPPruner`, from a resumed checkpoint, or from exact zeros; a dense model is
@@ -128,7 +128,7 @@ def _check_kd_fields(a: MPDistillationArguments) -> None:
 
 # ---- the trainer ----------------------------------------------------------------------------------------------
 class MPDistillationTrainer(Trainer):
-    """`Trainer` with frozen masks and knowledge distillation from a dense teacher (ALGORITHMS.md §11.2).
+    """`Trainer` with frozen masks and knowledge distillation from a dense teacher (docs/algorithms.md §11.2).
 
     Args:
         model: the (pruned) student; an ordinary `PreTrainedModel`.

@@ -1,4 +1,4 @@
-"""k:n baselines in the CAST registry (ALGORITHMS.md §8.10): magnitude k:n (via `magnitude` with a pattern),
+"""k:n baselines in the CAST registry (docs/algorithms.md §8.10): magnitude k:n (via `magnitude` with a pattern),
 Wanda k:n (|W|·‖x‖ top-k per (row, group)) and SparseGPT k:n (OBS pruning, sequential over layers).
 
 All share CAST's eligibility (task head skipped structurally, ineligible convs skipped, tail columns left as they

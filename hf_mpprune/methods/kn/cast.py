@@ -1,4 +1,4 @@
-"""CAST: certificate-aware k:n projection (ALGORITHMS.md §8), Stage 1 (gradient-free). Math in `cast_math.py`."""
+"""CAST: certificate-aware k:n projection (docs/algorithms.md §8), Stage 1 (gradient-free). Math in `cast_math.py`."""
 
 import logging
 import math
@@ -48,7 +48,7 @@ ROW_CAP = 4096
 
 @dataclass
 class CASTConfig(KNMethodConfig):
-    """CAST k:n projection (experimental: the canonical runner is unpublished, ALGORITHMS.md [R]).
+    """CAST k:n projection (experimental: the canonical runner is unpublished, docs/algorithms.md [R]).
 
     Args:
         free_restoration (`bool`, defaults to `True`): slots zeroed by an unstructured source but kept by the k:n

@@ -1,4 +1,4 @@
-"""CAST pattern search (ALGORITHMS.md §8.4–8.7), pure functions on float64 tensors.
+"""CAST pattern search (docs/algorithms.md §8.4–8.7), pure functions on float64 tensors.
 
 Shapes: `u (M, G, n)` source tuples (after free restoration); `C (G, n, n)` per-group uncentred second moments of
 the layer input; `X (R, G, n)` calibration rows (ℓ∞ cost only); candidate keep patterns `(P, n)` bool; masks

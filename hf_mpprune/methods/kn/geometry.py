@@ -1,4 +1,4 @@
-"""Shared k:n helpers (ALGORITHMS.md §8.2, §8.7, §8.10): eligibility, grouping, candidate patterns, per-group
+"""Shared k:n helpers (docs/algorithms.md §8.2, §8.7, §8.10): eligibility, grouping, candidate patterns, per-group
 top-k, and sequential per-layer Hessian capture (SparseGPT k:n, CAST `reconstruct=True`).
 
 Conventions: "k:n" = k KEPT of every n consecutive inputs of the matrix view `(out, in)`. A layer's "grouping
@@ -35,7 +35,7 @@ def skip_reason(layer: PrunableLayer, pattern: KeepPattern, *, skip_head: bool, 
         if mod.groups != 1:
             return f"grouped/depthwise conv (groups={mod.groups})"
         if mod.in_channels % n:
-            return f"C_in={mod.in_channels} not divisible by n={n} (stems are excluded, ALGORITHMS.md §8.2)"
+            return f"C_in={mod.in_channels} not divisible by n={n} (stems are excluded, docs/algorithms.md §8.2)"
     if layer.shape[1] < n:
         return f"fan-in {layer.shape[1]} < n={n}: no complete group"
     return None

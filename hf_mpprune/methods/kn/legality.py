@@ -1,4 +1,4 @@
-"""k:n legality audit of the weights actually in a model (ALGORITHMS.md §8.7, §13.1; the 2:4 rules in docs/deploy.md).
+"""k:n legality audit of the weights actually in a model (docs/algorithms.md §8.7, §13.1; the 2:4 rules in docs/deploy.md).
 
 No weight is rewritten. Per layer, on the `(out, in)` matrix view in grouping order (Conv2d flattened or
 channel-grouped, GPT-2 Conv1D transposed): the k:n groups along the input dimension, the groups with more than

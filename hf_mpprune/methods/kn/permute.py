@@ -1,4 +1,4 @@
-"""Input-channel permutation alignment for k:n (ALGORITHMS.md §8.8).
+"""Input-channel permutation alignment for k:n (docs/algorithms.md §8.8).
 
 A permutation π of a consumer's input channels is exact when the inputs are routed through it too:
 `y = W[:, π] · x[π] = W · x`. Where the consumer's input comes from one producer through elementwise or per-channel
