@@ -198,3 +198,16 @@ def test_every_registered_config_is_exported(method):
     assert cls.__name__ in hf_mpprune.__all__
     fields = {f.name for f in dataclasses.fields(cls)}
     assert "num_calibration_samples" not in fields  # one name for the concept: calibration_samples
+
+
+def test_every_public_name_has_a_written_docstring():
+    """Dataclasses get an automatic `Name(field=...)` docstring; that does not count as documentation."""
+    missing = []
+    for name in hf_mpprune.__all__:
+        obj = getattr(hf_mpprune, name)
+        if not callable(obj):
+            continue
+        doc = (obj.__doc__ or "").strip()
+        if not doc or doc.startswith(f"{obj.__name__}("):
+            missing.append(name)
+    assert not missing, f"public names without a written docstring: {missing}"

@@ -92,6 +92,10 @@ def _scrub(obj: Any) -> Any:
 
 @dataclass
 class Ledger:
+    """The audit trail of a run, written as `mpprune_ledger.json`: identity (versions, base model and weights
+    SHA-256, mask SHA-256), the layer registry, data splits with index hashes, the spectral settings, one record per
+    pruning or training step, audits, metrics and timings. Never holds a token."""
+
     identity: dict[str, Any] = field(default_factory=dict)
     registry: list[dict[str, Any]] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)

@@ -104,6 +104,8 @@ def register_method(
 
 
 def get_method(name: str) -> MethodSpec:
+    """The registered `MethodSpec` of `name` (its config class, mask function and needs), or a `ConfigError` that
+    lists the registered names."""
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
@@ -113,4 +115,5 @@ def get_method(name: str) -> MethodSpec:
 
 
 def list_methods() -> list[str]:
+    """Names of every registered pruning method, sorted (what `PruningConfig(method=...)` accepts)."""
     return sorted(_REGISTRY)

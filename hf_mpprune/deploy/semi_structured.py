@@ -44,6 +44,9 @@ _PRUNED_ZEROS = 0.25  # [D] a Linear with at least this fraction of zeros counts
 
 @dataclass
 class ConversionReport:
+    """What `to_semi_structured` did: the backend and device, the layers converted, the layers skipped with their
+    reasons, the seconds taken and, with example inputs, the largest logit difference to the dense model."""
+
     backend: str
     device: str
     dtype: str

@@ -112,6 +112,9 @@ class PruningStep:
 
 @dataclass
 class Recipe:
+    """A validated recipe: the model, the pruning steps, and the optional data, fine-tune, distill, evaluation,
+    audit, output and push sections (docs/recipes.md). Built by `load_recipe` / `recipe_from_dict`."""
+
     model: ModelSpec
     pruning: list[PruningStep]
     name: str = ""

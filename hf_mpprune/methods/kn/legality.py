@@ -56,6 +56,9 @@ _TOTALS = ("groups", "bad_groups", "tail_columns", "nonzeros", "negative_zeros",
 
 @dataclass
 class LegalityReport:
+    """Per-layer k:n legality of the weights in a model: groups checked, groups with more than k nonzeros, the
+    dense tail, negative zeros; `ok` is True when no layer has a bad group. `to_markdown()` / `to_dict()` render it."""
+
     pattern: str
     conv_grouping: str = "flattened"
     rows: list[LegalityRow] = field(default_factory=list)
