@@ -143,7 +143,7 @@ def test_cli_prune_with_dataset_then_eval(local, tmp_path, capsys):
             "--split", "train[:50%]", "--samples", "16", "--eval-split", "validation", "--ignore", "role:head",
             "--output", out]  # fmt: skip
     assert main(argv) == 0
-    assert "wanda: sparsity 0.5000 over 13 layers" in capsys.readouterr().out  # patch conv + 2 blocks x 6, no head
+    assert "wanda: sparsity 0.5000 over 12 layers" in capsys.readouterr().out  # 2 blocks x 6; head, embedding dense
     led = Ledger.from_json(os.path.join(out, "mpprune_ledger.json"))
     cal = led.data["splits"]["calibration"]
     assert cal["split"] == "train[:50%]" and cal["count"] == 16 and max(cal["indices"]) < N_TRAIN // 2

@@ -31,6 +31,7 @@ from torch import nn
 from .calibration import layer_input_rows, run_batches
 from .errors import ConfigError
 from .layers import PrunableLayer
+from .validate import check_finite
 
 
 logger = logging.getLogger(__name__)
@@ -268,6 +269,7 @@ def block_sequential(
     model.eval()
 
     def call(layer, h):
+        check_finite(h, f"calibration statistics (Hessian) of layer {layer.name!r}")
         t = time.perf_counter()
         on_layer(layer, h)
         tm.solve_s += time.perf_counter() - t
