@@ -349,6 +349,34 @@ SIGNALS = {
 }
 
 
+@dataclass
+class MPBudgetOptions:
+    """MP layer-budget settings (mixed into the MP-budgeted method configs: mp-wanda, mp-sparsegpt).
+
+    Args:
+        signal (`str`, defaults to `"spike_energy_fraction"`): MP statistic per layer of the dense spectra
+            (`SIGNALS`); w_ℓ = max(0.1, 1 + β·d(s)·z_ℓ) of the oriented, z-scored signal.
+        beta (`float`, defaults to -0.25): modulation strength β (0 = uniform budgets).
+        decay_end (`float`, *optional*): s_d of d(s) = max(0, 1 − s/s_d)^p; None = no decay (d = 1).
+        decay_power (`float`, defaults to 1.0): p.
+        max_layer_sparsity (`float`, defaults to 0.95): cap on any layer's sparsity.
+    """
+
+    signal: str = "spike_energy_fraction"
+    beta: float = -0.25
+    decay_end: float | None = None
+    decay_power: float = 1.0
+    max_layer_sparsity: float = 0.95
+
+    def _check_mp_budget(self) -> None:
+        if self.signal not in SIGNALS:
+            raise ConfigError(f"signal={self.signal!r} must be one of {sorted(SIGNALS)}")
+        if self.decay_end is not None and not self.decay_end > 0:
+            raise ConfigError(f"decay_end={self.decay_end} must be > 0, or None for no decay")
+        if not self.sparsity <= self.max_layer_sparsity < 1.0:
+            raise ConfigError(f"max_layer_sparsity={self.max_layer_sparsity} must be in [sparsity={self.sparsity}, 1)")
+
+
 def layer_weights(ctx: PruneContext) -> dict[str, float]:
     """w_ℓ from the oriented, z-scored signal of the dense model's spectra."""
     cfg = ctx.config

@@ -17,6 +17,7 @@ from ..core.registry import PruneContext, register_method
 from .common import (
     SIGNALS,
     CalibrationOptions,
+    MPBudgetOptions,
     calibration_batches,
     kn_prune,
     layer_budgets,
@@ -35,7 +36,7 @@ MAPPINGS = ("layer", "global")
 
 
 @dataclass
-class MPWandaConfig(CalibrationOptions, PruningConfig):
+class MPWandaConfig(MPBudgetOptions, CalibrationOptions, PruningConfig):
     """MP-budgeted Wanda.
 
     Args:
@@ -60,24 +61,14 @@ class MPWandaConfig(CalibrationOptions, PruningConfig):
     """
 
     method: str = "mp-wanda"
-    signal: str = "spike_energy_fraction"
     mapping: str = "global"
-    beta: float = -0.25
-    decay_end: float | None = None
-    decay_power: float = 1.0
-    max_layer_sparsity: float = 0.95
 
     def __post_init__(self):
         super().__post_init__()
         self._check_calibration_options()
-        if self.signal not in SIGNALS:
-            raise ConfigError(f"signal={self.signal!r} must be one of {sorted(SIGNALS)}")
+        self._check_mp_budget()
         if self.mapping not in MAPPINGS:
             raise ConfigError(f"mapping={self.mapping!r} must be one of {MAPPINGS}")
-        if self.decay_end is not None and not self.decay_end > 0:
-            raise ConfigError(f"decay_end={self.decay_end} must be > 0, or None for no decay")
-        if not self.sparsity <= self.max_layer_sparsity < 1.0:
-            raise ConfigError(f"max_layer_sparsity={self.max_layer_sparsity} must be in [sparsity={self.sparsity}, 1)")
 
 
 @register_method("mp-wanda", MPWandaConfig, needs_spectra=True, needs_calibration=True)

@@ -12,8 +12,8 @@ from ..core.obs import sparsegpt_prune
 from ..core.registry import PruneContext, register_method
 from ..core.sequential import sequential_apply
 from .common import (
-    SIGNALS,
     CalibrationOptions,
+    MPBudgetOptions,
     calibration_batches,
     layer_budgets,
     layer_weights,
@@ -109,31 +109,19 @@ def run_sparsegpt(ctx: PruneContext, counts: dict[str, int]) -> Masks:
 
 # ---- mp-sparsegpt: SparseGPT with MP layer budgets (same file: it is SparseGPT with other counts) ----------
 @dataclass
-class MPSparseGPTConfig(SparseGPTConfig):
+class MPSparseGPTConfig(MPBudgetOptions, SparseGPTConfig):
     """SparseGPT with MP layer budgets.
 
     Args:
-        signal (`str`, defaults to `"spike_energy_fraction"`), beta (`float`, defaults to -0.25), decay_end,
-            decay_power: as `MPWandaConfig` (w_ℓ = max(0.1, 1 + β·d(s)·z_ℓ) of the oriented, z-scored signal).
-        max_layer_sparsity (`float`, defaults to 0.95): cap on any layer's sparsity.
+        signal, beta, decay_end, decay_power, max_layer_sparsity: see `MPBudgetOptions` (as `MPWandaConfig`).
         blocksize, calibration_samples, calibration_batch_size, percdamp: see `SparseGPTConfig`.
     """
 
     method: str = "mp-sparsegpt"
-    signal: str = "spike_energy_fraction"
-    beta: float = -0.25
-    decay_end: float | None = None
-    decay_power: float = 1.0
-    max_layer_sparsity: float = 0.95
 
     def __post_init__(self):
         super().__post_init__()
-        if self.signal not in SIGNALS:
-            raise ConfigError(f"signal={self.signal!r} must be one of {sorted(SIGNALS)}")
-        if self.decay_end is not None and not self.decay_end > 0:
-            raise ConfigError(f"decay_end={self.decay_end} must be > 0, or None for no decay")
-        if not self.sparsity <= self.max_layer_sparsity < 1.0:
-            raise ConfigError(f"max_layer_sparsity={self.max_layer_sparsity} must be in [sparsity={self.sparsity}, 1)")
+        self._check_mp_budget()
 
 
 @register_method("mp-sparsegpt", MPSparseGPTConfig, needs_spectra=True, needs_calibration=True)
