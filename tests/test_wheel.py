@@ -2,6 +2,7 @@
 from an installed wheel with no repository checkout on the path."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,9 +15,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     base = tmp_path_factory.mktemp("wheel")
-    dist, target = base / "dist", base / "site"
+    dist, target, src = base / "dist", base / "site", base / "src"
+    # build from a copy: setuptools writes build/ and *.egg-info into the source tree
+    skip = shutil.ignore_patterns(".venv", ".git", "build", "dist", "mpprune-demo", "*.egg-info", "__pycache__")
+    shutil.copytree(ROOT, src, ignore=skip, symlinks=True)
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), ROOT], check=True)
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)], check=True)
     (wheel,) = dist.glob("hf_mpprune-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
     env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1"}
