@@ -42,7 +42,7 @@ def main() -> None:
     from torch.utils.data import DataLoader
     from transformers import AutoModel
 
-    batches = torch.load(args.batches)
+    batches = torch.load(args.batches, weights_only=True)  # a list of dicts of tensors written by our driver
     model = AutoModel.from_pretrained(args.model, dtype=torch.float32).eval()
     sparsity = args.sparsity
     if args.pattern != "0:0":
