@@ -2,7 +2,7 @@
 inputs produced by the already pruned / re-fitted earlier layers.
 
 Cost: the calibration batches run once up to the first transformer block, then one block at a time on cached block
-inputs (`hf_mpprune.blockwise`; one partial block forward per group of layers sharing an input), so O(L) layer
+inputs (`hf_mpprune.core.blockwise`; one partial block forward per group of layers sharing an input), so O(L) layer
 forwards; models that cannot be chained fall back to one partial forward per layer. Memory: one (N, N) float64
 Hessian at a time plus the cached block inputs. If anything fails midway, every registered weight is restored, so the model is unmodified.
 """
@@ -15,62 +15,10 @@ from huggingface_hub.utils import tqdm
 from torch import nn
 
 from .blockwise import Timings, block_sequential
-from .calibration import capture, run_batches
-from .errors import ConfigError
 from .layers import LayerSet, PrunableLayer
-from .obs import hessian
-from .validate import check_finite
 
 
 logger = logging.getLogger(__name__)
-
-
-class _StopForward(Exception):
-    """Raised by a capture hook once the layer of interest has seen its input (skips the rest of the forward)."""
-
-
-def forward_order(model: nn.Module, layers: LayerSet, batches: Iterable[dict]) -> list[PrunableLayer]:
-    """Registered layers in the order a forward pass first calls them. Runs every batch once, so batches that
-    do not fit the model raise `ConfigError` here, before anything is modified."""
-    seen: dict[str, PrunableLayer] = {}
-
-    def note(layer: PrunableLayer, rows: torch.Tensor) -> None:
-        seen.setdefault(layer.name, layer)
-
-    with capture(model, layers, note):
-        run_batches(model, batches)
-    missing = [la.name for la in layers if la.name not in seen]
-    if missing:
-        raise ConfigError(
-            f"calibration forwards never reached layer(s) {missing[:10]}: exclude them with ignore=[...] "
-            "or pass inputs that exercise them"
-        )
-    return list(seen.values())
-
-
-def layer_hessian(model: nn.Module, layer: PrunableLayer, batches: Iterable[dict]) -> torch.Tensor:
-    """H = 2 XᵀX / rows (float64) of `layer`'s inputs on the model as it is now (forward stopped at the layer)."""
-    acc = {"xtx": None, "rows": 0}
-
-    def add(la: PrunableLayer, rows: torch.Tensor) -> None:
-        x = rows.double()
-        xtx = x.T @ x
-        acc["xtx"] = xtx if acc["xtx"] is None else acc["xtx"] + xtx
-        acc["rows"] += x.shape[0]
-        raise _StopForward
-
-    single = LayerSet([layer])
-    with capture(model, single, add):
-        for b in batches:
-            try:
-                run_batches(model, [b])
-            except _StopForward:
-                pass
-    if acc["xtx"] is None:
-        raise ConfigError(f"calibration forwards never reached layer {layer.name!r}")
-    h = 2.0 * acc["xtx"].cpu() / max(1, acc["rows"])
-    check_finite(h, f"calibration statistics (Hessian) of layer {layer.name!r}")
-    return h
 
 
 @torch.no_grad()
@@ -99,7 +47,7 @@ def sequential_apply(
     """For each layer in forward order: H from the current model, `new = fn(layer, H)` ((out, in) matrix), write
     it into the layer's weight. All registered weights are restored if any step raises.
 
-    Runs on cached transformer-block inputs (`hf_mpprune.blockwise`: same result, O(L) instead of O(L²) layer
+    Runs on cached transformer-block inputs (`hf_mpprune.core.blockwise`: same result, O(L) instead of O(L²) layer
     forwards; layers fed the same tensor share one Hessian) and falls back to one partial forward per layer for
     models it cannot chain. Returns the phase timings."""
     layer_list = list(layers)
@@ -125,5 +73,4 @@ def sequential_apply(
         bar.close()
 
 
-# `hessian` is re-exported for callers that capture rows themselves.
-__all__ = ["forward_order", "hessian", "layer_hessian", "sequential_apply", "sequential_hessians"]
+__all__ = ["sequential_apply", "sequential_hessians"]

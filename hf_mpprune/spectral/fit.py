@@ -100,7 +100,7 @@ def gram_eigvals(mats: torch.Tensor, device: str | None = None) -> np.ndarray:
     x = mats.to(device=device or mats.device, dtype=torch.float64)  # (B, M, N)
     g = x @ x.mT if x.shape[1] <= x.shape[2] else x.mT @ x  # (B, p, p)
     del x
-    if g.device.type == "cpu":  # single-threaded calls spread over the cores (see hf_mpprune.threads)
+    if g.device.type == "cpu":  # single-threaded calls spread over the cores (see hf_mpprune.core.threads)
         parts = split(g.shape[0], torch.get_num_threads())
         ev = torch.cat(parallel_map(lambda sl: torch.linalg.eigvalsh(g[sl]), parts))
     else:
