@@ -107,10 +107,7 @@ def ours(dense, cell, target, batches, seed):
     model = copy.deepcopy(dense)
     base = {"method": method, "seed": seed, "ignore": IGNORE, **extra}
     base |= {"pattern": target} if isinstance(target, str) else {"sparsity": target}
-    if method not in ("cast",):
-        base |= {"calibration_samples": 128, "calibration_batch_size": 32}
-    else:
-        base |= {"num_calibration_samples": 128, "calibration_batch_size": 32}
+    base |= {"calibration_samples": 128, "calibration_batch_size": 32}
     pruner = MPPruner(model, PruningConfig.from_dict(base))
     t0, c0 = time.perf_counter(), time.process_time()
     if method.startswith("mp-"):

@@ -193,7 +193,51 @@ def test_time_split_recorded(tiny_bert):
     split_ = pruner.ledger.steps[-1]["time_split"]
     assert set(split_) == {"calibration_forwards_s", "hessians_s", "mask_choice_s", "reconstruction_s"}
     assert all(v >= 0 for v in split_.values()) and split_["reconstruction_s"] > 0
-    assert pruner.ledger.steps[-1]["reconstruct"]["solver_stats"]["float64_fallback_rows"] == 0
+    rec = pruner.ledger.steps[-1]["reconstruct"]
+    assert rec["solver_name"] == "cg" and 0 <= rec["solver_stats"]["cg_max_rel_residual"] < 1
+    exact = MPPruner(copy.deepcopy(tiny_bert), PruningConfig.from_dict({**cfg, "reconstruct_solver": "exact"}))
+    exact.prune(calibration=_calib("bert"))
+    assert exact.ledger.steps[-1]["reconstruct"]["solver_stats"]["float64_fallback_rows"] == 0
+
+
+def _loss(w, w_hat, h):
+    d = w.double() - w_hat.double()
+    return float(torch.einsum("ri,ij,rj->", d, h.double(), d))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cg_refit_lowers_the_loss_every_step_and_converges_to_exact(dtype):
+    w, x, h = _problem(rows=32, cols=48, dtype=dtype)
+    keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(2)) < 0.45
+    keep[0], keep[1] = False, True  # an empty row and a full row
+    exact = obs_reconstruct(w, h, keep, percdamp=0.0, solver="exact")
+    base = _loss(w, w * keep, h)  # the masked original: CG's starting point
+    best = _loss(w, exact, h)
+    losses = []
+    for it in (1, 3, 10, 30, 200):
+        stats = {}
+        got = obs_reconstruct(w, h, keep, percdamp=0.0, solver="cg", iters=it, stats=stats)
+        assert got.dtype == dtype and bool((got[~keep] == 0).all())
+        torch.testing.assert_close(got[1], exact[1])  # a full row: nothing to re-fit, w itself
+        losses.append(_loss(w, got, h))
+    assert base > losses[0] > losses[2] > best  # strictly better than masking, worse than exact
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(losses, losses[1:])), losses  # monotone in the steps
+    assert (losses[-1] - best) / (base - best) < 1e-4  # 200 steps: the exact minimiser's loss
+    assert stats["cg_max_rel_residual"] < 1e-2
+
+
+def test_refit_options_are_validated_and_reach_cast(tiny_bert):
+    from hf_mpprune.core.errors import ConfigError
+
+    for bad in ({"reconstruct_solver": "lu"}, {"reconstruct_iters": 0}, {"reconstruct_iters": 2.5}):
+        for method in ({"method": "wanda", "sparsity": 0.5}, {"method": "cast", "pattern": "2:4"}):
+            with pytest.raises(ConfigError, match=next(iter(bad))):
+                PruningConfig.from_dict({**method, "reconstruct": True, **bad})
+    cfg = {"method": "cast", "pattern": "2:4", "reconstruct": True, "reconstruct_solver": "cg", "reconstruct_iters": 3}
+    pruner = MPPruner(copy.deepcopy(tiny_bert), PruningConfig.from_dict(cfg))
+    pruner.prune(calibration=_calib("bert"))
+    rec = pruner.ledger.steps[-1]["reconstruct"]
+    assert rec["solver_name"] == "cg" and rec["solver"].startswith("3 ")
 
 
 def test_sparsegpt_block_granularity_is_exact_and_one_forward_per_block(tiny_bert):

@@ -7,9 +7,10 @@ of the layer-wise reconstruction loss ‖(W − Ŵ) X‖². Nothing here knows m
 - `sparsegpt_prune(W, H, sparsity | KeepPattern, ...)`: SparseGPT (Algorithm 1): column blocks, OBS saliency
   w²/[H⁻¹]²_jj for mask selection inside each block, lazy batched updates through the upper Cholesky factor of
   H⁻¹, the remaining columns compensated after every pruned column.
-- `obs_reconstruct(W, H, keep)`: keep a given mask and re-fit the kept weights by exact least squares per row:
+- `obs_reconstruct(W, H, keep)`: keep a given mask and re-fit the kept weights by least squares per row:
   ŵ_K = (H_KK)⁻¹ (H w)_K — the minimiser of (w − ŵ)ᵀ H (w − ŵ) with ŵ zero outside K (the "restore" idea in
-  exact form).
+  exact form), solved exactly (`solver="exact"`) or by a fixed number of batched preconditioned conjugate-gradient
+  steps (`solver="cg"`, `hf_mpprune.core.refit.cg_refit`).
 
 Both accept a k:n `KeepPattern` (k kept of every n consecutive inputs, per row; a tail of N mod n columns stays
 dense) and return masks with True = kept; pruned entries are exactly 0.0.
@@ -22,6 +23,7 @@ import torch
 
 from .config import KeepPattern
 from .masks import keep_top
+from .refit import SOLVERS, cg_refit
 from .threads import one_thread_workers
 
 
@@ -247,8 +249,13 @@ def obs_reconstruct(
     percdamp: float = 0.01,
     max_chunk_elems: int = 2**24,
     stats: dict | None = None,
+    solver: str = "exact",
+    iters: int = 10,
 ) -> torch.Tensor:
     """Keep the mask, re-fit the kept weights: per row, ŵ_K = (H_KK + λI)⁻¹ ((H + λI) w)_K, zeros elsewhere.
+
+    `solver="cg"`: `iters` batched conjugate-gradient steps (`cg_refit`) instead of the exact solves below; one GEMM
+    of the layer per step, so cost grows as iters · out · in² instead of out · |K|³.
 
     With percdamp = 0 this is the exact least-squares minimiser of ‖(w − ŵ) X‖² over ŵ supported on K, so the
     layer's calibration reconstruction error is never above that of the masked original W ⊙ M. A `KeepPattern`
@@ -262,10 +269,14 @@ def obs_reconstruct(
     spread over the cores. Memory ≈ 12 bytes ×
     `max_chunk_elems` per worker. No Python loop over rows.
     """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r} must be one of {SOLVERS}")
     stats = stats if stats is not None else {}
     fast = W.dtype != torch.float64  # float64 weights: float64 Cholesky throughout
     keep = _kn_keep_by_magnitude(W, keep_mask) if isinstance(keep_mask, KeepPattern) else keep_mask.cpu().bool()
     h = damped(H, percdamp).cpu()
+    if solver == "cg":
+        return cg_refit(W, h, keep, iters, stats).to(W.dtype)
     w = W.detach().double().cpu()
     rows, cols = w.shape
     out = torch.zeros_like(w)

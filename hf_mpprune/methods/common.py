@@ -18,6 +18,7 @@ from ..core.errors import ConfigError
 from ..core.layers import LayerSet
 from ..core.masks import Masks, keep_top
 from ..core.obs import obs_reconstruct
+from ..core.refit import RefitOptions, hessian_dtype, refit_record
 from ..core.registry import PruneContext
 from ..core.sequential import sequential_apply
 
@@ -26,34 +27,25 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class CalibrationOptions:
+class CalibrationOptions(RefitOptions):
     """Calibration settings (mixed into the one-shot method configs).
 
     Args:
         calibration_samples (`int`, defaults to 128): samples drawn (shuffled with `seed`) from the calibration data.
         calibration_batch_size (`int`, defaults to 16): samples per forward.
-        reconstruct (`bool`, defaults to False): keep the method's mask, then re-fit the kept weights layer by layer
-            (forward order, on the already re-fitted model) by the exact least-squares OBS update
-            (`hf_mpprune.core.obs.obs_reconstruct`). Pruned entries stay exactly 0; kept weights change value.
-            [D] target: the layer's dense output W·x on the inputs x produced by the already re-fitted earlier
-            layers (SparseGPT's sequential convention), i.e. min ‖W X − Ŵ X‖ with X from the pruned model.
-        percdamp (`float`, defaults to 0.01): Hessian damping λ = percdamp · mean(diag H) of the OBS solves.
+        reconstruct, reconstruct_solver, reconstruct_iters, percdamp: the re-fit of the kept weights, see
+            `hf_mpprune.core.refit.RefitOptions` (percdamp is also SparseGPT's damping).
     """
 
     calibration_samples: int = 128
     calibration_batch_size: int = 16
-    reconstruct: bool = False
-    percdamp: float = 0.01
 
     def _check_calibration_options(self) -> None:
         for name in ("calibration_samples", "calibration_batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name}={v!r} must be an int >= 1 (default 128 samples, batch 16)")
-        if not isinstance(self.reconstruct, bool):
-            raise ConfigError(f"reconstruct={self.reconstruct!r} must be True or False")
-        if not 0.0 <= float(self.percdamp) < 1.0:
-            raise ConfigError(f"percdamp={self.percdamp} must be in [0, 1); the SparseGPT default is 0.01")
+        self._check_refit()
 
 
 def calibration_batches(ctx: PruneContext) -> CalibrationBatches:
@@ -70,20 +62,17 @@ def calibration_batches(ctx: PruneContext) -> CalibrationBatches:
 
 def reconstruct_(ctx: PruneContext, masks: Masks, batches: CalibrationBatches) -> None:
     """Re-fit the kept weights of every layer by `obs_reconstruct`, sequentially (model modified in place)."""
-    damp = float(ctx.config.percdamp)
+    kwargs = ctx.config.refit_kwargs()
     stats: dict = {}
 
     def fit(layer, h: torch.Tensor) -> torch.Tensor:
         keep = layer.matrix_view(masks[layer.name].cpu())
-        return obs_reconstruct(layer.matrix_view().detach().cpu(), h, keep, percdamp=damp, stats=stats)
+        return obs_reconstruct(layer.matrix_view().detach().cpu(), h, keep, stats=stats, **kwargs)
 
-    tm = sequential_apply(ctx.model, ctx.layers, batches.batches, fit, desc="obs-reconstruct")
-    ctx.record["reconstruct"] = {
-        "kind": "obs_least_squares", "percdamp": damp, "order": "forward, sequential",
-        "target": "dense W x on inputs from the re-fitted earlier layers",
-        "solver": "per row the smaller of kept / pruned (OBS) form; float32 Cholesky + float64 refinement",
-        "solver_stats": stats, "time_split": tm.record(),
-    }  # fmt: skip
+    tm = sequential_apply(
+        ctx.model, ctx.layers, batches.batches, fit, desc="obs-reconstruct", hessian_dtype=hessian_dtype(ctx.layers)
+    )
+    ctx.record["reconstruct"] = refit_record(kwargs, stats) | {"time_split": tm.record()}
     return tm
 
 

@@ -9,6 +9,7 @@ from ..core.config import PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.obs import sparsegpt_prune
+from ..core.refit import hessian_dtype
 from ..core.registry import PruneContext, register_method
 from ..core.sequential import sequential_apply
 from .common import (
@@ -37,8 +38,9 @@ class SparseGPTConfig(CalibrationOptions, PruningConfig):
         sequential (`str`, defaults to `"layer"`): `"layer"` = every layer calibrated on the model with all earlier
             layers already pruned; `"block"` = llm-compressor's convention (`sequential_targets` = the transformer
             block): all layers of a block calibrated in one forward of the block, then pruned; cheaper forwards.
-        calibration_samples, calibration_batch_size, percdamp: see `CalibrationOptions` (`reconstruct` is ignored:
-            SparseGPT updates weights by construction).
+        calibration_samples, calibration_batch_size, percdamp: see `CalibrationOptions` (`reconstruct` and its
+            solver options are ignored: SparseGPT updates weights by construction). XᵀX products in float32 for
+            float32 models, as the reference implementation.
     """
 
     method: str = "sparsegpt"
@@ -88,7 +90,13 @@ def run_sparsegpt(ctx: PruneContext, counts: dict[str, int]) -> Masks:
         return w_new
 
     tm = sequential_apply(
-        ctx.model, ctx.layers, batches.batches, prune_layer, desc="sparsegpt", granularity=cfg.sequential
+        ctx.model,
+        ctx.layers,
+        batches.batches,
+        prune_layer,
+        desc="sparsegpt",
+        granularity=cfg.sequential,
+        hessian_dtype=hessian_dtype(ctx.layers),
     )
     ctx.record["time_split"] = {
         "calibration_forwards_s": round(tm.forward_s, 3),

@@ -14,6 +14,7 @@ from ...core.errors import ConfigError, MPPruneWarning, PatternError
 from ...core.layers import LayerSet
 from ...core.masks import Masks
 from ...core.obs import obs_reconstruct
+from ...core.refit import RefitOptions, hessian_dtype, refit_record
 from ...core.registry import PruneContext, register_method
 from ...core.sequential import sequential_hessians
 from .cast_math import COST_FORMS, PRIOR_SCALES, l2_cell_costs, search, source_tuple
@@ -47,7 +48,7 @@ ROW_CAP = 4096
 
 
 @dataclass
-class CASTConfig(KNMethodConfig):
+class CASTConfig(RefitOptions, KNMethodConfig):
     """CAST k:n projection (experimental: the canonical runner is unpublished, docs/algorithms.md [R]).
 
     Args:
@@ -66,8 +67,9 @@ class CASTConfig(KNMethodConfig):
             fc1→fc2-type pairs; other layers stay unpermuted unless `permute_unfoldable=True` (runtime gather hook,
             re-attach on load with `hf_mpprune.methods.kn.permute.attach_permutations(model, record["permutations"])`).
         perm_importance (`str`, defaults to `"act_sq"`): ‖W[:,c]‖²·E[h_c²]; `"weight_sq"`; `"paper"` [D].
-        reconstruct (`bool`, defaults to `False`): after the patterns are chosen, OBS re-fit of the kept slots
-            (`obs.obs_reconstruct`), sequentially in forward order on the already-projected model.
+        reconstruct (`bool`, defaults to `False`): after the patterns are chosen, least-squares re-fit of the kept
+            slots (`obs.obs_reconstruct`), sequentially in forward order on the already-projected model;
+            reconstruct_solver, reconstruct_iters, percdamp: see `hf_mpprune.core.refit.RefitOptions`.
 
     Decisions [D]: ≤ 4096 calibration rows per layer, stratified per batch (⌊4096/#batches⌋ rows drawn without
     replacement from each batch with the seed); calibration is captured once on the (permuted) source model; the
@@ -86,8 +88,6 @@ class CASTConfig(KNMethodConfig):
     permute_align: bool = False
     permute_unfoldable: bool = False
     perm_importance: str = "act_sq"
-    reconstruct: bool = False
-    percdamp: float = 0.01
 
     def __post_init__(self):
         super().__post_init__()
@@ -102,8 +102,7 @@ class CASTConfig(KNMethodConfig):
                 raise ConfigError(f"{name}={value!r} must be one of {allowed}")
         if self.max_patterns < 1 or self.num_sampled_patterns < 1:
             raise ConfigError(f"max_patterns={self.max_patterns}, num_sampled_patterns must be >= 1")
-        if not 0 <= self.percdamp < 1:
-            raise ConfigError(f"percdamp={self.percdamp} must be in [0, 1)")
+        self._check_refit()
 
 
 # ---- calibration statistics ---------------------------------------------------------------------------------
@@ -286,12 +285,16 @@ def cast(ctx: PruneContext) -> Masks:
 
 
 def _reconstruct(ctx, eligible, batches, masks, sources) -> None:
+    kwargs, solver_stats = ctx.config.refit_kwargs(), {}
+
     def refit(layer, h):
         mat = obs_reconstruct(layer.matrix_view(sources[layer.name]), h, layer.matrix_view(masks[layer.name]),
-                              percdamp=ctx.config.percdamp)  # fmt: skip
+                              stats=solver_stats, **kwargs)  # fmt: skip
         layer.weight.copy_(layer.from_matrix(mat).to(layer.weight.device, layer.weight.dtype))
 
-    return sequential_hessians(ctx.model, eligible, batches, refit)
+    tm = sequential_hessians(ctx.model, eligible, batches, refit, hessian_dtype=hessian_dtype(eligible))
+    ctx.record["reconstruct"] = refit_record(kwargs, solver_stats)
+    return tm
 
 
 def _record(cfg, batches, mode, cand, skipped, perms, layer_rec, audit) -> dict:
@@ -309,7 +312,9 @@ def _record(cfg, batches, mode, cand, skipped, perms, layer_rec, audit) -> dict:
                 "head": "skipped by registry role 'head'" if cfg.skip_head else "projected",
                 "prior": f"alpha_ser={cfg.alpha_ser}, scale={cfg.prior_scale}, only on cells with a sparse source",
                 "permutation": f"{cfg.perm_importance}; folded where exact; unfoldable permuted={cfg.permute_unfoldable}",
-                "reconstruct": "OBS re-fit of kept slots, sequential" if cfg.reconstruct else "off",
+                "reconstruct": f"OBS re-fit of kept slots, sequential, {cfg.reconstruct_solver}"
+                if cfg.reconstruct
+                else "off",
             },
         },
         "permutations": {k: v["perm"] for k, v in perms.items() if v["folded_into"] is None},

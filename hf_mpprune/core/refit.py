@@ -1,0 +1,125 @@
+"""Options and the iterative solver of the least-squares re-fit of kept weights (`reconstruct=True`).
+
+`RefitOptions` is the config mixin shared by every method that can re-fit (the one-shot methods and CAST);
+`cg_refit` is the batched conjugate-gradient solver `obs.obs_reconstruct(solver="cg")` calls. The exact per-row
+solves stay in `obs`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConfigError
+
+
+__all__ = ["SOLVERS", "RefitOptions", "cg_refit", "hessian_dtype", "refit_record"]
+
+SOLVERS = ("cg", "exact")
+
+
+@dataclass
+class RefitOptions:
+    """Re-fit of the kept weights after a method chose its mask (mixed into method configs).
+
+    Args:
+        reconstruct (`bool`, defaults to False): keep the method's mask, then re-fit the kept weights layer by layer
+            (forward order, on the already re-fitted model) by least squares against the layer's dense output
+            (`hf_mpprune.core.obs.obs_reconstruct`). Pruned entries stay exactly 0; kept weights change value.
+            [D] target: the layer's dense output W·x on the inputs x produced by the already re-fitted earlier
+            layers (SparseGPT's sequential convention), i.e. min ‖W X − Ŵ X‖ with X from the pruned model.
+        reconstruct_solver (`str`, defaults to `"cg"`): `"cg"` = `reconstruct_iters` steps of batched
+            Jacobi-preconditioned conjugate gradients per layer (one GEMM of the layer per step); `"exact"` = one
+            Cholesky solve per output row (the exact minimiser; cost grows with the cube of the kept count).
+            [D] default chosen on MiniLM's selection split (benchmarks/RESULTS.md, issue 17).
+        reconstruct_iters (`int`, defaults to 10): CG steps per layer (`reconstruct_solver="cg"`).
+        percdamp (`float`, defaults to 0.01): Hessian damping λ = percdamp · mean(diag H) of the re-fit.
+    """
+
+    reconstruct: bool = False
+    reconstruct_solver: str = "cg"
+    reconstruct_iters: int = 10
+    percdamp: float = 0.01
+
+    def _check_refit(self) -> None:
+        if not isinstance(self.reconstruct, bool):
+            raise ConfigError(f"reconstruct={self.reconstruct!r} must be True or False")
+        if self.reconstruct_solver not in SOLVERS:
+            raise ConfigError(f"reconstruct_solver={self.reconstruct_solver!r} must be one of {SOLVERS}")
+        it = self.reconstruct_iters
+        if isinstance(it, bool) or not isinstance(it, int) or it < 1:
+            raise ConfigError(f"reconstruct_iters={it!r} must be an int >= 1 (default 10)")
+        if not 0.0 <= float(self.percdamp) < 1.0:
+            raise ConfigError(f"percdamp={self.percdamp} must be in [0, 1); the SparseGPT default is 0.01")
+
+    def refit_kwargs(self) -> dict:
+        """Keyword arguments of `obs_reconstruct` for these options."""
+        return {"percdamp": float(self.percdamp), "solver": self.reconstruct_solver, "iters": self.reconstruct_iters}
+
+
+def cg_refit(
+    W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, iters: int, stats: dict | None = None
+) -> torch.Tensor:
+    """Approximate least-squares re-fit of the kept weights: `iters` steps of Jacobi-preconditioned conjugate
+    gradients on every row at once. Returns the (out, in) re-fitted weights in float64 (zeros outside `keep`).
+
+    With ŵ = W ⊙ M + D (D supported on the kept set K of each row) the objective (w − ŵ)ᵀ H (w − ŵ) is minimised by
+    H_KK d = (H w_P)_K (w_P = the pruned part of the row). All rows run together: one step is one GEMM
+    (M ⊙ P) H of the whole layer plus row-wise scalars, float32 for float32 `W` (float64 otherwise); H must already
+    be damped. CG minimises the error in the H_KK norm, which IS the layer's reconstruction loss, so every step
+    lowers the loss (in exact arithmetic) and step 0 is the masked original W ⊙ M. The final relative residual
+    ‖r‖/‖b‖ (worst row) goes to `stats["cg_max_rel_residual"]`.
+    """
+    work = torch.float64 if W.dtype == torch.float64 else torch.float32
+    m = keep.cpu().to(work)
+    h = H.cpu().to(work)
+    w = W.detach().cpu().to(work)
+    b = m * ((w * (1.0 - m)) @ h)
+    x = torch.zeros_like(w)
+    r = b.clone()
+    dinv = 1.0 / h.diagonal()
+    z = r * dinv
+    p = z.clone()
+    rz = (r * z).sum(1)
+    tiny = torch.finfo(work).tiny
+    floor = rz * torch.finfo(work).eps ** 2  # a row whose residual fell below this has converged: frozen
+    for _ in range(int(iters)):
+        ap = m * (p @ h)
+        pap = (p * ap).sum(1)
+        live = (rz > floor) & (pap > 0)
+        if not bool(live.any()):
+            break
+        alpha = torch.where(live, rz / pap.clamp_min(tiny), 0.0)
+        x.add_(alpha.unsqueeze(1) * p)
+        r.sub_(alpha.unsqueeze(1) * ap)
+        z = r * dinv
+        rz_new = (r * z).sum(1)
+        beta = torch.where(live, rz_new / rz.clamp_min(tiny), 0.0)
+        p = z + beta.unsqueeze(1) * p
+        rz = torch.where(live, rz_new, rz)
+    if stats is not None:
+        rel = float((r.norm(dim=1) / b.norm(dim=1).clamp_min(tiny)).max()) if r.numel() else 0.0
+        stats["cg_max_rel_residual"] = max(stats.get("cg_max_rel_residual", 0.0), rel)
+    out = (w * m + x).double()
+    out[~keep.cpu().bool()] = 0.0
+    return out
+
+
+def hessian_dtype(layers) -> torch.dtype:
+    """XᵀX products in float32 for float32 / half models (the reference SparseGPT's precision; accumulated in
+    float64 across batches), float64 for float64 models."""
+    dtypes = {la.weight.dtype for la in layers}
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def refit_record(kwargs: dict, stats: dict) -> dict:
+    """The ledger record of a re-fit (what was solved, how, and the solver's own counters)."""
+    how = (
+        f"{kwargs['iters']} Jacobi-preconditioned CG steps per layer, all rows batched"
+        if kwargs["solver"] == "cg"
+        else "exact: per row the smaller of kept / pruned (OBS) form; float32 Cholesky + float64 refinement"
+    )
+    return {
+        "kind": "obs_least_squares", "percdamp": kwargs["percdamp"], "order": "forward, sequential",
+        "target": "dense W x on inputs from the re-fitted earlier layers", "solver": how,
+        "solver_name": kwargs["solver"], "solver_stats": stats,
+    }  # fmt: skip
