@@ -101,9 +101,33 @@ def run_peer(args, model_dir, batches, target) -> dict | None:
         return info
 
 
+def cell_spec(cell: str, table: dict) -> tuple[str, dict] | None:
+    """(method, options) of a cell: a table entry, or an entry plus bracketed options, e.g. `mp-wanda+rec[cg15]`,
+    `cast+rec[exact]`, `mp-sparsegpt[beta=-0.5]` (k=v pairs, comma separated; values parsed as JSON when they can)."""
+    if cell in table:
+        return table[cell]
+    base, _, opt = cell.partition("[")
+    if base not in table or not opt.endswith("]"):
+        return None
+    method, extra = table[base]
+    extra = dict(extra)
+    for item in filter(None, opt[:-1].split(",")):
+        if item == "exact":
+            extra["reconstruct_solver"] = "exact"
+        elif item.startswith("cg") and item[2:].isdigit():
+            extra |= {"reconstruct_solver": "cg", "reconstruct_iters": int(item[2:])}
+        else:
+            k, _, v = item.partition("=")
+            try:
+                extra[k] = json.loads(v)
+            except ValueError:
+                extra[k] = v
+    return method, extra
+
+
 def ours(dense, cell, target, batches, seed):
     table = KN if isinstance(target, str) else UNSTRUCTURED
-    method, extra = table[cell]
+    method, extra = cell_spec(cell, table)
     model = copy.deepcopy(dense)
     base = {"method": method, "seed": seed, "ignore": IGNORE, **extra}
     base |= {"pattern": target} if isinstance(target, str) else {"sparsity": target}
@@ -172,7 +196,7 @@ def main() -> None:
     for target_s in args.targets:
         target = target_s if ":" in target_s else float(target_s)
         table = KN if isinstance(target, str) else UNSTRUCTURED
-        cells = [c for c in (args.cells or list(table)) if c in table]
+        cells = [c for c in (args.cells or list(table)) if cell_spec(c, table) is not None]
         for seed in args.seeds:
             batches = as_batches(pool, num_samples=128, batch_size=32, seed=seed)
             peer_s = None

@@ -27,7 +27,7 @@ from .refit import SOLVERS, cg_refit
 from .threads import one_thread_workers
 
 
-__all__ = ["damped", "hessian", "kn_block_keep", "obs_reconstruct", "sparsegpt_prune"]
+__all__ = ["damped", "hessian", "kn_block_keep", "obs_reconstruct", "sparsegpt_prune", "sweep_factor"]
 
 
 def hessian(x: torch.Tensor) -> torch.Tensor:
@@ -83,6 +83,7 @@ def sparsegpt_prune(
     percdamp: float = 0.01,
     prune: torch.Tensor | None = None,
     count: int | None = None,
+    factor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT on one layer. Returns (W_new in W's dtype, keep mask bool (out, in)).
 
@@ -93,30 +94,64 @@ def sparsegpt_prune(
             forced entries; the OBS saliency picks which inside each block) or a `KeepPattern`.
         blocksize: columns per lazy-update block (rounded down to a multiple of n for k:n).
         percdamp: damping λ = percdamp · mean(diag H).
-        Precision: H⁻¹ and its Cholesky factor in float64; the column sweep and updates in float32 for float32
-            (or lower) `W`, as the reference implementation, in float64 for float64 `W`. Runs single-threaded
-            (the column sweep is thousands of small ops; measured 8.3 s vs 72 s for 2 threads on the busy box).
+        Precision: the Cholesky factor of H⁻¹ and the column sweep in float32 for float32 (or lower) `W`, as the
+            reference implementation (a float32 factorisation that fails falls back to float64), float64 for
+            float64 `W`. The factorisation uses the process's threads; the sweep runs single-threaded (thousands
+            of small ops; measured 8.3 s vs 72 s for 2 threads on the busy box).
         prune: optional bool (out, in) of entries that must be pruned (earlier cycles); if a block already has
             more of them than its budget, the block prunes those and no others (later blocks prune less).
         count: the layer's exact prune count for a fraction (default floor(s·out·in); callers spreading a global
             floor(s·P) over layers pass their share).
+        factor: `sweep_factor(H, percdamp, W.dtype)` when the caller already has it (layers sharing one H).
     """
-    with one_thread_workers():  # the sweep is thousands of small ops: one thread is faster (on a busy box, ~9×)
-        return _sparsegpt_sweep(W, H, sparsity, blocksize, percdamp, prune, count)
+    u = sweep_factor(H, percdamp, W.dtype) if factor is None else factor
+    with one_thread_workers():  # the sweep is many small ops: one thread is faster (on a busy box, ~9×)
+        return _sparsegpt_sweep(W, u, sparsity, blocksize, prune, count)
 
 
-def _sparsegpt_sweep(W, H, sparsity, blocksize, percdamp, prune, count):
+def sweep_factor(H: torch.Tensor, percdamp: float, dtype: torch.dtype) -> torch.Tensor:
+    """Upper Cholesky factor of (H + λI)⁻¹ for SparseGPT's sweep, in the sweep's precision: float32 for float32
+    (or lower) weights (float64 if the float32 factorisation fails or is not finite), float64 for float64."""
+    h = damped(H, percdamp)
+    if dtype != torch.float64:
+        try:
+            u = _inv_chol_upper(h.float())
+            if bool(torch.isfinite(u).all()):
+                return u
+        except torch.linalg.LinAlgError:
+            pass
+        return _inv_chol_upper(h).float()
+    return _inv_chol_upper(h)
+
+
+def _masked_errors(w: torch.Tensor, u: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """OBS errors E (rows, b) of b consecutive columns processed one after another with a FIXED keep mask.
+
+    The column loop e_i = (1 − k_i)(w_i − Σ_{j<i} e_j u_ji) / u_ii is, per row, the triangular system
+    e_P U_PP = w_P on the row's pruned columns P (e = 0 on kept ones). All rows are solved at once: row r's matrix
+    is U with the kept rows / columns replaced by the identity (rows, b, b)."""
+    pr = ~keep
+    both = pr.unsqueeze(2) & pr.unsqueeze(1)
+    eye = torch.eye(u.shape[0], dtype=u.dtype)
+    t = torch.where(both, u, eye)
+    return torch.linalg.solve_triangular(t, (w * pr).unsqueeze(1), upper=True, left=False).squeeze(1)
+
+
+def _sparsegpt_sweep(W, u, sparsity, blocksize, prune, count, micro=16):
+    """Column blocks with lazy updates (as the reference); inside a block, columns go in micro-blocks of `micro`
+    (unstructured: the block's mask is fixed up front, as the reference) or of one k:n group (the group's mask is
+    chosen on the weights updated by every earlier column, as the reference), each solved for all rows at once
+    (`_masked_errors`) instead of one Python step per column."""
     rows, cols = W.shape
     pattern = sparsity if isinstance(sparsity, KeepPattern) else None
     if pattern is not None:
         blocksize = max(pattern.group, blocksize // pattern.group * pattern.group)
         kn_cols = cols // pattern.group * pattern.group
+        micro = pattern.group
     else:
         count = math.floor(float(sparsity) * rows * cols) if count is None else int(count)
         done = 0
-    work = torch.float64 if W.dtype == torch.float64 else torch.float32  # updates in float32, as the reference
-    w = W.detach().cpu().to(work).clone()
-    u = _inv_chol_upper(damped(H, percdamp)).to(work)  # factorised in float64
+    w = W.detach().cpu().to(u.dtype).clone()
     keep = torch.ones(rows, cols, dtype=torch.bool)
     forced = prune.cpu() if prune is not None else torch.zeros(rows, cols, dtype=torch.bool)
     for i1 in range(0, cols, blocksize):
@@ -129,17 +164,20 @@ def _sparsegpt_sweep(W, H, sparsity, blocksize, percdamp, prune, count):
             need = max(count * i2 // cols - done, int(forced[:, i1:i2].sum()))
             keep[:, i1:i2] = keep_top([sal], min(need, rows * (i2 - i1)))[0]
             done += min(need, rows * (i2 - i1))
-        for i in range(i2 - i1):
-            c = i1 + i
-            if pattern is not None and c < kn_cols and c % pattern.group == 0:
-                g = slice(i, i + pattern.group)
-                sal = w1[:, g].square() / d[g].square()
+        for j1 in range(0, i2 - i1, micro):
+            j2 = min(j1 + micro, i2 - i1)
+            c = i1 + j1
+            if pattern is not None:
+                if c >= kn_cols:
+                    break  # the dense tail: kept, nothing to compensate
+                sal = w1[:, j1:j2].square() / d[j1:j2].square()
                 keep[:, c : c + pattern.group] = kn_block_keep(sal, pattern, forced[:, c : c + pattern.group])
-            q = w1[:, i] * keep[:, c]
-            e = (w1[:, i] - q) / d[i]
-            w1[:, i:] -= e.unsqueeze(1) * u1[i, i:].unsqueeze(0)
-            w1[:, i] = q
-            err1[:, i] = e
+            kb = keep[:, c : i1 + j2]
+            if bool(kb.all()):
+                continue
+            e = _masked_errors(w1[:, j1:j2], u1[j1:j2, j1:j2], kb)
+            err1[:, j1:j2] = e
+            w1[:, j1:] -= e @ u1[j1:j2, j1:]
         w[:, i1:i2] = w1
         w[:, i2:] -= err1 @ u[i1:i2, i2:]
     w[~keep] = 0.0

@@ -8,7 +8,7 @@ import torch
 from ..core.config import PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
-from ..core.obs import sparsegpt_prune
+from ..core.obs import sparsegpt_prune, sweep_factor
 from ..core.refit import hessian_dtype
 from ..core.registry import PruneContext, register_method
 from ..core.sequential import sequential_apply
@@ -75,8 +75,11 @@ def run_sparsegpt(ctx: PruneContext, counts: dict[str, int]) -> Masks:
     batches = calibration_batches(ctx)
     target = cfg.pattern if cfg.pattern is not None else cfg.sparsity
     keeps: dict[str, torch.Tensor] = {}
+    shared: list = [None, None]  # (H, its factor): layers fed one tensor (q / k / v) get the same H object
 
     def prune_layer(layer, h: torch.Tensor) -> torch.Tensor:
+        if shared[0] is not h:
+            shared[:] = [h, sweep_factor(h, cfg.percdamp, layer.weight.dtype)]
         w_new, keep = sparsegpt_prune(
             layer.matrix_view().detach().cpu(),
             h,
@@ -85,6 +88,7 @@ def run_sparsegpt(ctx: PruneContext, counts: dict[str, int]) -> Masks:
             cfg.percdamp,
             previous_matrix(ctx, layer),
             count=counts[layer.name] if cfg.pattern is None else None,
+            factor=shared[1],
         )
         keeps[layer.name] = layer.from_matrix(keep)
         return w_new
