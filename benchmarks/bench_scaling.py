@@ -1,6 +1,6 @@
 """Issue 17 scaling table: wall time and peak RSS of `analyze`, mp-wanda + reconstruct, sparsegpt and CAST 2:4 on
-random-init ViT-S/16, ViT-B/16, ViT-L/16 (224 px) and a BERT-base-shaped encoder (seq 128), with the growth
-exponent b of time ≈ a·params^b fitted over the models measured.
+random-init ViT-S/16, ViT-B/16, ViT-L/16, ViT-H/16 (224 px) and a BERT-base-shaped encoder (seq 128), with the
+growth exponents b of time ≈ a·params^b and of peak RSS fitted over the models measured.
 
 Every (model, method) runs in a FRESH subprocess (so peak RSS = that run's own `ru_maxrss`), seed 0, `--threads`
 intra-op threads. Calibration: `--samples` random images / random token sequences in batches of 8 (CAST keeps ≤ 4096
@@ -29,6 +29,7 @@ MODELS = {
     "vit-s": {"kind": "vit", "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "intermediate_size": 1536},
     "vit-b": {"kind": "vit", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
     "vit-l": {"kind": "vit", "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
+    "vit-h": {"kind": "vit", "hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16, "intermediate_size": 5120},
     "bert-base": {"kind": "bert", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
 }  # fmt: skip
 METHODS = {
@@ -80,10 +81,7 @@ def one(name: str, method: str, samples: int, threads: int) -> dict:
         split = {}
     else:
         cfg = dict(METHODS[method])
-        if cfg["method"] == "cast":
-            cfg["num_calibration_samples"] = samples
-        else:
-            cfg["calibration_samples"] = samples
+        cfg["calibration_samples"] = samples
         pruner = MPPruner(model, PruningConfig.from_dict({**cfg, "ignore": IGNORE}))
         pruner.prune(calibration=data)
         split = pruner.ledger.steps[-1].get("time_split", {})
@@ -93,8 +91,9 @@ def one(name: str, method: str, samples: int, threads: int) -> dict:
             "samples": samples, "threads": threads, "time_split": split}  # fmt: skip
 
 
-def fit_exponent(rows, method) -> float | None:
-    pts = [(math.log(r["params"]), math.log(r["seconds"])) for r in rows if r["method"] == method and "seconds" in r]
+def fit_exponent(rows, method, key="seconds") -> float | None:
+    """Least-squares slope b of log(key) against log(params) over the models measured (time or memory ∝ params^b)."""
+    pts = [(math.log(r["params"]), math.log(r[key])) for r in rows if r["method"] == method and key in r]
     if len(pts) < 2:
         return None
     mx = sum(x for x, _ in pts) / len(pts)
@@ -141,7 +140,10 @@ def main() -> None:
         cells = [f"{got[m]['seconds']:.1f} s, {got[m]['peak_rss_mib']} MiB" if "seconds" in got.get(m, {})
                  else got.get(m, {}).get("error", "–")[:40] for m in args.methods]  # fmt: skip
         print(f"| {name} | {params / 1e6:.1f} M | " + " | ".join(cells) + " |")
-    print("growth exponent b (time ∝ params^b): " + ", ".join(f"{m}: {fit_exponent(rows, m)}" for m in args.methods))
+    for key, what in (("seconds", "time"), ("peak_rss_mib", "peak RSS")):
+        fits = {m: fit_exponent(rows, m, key) for m in args.methods}
+        print(f"growth exponent b ({what} ∝ params^b): " + ", ".join(
+            f"{m}: {b:.2f}" if b is not None else f"{m}: –" for m, b in fits.items()))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -92,10 +92,11 @@ def mp_wanda(ctx: PruneContext) -> Masks:
             cfg.pattern,
         )  # fmt: skip
     elif cfg.mapping == "global":
-        raw = {
-            n: (s / s.mean(1, keepdim=True).clamp_min(1e-30) / weights[n]).float() for n, s in scores.items()
-        }  # rows as (out, in); select() expects weight shape
-        raw = {la.name: la.from_matrix(raw[la.name]) for la in ctx.layers}
+        raw = {}
+        for la in ctx.layers:  # float64 scores freed one layer at a time: the peak is the float32 copy, not both
+            s = scores.pop(la.name)
+            raw[la.name] = la.from_matrix((s / s.mean(1, keepdim=True).clamp_min(1e-30) / weights[la.name]).float())
+            del s
         masks = select(ctx, raw, "global")
     else:
         counts = layer_budgets({la.name: la.numel for la in ctx.layers}, weights, cfg.sparsity, cfg.max_layer_sparsity)
