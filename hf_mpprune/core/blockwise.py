@@ -2,22 +2,22 @@
 at a fraction of the forward cost.
 
 The sequential convention (SparseGPT's, `sequential.sequential_apply`): each registered layer, in forward order, is
-processed with the Hessian H = 2XᵀX/rows of its inputs on the model as already modified by the earlier layers. The
-plain implementation re-runs the model from the embeddings up to every layer: O(L²) layer forwards. Here the
-inputs of the repeated transformer blocks (the `nn.ModuleList` holding most registered layers) are cached once and
-the model is advanced one block at a time on the cache, like llm-compressor's sequential pipeline:
+processed with the Hessian H = 2XᵀX/rows of its inputs on the model as already modified by the earlier layers.
+Re-running the model up to every layer costs O(L²) layer forwards; here the inputs of the repeated transformer
+blocks (the `nn.ModuleList` holding most registered layers) are cached once and the model advances one block at a
+time on the cache, like llm-compressor's sequential pipeline:
 
-* block inputs `(args, kwargs)` of every calibration batch are captured at block 0 (forward stopped there), then
-  each block's output (on the already modified block) becomes the next block's first argument;
-* inside a block, layers that receive the very same input tensor (same storage and values; e.g. query / key /
-  value) form one group with ONE Hessian; each group costs one partial block forward that stops at its first layer;
+* block inputs `(args, kwargs)` of every calibration batch are captured at block 0, then each block's output (on
+  the already modified block) becomes the next block's first argument; batches that line up are joined into one
+  (`joined.fuse_batches`), and then each block costs ONE forward, the layers being re-fitted inside it by hooks;
+* otherwise layers fed the very same tensor (e.g. query / key / value) form one group with ONE Hessian, and each
+  group costs one partial block forward that stops at its first layer;
 * registered layers before / after the blocks (patch embedding, pooler, head) use the plain path.
 
 Equivalence is checked before anything is modified: on the first batch the cached chain of dense blocks must
 reproduce the inputs the real forward hands to every block (`torch.allclose`, rtol 1e-4). A model whose blocks take
 non-tensor state (KV caches), whose forward order interleaves blocks, or that fails the check is processed by the
-plain path (`Timings.path` says why). Hessians: float64 accumulators of per-batch `XᵀX` products computed in
-`hessian_dtype` (default float64: the plain path's arithmetic).
+plain path (`Timings.path` says why). Hessians: float64 sums of `XᵀX` products computed in `hessian_dtype`.
 """
 
 import logging
@@ -30,6 +30,7 @@ from torch import nn
 
 from .calibration import layer_input_rows, run_batches
 from .errors import ConfigError
+from .joined import block_index, find_blocks, first_tensor, fuse_batches, fused_matches, hidden_of, with_hidden
 from .layers import PrunableLayer
 from .validate import check_finite
 
@@ -68,46 +69,12 @@ def _to(b: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
 
 
-def _first_tensor(args, kwargs) -> torch.Tensor | None:
-    if args and isinstance(args[0], torch.Tensor):
-        return args[0]
-    hs = kwargs.get("hidden_states")
-    return hs if isinstance(hs, torch.Tensor) else None
-
-
-def _with_hidden(args, kwargs, hidden):
-    if args and isinstance(args[0], torch.Tensor):
-        return (hidden, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": hidden}
-
-
 def _simple_state(obj) -> bool:
     if isinstance(obj, (torch.Tensor, *_SIMPLE)):
         return True
     if isinstance(obj, (tuple, list)):
         return all(_simple_state(o) for o in obj)
     return False
-
-
-def _block_index(name: str, prefix: str) -> int | None:
-    pre = f"{prefix}." if prefix else ""
-    if not name.startswith(pre):
-        return None
-    head = name[len(pre) :].split(".", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
-def find_blocks(model: nn.Module, layers: list[PrunableLayer]) -> tuple[str, list[nn.Module]] | None:
-    """(prefix, blocks) of the `nn.ModuleList` whose children hold the most registered layers (≥ 2 children)."""
-    best, best_count = None, 0
-    for prefix, mod in model.named_modules():
-        if not isinstance(mod, nn.ModuleList) or len(mod) < 2:
-            continue
-        idx = [_block_index(la.name, prefix) for la in layers]
-        idx = [i for i in idx if i is not None]
-        if len(idx) > best_count and len(set(idx)) >= 2:
-            best, best_count = (prefix, list(mod)), len(idx)
-    return best
 
 
 @dataclass
@@ -122,8 +89,9 @@ class BlockPlan:
 def plan(
     model: nn.Module, layers: list[PrunableLayer], batches: list[dict]
 ) -> tuple[list[PrunableLayer], BlockPlan | None, str]:
-    """Forward order of `layers` (every batch runs once, so a batch that does not fit raises `ConfigError` before
-    anything changes) and the block plan, or None with the reason for the plain path."""
+    """Forward order of `layers` and the block plan, or None with the reason for the plain path. The first batch
+    runs through the whole model; the others (with a block list) only up to the first block — enough to raise
+    on a batch that does not fit the model's inputs before anything changes."""
     order: list[PrunableLayer] = []
     inputs: dict[str, torch.Tensor] = {}
     block_inputs: list[tuple] = []
@@ -148,7 +116,20 @@ def plan(
         run_batches(model, batches[:1])
         for h in block_handles:
             h.remove()
-        run_batches(model, batches[1:])
+        block_handles = []
+        if found is not None:
+
+            def stop(mod, args):
+                raise _Stop
+
+            block_handles = [found[1][0].register_forward_pre_hook(stop)]
+            for b in batches[1:]:
+                try:
+                    run_batches(model, [b])
+                except _Stop:
+                    pass
+        else:
+            run_batches(model, batches[1:])
     finally:
         for h in layer_handles + block_handles:
             h.remove()
@@ -166,7 +147,7 @@ def plan(
     pre, post, inner = [], [], []
     phase, last = 0, -1  # 0: before the blocks, 1: inside, 2: after
     for la in order:
-        i = _block_index(la.name, prefix)
+        i = block_index(la.name, prefix)
         if i is None:
             if phase == 0:
                 pre.append(la)
@@ -192,13 +173,13 @@ def plan(
         else:
             g.append([la])
     for args, kwargs in block_inputs:
-        if _first_tensor(args, kwargs) is None or not all(_simple_state(v) for v in (*args, *kwargs.values())):
+        if first_tensor(args, kwargs) is None or not all(_simple_state(v) for v in (*args, *kwargs.values())):
             return order, None, "blocks take non-tensor state (e.g. a KV cache) or no hidden-state tensor"
     args, kwargs = block_inputs[0]  # the chained dense blocks must reproduce every block's real input
     for i, blk in enumerate(blocks[:-1]):
         out = blk(*args, **kwargs)
         hidden = out[0] if isinstance(out, (tuple, list)) else out
-        real = _first_tensor(*block_inputs[i + 1])
+        real = first_tensor(*block_inputs[i + 1])
         if not isinstance(hidden, torch.Tensor) or real.shape != hidden.shape:
             return order, None, f"block {i} output does not have block {i + 1}'s input shape"
         if not torch.allclose(real, hidden, rtol=1e-4, atol=1e-5):
@@ -225,6 +206,39 @@ class _Hessian:
         if self.xtx is None:
             raise ConfigError(f"calibration forwards never reached layer {name!r}")
         return 2.0 * self.xtx.cpu() / max(1, self.rows)
+
+
+def _refit_inside_forward(tm: Timings, blk: nn.Module, groups, cache: list[tuple], dtype, call) -> None:
+    """One forward of `blk` on the single cached batch; each group is handled by a pre-hook on its first layer
+    (Hessian of the input it receives, then `call` for every layer of the group) before the forward goes on."""
+    done: set[int] = set()
+
+    def make(i, group):
+        def hook(mod, args):
+            if i in done:  # a module called twice in one forward: only its first call is the calibration input
+                return
+            done.add(i)
+            acc = _Hessian(dtype, tm)
+            acc.add(layer_input_rows(group[0], args[0].detach()))
+            h = acc.value(group[0].name)
+            for la in group:
+                call(la, h)
+
+        return hook
+
+    handles = [g[0].module.register_forward_pre_hook(make(i, g)) for i, g in enumerate(groups)]
+    t0, h0, s0 = time.perf_counter(), tm.hessian_s, tm.solve_s
+    try:
+        args, kwargs = cache[0]
+        out = blk(*args, **kwargs)
+    finally:
+        for hd in handles:
+            hd.remove()
+    tm.forward_s += time.perf_counter() - t0 - (tm.hessian_s - h0) - (tm.solve_s - s0)
+    if len(done) != len(groups):
+        missing = [g[0].name for i, g in enumerate(groups) if i not in done]
+        raise ConfigError(f"calibration forwards never reached layer(s) {missing[:10]}")
+    cache[0] = with_hidden(args, kwargs, hidden_of(out))
 
 
 def _partial(tm: Timings, layer: PrunableLayer, acc: _Hessian, forwards: Callable[[], None]) -> None:
@@ -261,6 +275,12 @@ def block_sequential(
     `granularity="block"` (llm-compressor's convention): inside a transformer block every Hessian comes from ONE
     forward of the block as it was when the block was reached (earlier blocks already rewritten), so a block costs
     2 block forwards instead of (groups + 1); results differ from the layer-sequential default.
+
+    Joined batches: when the cached block inputs line up (`fuse_batches`) and the dense first block gives the same
+    rows on the joined batch as on its first and last batch, all batches run as ONE, and the layer-sequential
+    default costs ONE forward per block: a pre-hook on each group's first layer builds the group's Hessian from
+    the input it receives and re-fits the group before the forward goes on (later groups see the rewritten earlier
+    ones; the output is the next block's input). Same results up to float rounding; `Timings.extra` records it.
     """
     tm = timings if timings is not None else Timings()
     batches = list(batches)
@@ -316,8 +336,16 @@ def block_sequential(
                     pass
         finally:
             handle.remove()
+        if len(cache) > 1:
+            fused = fuse_batches(cache)
+            if fused is not None and fused_matches(pl.blocks[0], cache, fused):
+                tm.extra["joined_batches"] = len(cache)
+                cache[:] = [fused]
         tm.forward_s += time.perf_counter() - t0
         for blk, groups in zip(pl.blocks, pl.groups):
+            if granularity == "layer" and len(cache) == 1:
+                _refit_inside_forward(tm, blk, groups, cache, hessian_dtype, call)
+                continue
             if granularity == "block":
                 accs = [_Hessian(hessian_dtype, tm) for _ in groups]
                 handles = [
@@ -357,7 +385,7 @@ def block_sequential(
             nxt = []
             for args, kwargs in cache:
                 out = blk(*args, **kwargs)
-                nxt.append(_with_hidden(args, kwargs, out[0] if isinstance(out, (tuple, list)) else out))
+                nxt.append(with_hidden(args, kwargs, out[0] if isinstance(out, (tuple, list)) else out))
             cache[:] = nxt
             tm.forward_s += time.perf_counter() - t0
         cache.clear()

@@ -107,6 +107,7 @@ def run_sparsegpt(ctx: PruneContext, counts: dict[str, int]) -> Masks:
         "hessians_s": round(tm.hessian_s, 3),
         "mask_choice_and_update_s": round(tm.solve_s, 3),  # SparseGPT chooses the mask inside the OBS sweep
         "path": tm.path,
+        **{k: v for k, v in tm.extra.items() if k == "joined_batches"},
     }
     ctx.record.setdefault("sparsegpt", {}).update(
         {
