@@ -55,10 +55,10 @@ bench-issue17: $(STAMP)
 	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/bench_minilm_issue17.py --targets 0.5 0.6 0.7 2:4 --seeds 0 1 2 \
 		--cells sparsegpt wanda mp-wanda mp-wanda+rec mp-sparsegpt cast cast+rec \
 		--peer-venv $(PEER_VENV) --out benchmarks/out/issue17_minilm.json
-	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/bench_scaling.py --models vit-s bert-base vit-b vit-l --samples 16 \
+	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/bench_scaling.py --models vit-s bert-base vit-b vit-l vit-h --samples 16 \
 		--out benchmarks/out/scaling.json
 	for s in 0 1 2; do HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 PYTHONPATH=. $(PY) benchmarks/bench_cast_vitb.py \
-		--mode full --images 32 --seed $$s; done
+		--mode full --images 32 --seed $$s --peer; done
 
 clean:
 	rm -rf $(VENV) mpprune-demo .pytest_cache .ruff_cache

@@ -8,7 +8,7 @@ encoder Linears is 12 x (4 t_attn + t_fc1 + t_fc2). `--mode full`: the whole pip
 
     PYTHONPATH=. OMP_NUM_THREADS=2 python benchmarks/bench_cast_vitb.py --pattern 2:4
     PYTHONPATH=. OMP_NUM_THREADS=2 python benchmarks/bench_cast_vitb.py --pattern 8:16
-    PYTHONPATH=. OMP_NUM_THREADS=2 python benchmarks/bench_cast_vitb.py --mode full --images 32 --seed 0   # end to end
+    PYTHONPATH=. OMP_NUM_THREADS=2 python benchmarks/bench_cast_vitb.py --mode full --images 32 --seed 0 --peer
 """
 
 import argparse
@@ -68,7 +68,9 @@ def search_mode(pattern: str, seed: int) -> dict:
     return out
 
 
-def full_mode(pattern: str, images: int, seed: int) -> dict:
+def full_mode(pattern: str, images: int, seed: int, with_peer: bool = False) -> dict:
+    import copy
+
     from transformers import ViTConfig, ViTForImageClassification
 
     from hf_mpprune import MPPruner
@@ -76,16 +78,26 @@ def full_mode(pattern: str, images: int, seed: int) -> dict:
     torch.manual_seed(seed)
     model = ViTForImageClassification(ViTConfig()).eval()
     data = [{"pixel_values": torch.randn(min(16, images - i), 3, 224, 224)} for i in range(0, images, 16)]
+    dense = copy.deepcopy(model) if with_peer else None
     pr = MPPruner(model, CASTConfig(pattern=pattern, seed=seed, calibration_samples=images))
     t0 = time.perf_counter()
     pr.prune(calibration=data)
+    ours = time.perf_counter() - t0
+    process = time.perf_counter() - T_PROCESS
     rec = pr.ledger.steps[-1]
-    return {
+    extra = {}
+    if with_peer:  # llm-compressor's SparseGPT with the same k:n on the same model and images
+        from peer_run import run_peer_on
+
+        extra["peer"] = run_peer_on(dense, data, "vit", torch.get_num_threads(), pattern=pattern)
+        if "seconds" in extra["peer"]:
+            extra["ratio_to_peer_sparsegpt"] = round(ours / extra["peer"]["seconds"], 3)
+    return extra | {
         "pattern": pattern,
         "images": images,
         "seed": seed,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "process_seconds": round(time.perf_counter() - T_PROCESS, 1),
+        "seconds": round(ours, 1),
+        "process_seconds": round(process, 1),
         "time_split": rec.get("time_split"),
         "layers": len(rec["cast"]["layers"]),
         "legal": rec["legality"]["ok"],
@@ -99,13 +111,14 @@ def main():
     ap.add_argument("--mode", choices=["search", "full"], default="search")
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--peer", action="store_true", help="full mode: also run llm-compressor's SparseGPT (same k:n)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     res = (
         search_mode(args.pattern, args.seed)
         if args.mode == "search"
-        else full_mode(args.pattern, args.images, args.seed)
+        else full_mode(args.pattern, args.images, args.seed, args.peer)
     )
     print(json.dumps(res, indent=1))
     if args.out:

@@ -1,6 +1,8 @@
 """Issue 17 scaling table: wall time and peak RSS of `analyze`, mp-wanda + reconstruct, sparsegpt and CAST 2:4 on
 random-init ViT-S/16, ViT-B/16, ViT-L/16, ViT-H/16 (224 px) and a BERT-base-shaped encoder (seq 128), with the
-growth exponents b of time ≈ a·params^b and of peak RSS fitted over the models measured.
+growth exponents b of time ≈ a·params^b and of peak RSS fitted over the models measured; `peer-sparsegpt` runs
+llm-compressor's SparseGPT on the same model and batches in its own venv (`benchmarks/peer_venv.sh`) and the
+ratio of our `sparsegpt` to it is printed.
 
 Every (model, method) runs in a FRESH subprocess (so peak RSS = that run's own `ru_maxrss`), seed 0, `--threads`
 intra-op threads. Calibration: `--samples` random images / random token sequences in batches of 8 (CAST keeps ≤ 4096
@@ -37,6 +39,7 @@ METHODS = {
     "mp-wanda+rec": {"method": "mp-wanda", "sparsity": 0.5, "reconstruct": True, "calibration_batch_size": 8},
     "sparsegpt": {"method": "sparsegpt", "sparsity": 0.5, "calibration_batch_size": 8},
     "cast-2:4": {"method": "cast", "pattern": "2:4", "calibration_batch_size": 8},
+    "peer-sparsegpt": None,  # llm-compressor's SparseGPT at 50 % in its own venv, same model and batches
 }
 IGNORE = ["re:classifier", "re:pooler"]
 
@@ -76,6 +79,8 @@ def one(name: str, method: str, samples: int, threads: int) -> dict:
     data = [{k: torch.stack([r[k] for r in rows[i : i + 8]]) for k in rows[0]} for i in range(0, samples, 8)]
     params = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
+    if method == "peer-sparsegpt":
+        return peer(name, model, data, params, samples, threads)
     if method == "analyze":
         MPPruner(model, PruningConfig(method="magnitude", ignore=IGNORE)).analyze(progress=False)
         split = {}
@@ -89,6 +94,18 @@ def one(name: str, method: str, samples: int, threads: int) -> dict:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"model": name, "method": method, "params": params, "seconds": round(secs, 2), "peak_rss_mib": round(rss),
             "samples": samples, "threads": threads, "time_split": split}  # fmt: skip
+
+
+def peer(name, model, data, params, samples, threads) -> dict:
+    """llm-compressor's oneshot SparseGPT (50 %, the same Linears) on the same random model and batches, in the
+    peer's venv (`peer_run.run_peer_on`); seconds = its `oneshot` call, memory = that process's peak RSS."""
+    from peer_run import run_peer_on
+
+    info = run_peer_on(model, data, MODELS[name]["kind"], threads, sparsity=0.5)
+    if "error" in info:
+        return {"model": name, "method": "peer-sparsegpt", "error": info["error"]}
+    return {"model": name, "method": "peer-sparsegpt", "params": params, "seconds": info["seconds"],
+            "peak_rss_mib": info["peak_rss_mib"], "samples": samples, "threads": threads, "peer": info}  # fmt: skip
 
 
 def fit_exponent(rows, method, key="seconds") -> float | None:
@@ -140,6 +157,11 @@ def main() -> None:
         cells = [f"{got[m]['seconds']:.1f} s, {got[m]['peak_rss_mib']} MiB" if "seconds" in got.get(m, {})
                  else got.get(m, {}).get("error", "–")[:40] for m in args.methods]  # fmt: skip
         print(f"| {name} | {params / 1e6:.1f} M | " + " | ".join(cells) + " |")
+    for name in args.models:
+        got = {r["method"]: r for r in rows if r["model"] == name and "seconds" in r}
+        if "sparsegpt" in got and "peer-sparsegpt" in got:
+            print(f"{name}: sparsegpt / llm-compressor SparseGPT (same run) = "
+                  f"x{got['sparsegpt']['seconds'] / got['peer-sparsegpt']['seconds']:.2f}")  # fmt: skip
     for key, what in (("seconds", "time"), ("peak_rss_mib", "peak RSS")):
         fits = {m: fit_exponent(rows, m, key) for m in args.methods}
         print(f"growth exponent b ({what} ∝ params^b): " + ", ".join(

@@ -27,6 +27,9 @@ def main() -> None:
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--pattern", default="0:0", help='mask_structure, e.g. "2:4" (k:n = k kept of n); 0:0 unstructured')
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sequential-target", default="BertLayer", help="the block class (ViT: ViTLayer)")
+    p.add_argument("--prefix", default="encoder.", help="Linears under this prefix are saved for scoring")
+    p.add_argument("--ignore", default="re:.*pooler.*", help="llm-compressor ignore pattern")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -54,7 +57,7 @@ def main() -> None:
         block_size=128,
         dampening_frac=0.01,
         targets=["Linear"],
-        ignore=["re:.*pooler.*"],
+        ignore=[args.ignore],
     )
     loader = DataLoader(batches, batch_size=None, shuffle=False)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -62,15 +65,15 @@ def main() -> None:
         model=model,
         dataset=loader,
         recipe=recipe,
-        num_calibration_samples=sum(int(b["input_ids"].shape[0]) for b in batches),
-        sequential_targets=["BertLayer"],
+        num_calibration_samples=sum(int(next(iter(b.values())).shape[0]) for b in batches),
+        sequential_targets=[args.sequential_target],
         pipeline="sequential",
     )
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     weights = {
         n + ".weight": m.weight.detach().contiguous().clone()
         for n, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear) and n.startswith("encoder.")
+        if isinstance(m, torch.nn.Linear) and n.startswith(args.prefix)
     }
     save_file(weights, args.out)
     zeros = sum(int((w == 0).sum()) for w in weights.values())
@@ -88,6 +91,9 @@ def main() -> None:
                 "transformers": transformers.__version__,
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
+                "peak_rss_mib": round(
+                    __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss / 1024
+                ),
             }
         ),
         flush=True,

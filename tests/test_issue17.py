@@ -11,6 +11,7 @@ from torch import nn
 import hf_mpprune.core.blockwise as bw
 from hf_mpprune import MPPruner, PruningConfig
 from hf_mpprune.core.blockwise import block_sequential
+from hf_mpprune.core.config import KeepPattern
 from hf_mpprune.core.layers import discover_layers
 from hf_mpprune.core.obs import _inv_chol_upper, damped, obs_reconstruct
 from hf_mpprune.core.threads import parallel_map, split
@@ -291,3 +292,23 @@ def test_sparsegpt_block_granularity_is_exact_and_one_forward_per_block(tiny_ber
     assert m_layer.sha256() != m_block.sha256()  # a different (coarser) convention, not the same result
     with pytest.raises(Exception, match="sequential"):
         PruningConfig.from_dict({"method": "sparsegpt", "sequential": "nope"})
+
+
+def test_sparsegpt_sweep_same_with_and_without_threads(monkeypatch):
+    """Large layers sweep with the process's threads, small ones single-threaded: the same masks and weights."""
+    import hf_mpprune.core.obs as obs
+
+    w, x, h = _problem(rows=48, cols=96, seed=7)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = {}
+        for limit in (0, 10**9):  # 0: every layer counts as large (threaded); 10**9: single-threaded
+            monkeypatch.setattr(obs, "SWEEP_THREADED_NUMEL", limit)
+            out[limit] = [obs.sparsegpt_prune(w, h, t, blocksize=32) for t in (0.6, KeepPattern.parse("2:4"))]
+            assert torch.get_num_threads() == 2  # the thread count is restored either way
+    finally:
+        torch.set_num_threads(prev)
+    for (wa, ka), (wb, kb) in zip(out[0], out[10**9]):
+        assert torch.equal(ka, kb)
+        torch.testing.assert_close(wa, wb, rtol=1e-4, atol=1e-5)

@@ -27,7 +27,17 @@ from .refit import SOLVERS, cg_refit
 from .threads import one_thread_workers
 
 
-__all__ = ["damped", "hessian", "kn_block_keep", "obs_reconstruct", "sparsegpt_prune", "sweep_factor"]
+__all__ = [
+    "SWEEP_THREADED_NUMEL",
+    "damped",
+    "hessian",
+    "kn_block_keep",
+    "obs_reconstruct",
+    "sparsegpt_prune",
+    "sweep_factor",
+]
+
+SWEEP_THREADED_NUMEL = 2**20  # SparseGPT sweeps of layers this large use the process's threads (MiniLM's stay at 1)
 
 
 def hessian(x: torch.Tensor) -> torch.Tensor:
@@ -96,8 +106,9 @@ def sparsegpt_prune(
         percdamp: damping λ = percdamp · mean(diag H).
         Precision: the Cholesky factor of H⁻¹ and the column sweep in float32 for float32 (or lower) `W`, as the
             reference implementation (a float32 factorisation that fails falls back to float64), float64 for
-            float64 `W`. The factorisation uses the process's threads; the sweep runs single-threaded (thousands
-            of small ops; measured 8.3 s vs 72 s for 2 threads on the busy box).
+            float64 `W`. The factorisation uses the process's threads; so does the sweep of a layer with at least
+            `SWEEP_THREADED_NUMEL` weights (2 threads: ×0.65–0.9 of one on ViT-L shapes), smaller layers sweep
+            single-threaded (many small ops; on a busy box 2-thread small ops spin-wait: 8.3 s vs 72 s measured).
         prune: optional bool (out, in) of entries that must be pruned (earlier cycles); if a block already has
             more of them than its budget, the block prunes those and no others (later blocks prune less).
         count: the layer's exact prune count for a fraction (default floor(s·out·in); callers spreading a global
@@ -105,7 +116,9 @@ def sparsegpt_prune(
         factor: `sweep_factor(H, percdamp, W.dtype)` when the caller already has it (layers sharing one H).
     """
     u = sweep_factor(H, percdamp, W.dtype) if factor is None else factor
-    with one_thread_workers():  # the sweep is many small ops: one thread is faster (on a busy box, ~9×)
+    if W.numel() >= SWEEP_THREADED_NUMEL:  # big layers: the micro-block ops are large enough for every thread
+        return _sparsegpt_sweep(W, u, sparsity, blocksize, prune, count)
+    with one_thread_workers():  # small layers: many small ops, one thread is faster (on a busy box, ~9×)
         return _sparsegpt_sweep(W, u, sparsity, blocksize, prune, count)
 
 
