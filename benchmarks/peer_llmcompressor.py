@@ -13,6 +13,7 @@ score with the same embedding metric. Prints one JSON line: seconds inside `ones
 import argparse
 import json
 import os
+import resource
 import time
 
 
@@ -91,9 +92,7 @@ def main() -> None:
                 "transformers": transformers.__version__,
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
-                "peak_rss_mib": round(
-                    __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss / 1024
-                ),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             }
         ),
         flush=True,

@@ -178,7 +178,7 @@ def plan(
     args, kwargs = block_inputs[0]  # the chained dense blocks must reproduce every block's real input
     for i, blk in enumerate(blocks[:-1]):
         out = blk(*args, **kwargs)
-        hidden = out[0] if isinstance(out, (tuple, list)) else out
+        hidden = hidden_of(out)
         real = first_tensor(*block_inputs[i + 1])
         if not isinstance(hidden, torch.Tensor) or real.shape != hidden.shape:
             return order, None, f"block {i} output does not have block {i + 1}'s input shape"
@@ -385,7 +385,7 @@ def block_sequential(
             nxt = []
             for args, kwargs in cache:
                 out = blk(*args, **kwargs)
-                nxt.append(with_hidden(args, kwargs, out[0] if isinstance(out, (tuple, list)) else out))
+                nxt.append(with_hidden(args, kwargs, hidden_of(out)))
             cache[:] = nxt
             tm.forward_s += time.perf_counter() - t0
         cache.clear()
