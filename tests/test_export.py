@@ -218,7 +218,7 @@ def test_cli_export_and_env(pruned_vit, tmp_path, capsys):
     assert report["zeros_checked"] == 8192 and report["tome"]["token_schedule"] == [17, 15] and out.is_file()
     assert main(["export", str(ckpt), "--format", "pt2", "--opset", "18", "--output", str(out)]) == 2
     assert "opset applies to --format onnx" in capsys.readouterr().err
-    assert main(["export", str(tmp_path / "nope"), "--format", "pt2", "--output", str(out)]) == 2
+    assert main(["export", str(tmp_path / "nope"), "--format", "pt2", "--output", str(tmp_path / "new.pt2")]) == 2
     assert "no directory" in capsys.readouterr().err and not (tmp_path / "nope").exists()
     assert main(["env", "--json"]) == 0
     env = json.loads(capsys.readouterr().out)

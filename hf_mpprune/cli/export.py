@@ -19,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--tome", type=int, default=None, help="merge R tokens per block with ToMe (ViT/DeiT)")
     p.add_argument("--opset", type=int, default=None, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--atol", type=float, default=1e-5, help="largest allowed |exported - eager| (default 1e-5)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (refused otherwise)")
     p.add_argument("--no-verify", action="store_true", help="skip the eager comparison and the weight check")
     p.set_defaults(func=_run)
 
@@ -26,7 +27,7 @@ def register(sub) -> None:
 def _run(args) -> int:
     report = export(
         args.model, args.output, format=args.format, tome=args.tome, opset=args.opset, atol=args.atol,
-        verify=not args.no_verify,
+        verify=not args.no_verify, overwrite=args.overwrite,
     )  # fmt: skip
     payload = report.to_dict()
     if payload["tome"]:

@@ -9,16 +9,15 @@ checks, ledger provenance, card). `--calibration digits|minilm-sentences|random`
 import dataclasses
 import json
 import logging
-import os
 import sys
 
 from transformers import AutoTokenizer
 
 from ..builtins import sources as cs
 from ..core.config import PruningConfig
-from ..core.constants import LEDGER_NAME, MASKS_NAME
 from ..core.errors import ConfigError
 from ..core.registry import get_method
+from ..hub.target import check_save_target
 from ..pruner import MPPruner
 from ..recipes.runner import execute
 from ..recipes.schema import recipe_from_dict
@@ -145,17 +144,12 @@ def run_prune(args) -> int:
         raise ConfigError(
             f"method {cfg.method!r} needs calibration data: add --calibration {{{','.join(CALIBRATION_SOURCES)}}}"
         )
+    check_save_target(args.output)
     pruner = MPPruner.from_pretrained(args.model, cfg)
     data = calibration_data(args.calibration, pruner.model, args.model, args.samples, args.seed)
     if isinstance(data, list):
         data = _Indexed(data)
     masks = pruner.prune(calibration=data)
-    if hasattr(pruner, "save_pretrained"):
-        pruner.save_pretrained(args.output)
-    else:  # minimal fallback: model + masks + ledger
-        os.makedirs(args.output, exist_ok=True)
-        pruner.model.save_pretrained(args.output)
-        masks.save(os.path.join(args.output, MASKS_NAME))
-        pruner.ledger.to_json(os.path.join(args.output, LEDGER_NAME))
+    pruner.save_pretrained(args.output)
     sys.stdout.write(f"{args.method}: sparsity {masks.sparsity():.4f} over {len(masks)} layers -> {args.output}\n")
     return 0

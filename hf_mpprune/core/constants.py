@@ -5,6 +5,8 @@ MASKS_NAME = "mpprune_masks.safetensors"
 LEDGER_NAME = "mpprune_ledger.json"
 SPECTRA_NAME = "mpprune_spectra.json"
 RECIPE_NAME = "recipe.yaml"
+# The list of every file a save wrote (relative paths): a later save may replace exactly these and nothing else.
+FILES_NAME = "mpprune_files.json"
 LIBRARY_TAG = "hf-mpprune"
 
 ROLES = ("attn", "mlp", "head", "embed", "other")

@@ -199,7 +199,7 @@ def _load(model_or_path: Any) -> tuple[nn.Module, Masks | None]:
     return model, masks
 
 
-def _check_args(fmt: str, output: str, tome: int | None, opset: int | None) -> None:
+def _check_args(fmt: str, output: str, tome: int | None, opset: int | None, overwrite: bool) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"export format must be one of {FORMATS}, got {fmt!r}")
     if tome is not None and (isinstance(tome, bool) or not isinstance(tome, int) or tome < 0):
@@ -210,6 +210,10 @@ def _check_args(fmt: str, output: str, tome: int | None, opset: int | None) -> N
         raise ConfigError(f"opset must be between 18 and 23 for torch.onnx's dynamo exporter, got {opset}")
     if os.path.isdir(output):
         raise ConfigError(f"output {output!r} is a directory; give a file path such as model.{fmt}")
+    if os.path.lexists(output) and not overwrite:
+        raise ConfigError(
+            f"output {output!r} already exists; pass overwrite=True (CLI: --overwrite) to replace it, or give a new path"
+        )
 
 
 def _write(model, fmt, output, inputs, shapes, opset, optimize) -> tuple[list[str], int | None]:
@@ -285,6 +289,7 @@ def export(
     verify: bool = True,
     atol: float = 1e-5,
     optimize: bool = False,
+    overwrite: bool = False,
 ) -> ExportReport:
     """Export a model to ONNX (`format="onnx"`) or a `torch.export` program (`format="pt2"`).
 
@@ -301,12 +306,14 @@ def export(
         atol: largest allowed absolute difference to eager.
         optimize: run onnxscript's graph optimiser (folds transposes into unnamed constants; the zero check then
             matches weights by value).
+        overwrite: replace an existing `output` (refused by default). A file this call wrote is removed again when
+            writing or a check fails.
 
     Returns:
         `ExportReport`. Raises `ConfigError` for bad arguments and `LedgerMismatchError` when a check fails.
     """
     output = os.path.abspath(os.fspath(output))
-    _check_args(format, output, tome, opset)
+    _check_args(format, output, tome, opset, overwrite)
     model, found_masks = _load(model_or_path)
     masks = masks if masks is not None else found_masks
     if masks is not None:
@@ -315,6 +322,7 @@ def export(
     model.eval()
     added_tome = tome is not None and tome_state(model) is None
     tome_record = apply_tome(model, r=tome) if tome is not None else None
+    existed = os.path.lexists(output)
     try:
         inputs = dict(inputs) if inputs is not None else example_inputs(model)
         shapes, axes = _dynamic_shapes(model, inputs)
@@ -325,6 +333,10 @@ def export(
         if verify:
             _verify(model, format, output, inputs, atol, report)
             report.layers_checked, report.zeros_checked = check_exported_zeros(model, output, format, masks)
+    except BaseException:
+        if not existed and os.path.isfile(output):
+            os.remove(output)  # a failed export leaves nothing behind
+        raise
     finally:
         if added_tome:
             remove_tome(model)

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ def atomic_directory(target: str) -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix=f".{base}{_TMP}{os.getpid()}-", dir=parent)
     try:
         yield tmp
+        _set_modes(tmp, target)
         _fsync_tree(tmp)
         _replace(tmp, target)
     except BaseException as e:
@@ -47,6 +49,25 @@ def atomic_directory(target: str) -> Iterator[str]:
                 int(io.group(1)), f"writing {target!r} failed ({e}); the previous contents are unchanged"
             ) from e
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _set_modes(root: str, target: str) -> None:
+    """`mkdtemp` / `mkstemp` make 0700 folders and 0600 files: give the tree the modes a plain save gets under the
+    user's umask (as transformers' `save_pretrained`), the folder keeping the mode of the one it replaces."""
+    mask = _umask()
+    for dirpath, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
+    keep = os.path.isdir(target) and not os.path.islink(target)
+    os.chmod(root, stat.S_IMODE(os.stat(target).st_mode) if keep else 0o777 & ~mask)
 
 
 def _replace(tmp: str, target: str) -> None:

@@ -7,9 +7,11 @@ A checkpoint is a normal transformers directory (config.json + safetensors with 
 folded into the weights before saving; `ledger.permutations` only records them (see `ledger.py`).
 
 Writes are atomic (`atomic.py`): everything goes to a temporary directory next to the target, which replaces the
-target only once complete.
+target only once complete. A target that holds anything but an earlier checkpoint of ours is refused before anything
+is written (`target.py`); every save lists the files it wrote in `mpprune_files.json`.
 """
 
+import json
 import logging
 import os
 import tempfile
@@ -22,7 +24,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf
 from transformers import PreTrainedModel
 
 from ..core.config import PruningConfig
-from ..core.constants import CONFIG_NAME, LEDGER_NAME, MASKS_NAME, RECIPE_NAME, SPECTRA_NAME
+from ..core.constants import CONFIG_NAME, FILES_NAME, LEDGER_NAME, MASKS_NAME, RECIPE_NAME, SPECTRA_NAME
 from ..core.errors import CheckpointError, ConfigError, LedgerMismatchError, MPPruneWarning
 from ..core.files import parse_sidecar
 from ..core.layers import discover_layers
@@ -34,6 +36,7 @@ from .atomic import atomic_directory
 from .card import make_card
 from .config_block import recover_from_config, write_config_block
 from .network import hub_errors
+from .target import check_save_target, entries
 
 
 logger = logging.getLogger(__name__)
@@ -83,9 +86,7 @@ def save_pretrained(
             f"save_pretrained needs a transformers PreTrainedModel, got {type(model).__name__}; "
             "for a plain nn.Module save `pruner.masks.save(path)` and the state dict yourself"
         )
-    target = os.path.abspath(os.fspath(save_directory))
-    if os.path.exists(target) and not os.path.isdir(target):
-        raise ConfigError(f"save_directory {target!r} exists and is not a directory; pick another path")
+    target = check_save_target(save_directory)
     if pruner.masks is not None:
         verify_masks(model, pruner.masks)
         _canonical_zeros_(model, pruner.masks)
@@ -102,6 +103,7 @@ def save_pretrained(
         if card:
             text = make_card(pruner, model_name=model_name, existing=existing_card)
             _write_text(os.path.join(tmp, "README.md"), text)
+        _write_text(os.path.join(tmp, FILES_NAME), json.dumps(entries(tmp), indent=1) + "\n")
     logger.info("saved checkpoint to %s", target)
     return target
 

@@ -24,6 +24,7 @@ from .. import builtins  # noqa: F401  (registers the builtin:* models and datas
 from ..core.errors import ConfigError
 from ..data.preprocess import load_processor, modality
 from ..data.spec import resolve_model
+from ..hub.target import check_save_target
 from ..pruner import MPPruner
 from . import stages
 from .inputs import build_plan, calibration_batches, needs, prepare_plan
@@ -66,6 +67,8 @@ def execute(
     out = output_dir or recipe.output.dir or recipe.name
     if save and not out:
         raise ConfigError("no output directory: set output.dir in the recipe or pass --output DIR")
+    if save:
+        check_save_target(out)  # a folder of the user's files is refused now, not after the work
     if push and (not recipe.push.repo_id or not save):
         raise ConfigError("--push-to-hub needs push.repo_id in the recipe (e.g. push: {repo_id: org/name})")
     need = needs(recipe)  # every method must be installed before we start
