@@ -71,6 +71,39 @@ def tiny_gpt2():
     return _finish(GPT2LMHeadModel(cfg), {"input_ids": torch.randint(0, 99, (2, 8))})
 
 
+def lm_inputs(batch=2, seq=8, vocab=99, pad_left=0):
+    """Token ids and an attention mask; the last row has `pad_left` padding positions at the start (left padding,
+    as a decoder tokenizer pads for generation), so the blocks get a real attention mask."""
+    ids = torch.randint(0, vocab, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[-1, :pad_left] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def tiny_llama(kind="llama", **overrides):
+    """A tiny causal LM with grouped-query attention (4 query heads, 2 key/value heads). `kind`: llama, mistral,
+    qwen2, qwen3, gemma3 (Gemma 3 alternates sliding-window and global layers: `layer_types`)."""
+    import transformers as tr
+
+    classes = {
+        "llama": (tr.LlamaConfig, tr.LlamaForCausalLM), "mistral": (tr.MistralConfig, tr.MistralForCausalLM),
+        "qwen2": (tr.Qwen2Config, tr.Qwen2ForCausalLM), "qwen3": (tr.Qwen3Config, tr.Qwen3ForCausalLM),
+        "gemma3": (tr.Gemma3TextConfig, tr.Gemma3ForCausalLM),
+    }  # fmt: skip
+    cfg_cls, model_cls = classes[kind]
+    kw = {
+        "vocab_size": 99, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 64,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False,
+    }  # fmt: skip
+    if kind == "gemma3":
+        kw.update(num_hidden_layers=3, sliding_window=4, layer_types=["sliding_attention", "full_attention",
+                                                                     "sliding_attention"])  # fmt: skip
+    kw.update(overrides)
+    torch.manual_seed(0)
+    return _finish(model_cls(cfg_cls(**kw)), lm_inputs())
+
+
 class MLP(nn.Module):
     """Plain ReLU MLP for pure-torch paths."""
 

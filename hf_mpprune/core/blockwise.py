@@ -14,10 +14,14 @@ time on the cache, like llm-compressor's sequential pipeline:
   group costs one partial block forward that stops at its first layer;
 * registered layers before / after the blocks (patch embedding, pooler, head) use the plain path.
 
-Equivalence is checked before anything is modified: on the first batch the cached chain of dense blocks must
-reproduce the inputs the real forward hands to every block (`torch.allclose`, rtol 1e-4). A model whose blocks take
-non-tensor state (KV caches), whose forward order interleaves blocks, or that fails the check is processed by the
-plain path (`Timings.path` says why). Hessians: float64 sums of `XᵀX` products computed in `hessian_dtype`.
+Keyword inputs of the blocks (rotary position embeddings, attention masks, `position_ids`, `cache_position`) are
+captured and replayed per kind of block (`replay`: Gemma-style models alternate layer kinds with their own masks);
+calibration forwards run with `use_cache=False`, so no KV cache is built. Equivalence is checked before anything is
+modified: on the first batch the cached chain of dense blocks must reproduce the inputs the real forward hands to
+every block (`torch.allclose`, rtol 1e-4). A model whose blocks take non-tensor state, whose forward order
+interleaves blocks, or that fails the check is processed by the plain path; the path taken and why is logged
+(INFO) and kept in `Timings.path`, which the methods write into the ledger. Hessians: float64 sums of `XᵀX`
+products computed in `hessian_dtype`.
 """
 
 import logging
@@ -28,20 +32,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .calibration import layer_input_rows, run_batches
+from .calibration import layer_input_rows, model_inputs, run_batches
 from .errors import ConfigError
-from .joined import block_index, find_blocks, first_tensor, fuse_batches, fused_matches, hidden_of, with_hidden
+from .joined import block_index, find_blocks, first_tensor, fuse_batches, fused_matches, hidden_of
 from .layers import PrunableLayer
+from .replay import StopForward, block_kinds, call_for, capture_calls, simple_state
 from .validate import check_finite
 
 
 logger = logging.getLogger(__name__)
-
-_SIMPLE = (type(None), bool, int, float, str, torch.dtype, torch.device)
-
-
-class _Stop(Exception):
-    """Raised from a hook to end a forward early."""
 
 
 @dataclass
@@ -65,24 +64,13 @@ class Timings:
         return out
 
 
-def _to(b: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
-
-
-def _simple_state(obj) -> bool:
-    if isinstance(obj, (torch.Tensor, *_SIMPLE)):
-        return True
-    if isinstance(obj, (tuple, list)):
-        return all(_simple_state(o) for o in obj)
-    return False
-
-
 @dataclass
 class BlockPlan:
     pre: list[PrunableLayer]
     blocks: list[nn.Module]
     groups: list[list[list[PrunableLayer]]]  # per block: groups sharing one input tensor, forward order
     post: list[PrunableLayer]
+    kinds: list[int]  # per block: the first block taking the same keyword inputs (`replay.block_kinds`)
 
 
 @torch.no_grad()
@@ -120,13 +108,13 @@ def plan(
         if found is not None:
 
             def stop(mod, args):
-                raise _Stop
+                raise StopForward
 
             block_handles = [found[1][0].register_forward_pre_hook(stop)]
             for b in batches[1:]:
                 try:
                     run_batches(model, [b])
-                except _Stop:
+                except StopForward:
                     pass
         else:
             run_batches(model, batches[1:])
@@ -173,7 +161,7 @@ def plan(
         else:
             g.append([la])
     for args, kwargs in block_inputs:
-        if first_tensor(args, kwargs) is None or not all(_simple_state(v) for v in (*args, *kwargs.values())):
+        if first_tensor(args, kwargs) is None or not all(simple_state(v) for v in (*args, *kwargs.values())):
             return order, None, "blocks take non-tensor state (e.g. a KV cache) or no hidden-state tensor"
     args, kwargs = block_inputs[0]  # the chained dense blocks must reproduce every block's real input
     for i, blk in enumerate(blocks[:-1]):
@@ -185,7 +173,8 @@ def plan(
         if not torch.allclose(real, hidden, rtol=1e-4, atol=1e-5):
             return order, None, f"block {i} output is not block {i + 1}'s input"
         args, kwargs = block_inputs[i + 1]
-    return order, BlockPlan(pre, blocks, groups, post), "blocks"
+    kinds = block_kinds(block_inputs, getattr(getattr(model, "config", None), "layer_types", None))
+    return order, BlockPlan(pre, blocks, groups, post, kinds), "blocks"
 
 
 class _Hessian:
@@ -208,9 +197,10 @@ class _Hessian:
         return 2.0 * self.xtx.cpu() / max(1, self.rows)
 
 
-def _refit_inside_forward(tm: Timings, blk: nn.Module, groups, cache: list[tuple], dtype, call) -> None:
+def _refit_inside_forward(tm: Timings, blk: nn.Module, groups, cache: list[tuple], dtype, call) -> torch.Tensor:
     """One forward of `blk` on the single cached batch; each group is handled by a pre-hook on its first layer
-    (Hessian of the input it receives, then `call` for every layer of the group) before the forward goes on."""
+    (Hessian of the input it receives, then `call` for every layer of the group) before the forward goes on.
+    Returns the block's output hidden state."""
     done: set[int] = set()
 
     def make(i, group):
@@ -238,7 +228,7 @@ def _refit_inside_forward(tm: Timings, blk: nn.Module, groups, cache: list[tuple
     if len(done) != len(groups):
         missing = [g[0].name for i, g in enumerate(groups) if i not in done]
         raise ConfigError(f"calibration forwards never reached layer(s) {missing[:10]}")
-    cache[0] = with_hidden(args, kwargs, hidden_of(out))
+    return hidden_of(out)
 
 
 def _partial(tm: Timings, layer: PrunableLayer, acc: _Hessian, forwards: Callable[[], None]) -> None:
@@ -246,7 +236,7 @@ def _partial(tm: Timings, layer: PrunableLayer, acc: _Hessian, forwards: Callabl
 
     def hook(mod, args):
         acc.add(layer_input_rows(layer, args[0].detach()))
-        raise _Stop
+        raise StopForward
 
     handle = layer.module.register_forward_pre_hook(hook)
     t0, h0 = time.perf_counter(), tm.hessian_s
@@ -300,8 +290,8 @@ def block_sequential(
         def forwards():
             for b in batches:
                 try:
-                    model(**_to(b, device))
-                except _Stop:
+                    model(**model_inputs(model, b, device))
+                except StopForward:
                     pass
 
         _partial(tm, layer, acc, forwards)
@@ -313,38 +303,34 @@ def block_sequential(
         tm.forward_s += time.perf_counter() - t0
         if pl is None:
             tm.path = f"plain ({why})"
-            logger.debug("sequential calibration: plain path (%s)", why)
+            logger.info("sequential calibration: plain path, one partial model forward per layer (%s)", why)
             for la in order:
                 plain(la)
             return tm
         tm.path = "blocks"
         for la in pl.pre:
             plain(la)
-        cache: list[tuple] = []
-
-        def grab(mod, args, kwargs):
-            cache.append((args, kwargs))
-            raise _Stop
-
         t0 = time.perf_counter()
-        handle = pl.blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            for b in batches:
-                try:
-                    model(**_to(b, device))
-                except _Stop:
-                    pass
-        finally:
-            handle.remove()
-        if len(cache) > 1:
-            fused = fuse_batches(cache)
-            if fused is not None and fused_matches(pl.blocks[0], cache, fused):
-                tm.extra["joined_batches"] = len(cache)
-                cache[:] = [fused]
+        calls = capture_calls(model, pl.blocks, pl.kinds, batches, lambda b: model(**model_inputs(model, b, device)))
+        if len(batches) > 1:
+            fused = {k: fuse_batches(c) for k, c in calls.items()}
+            if all(f is not None and fused_matches(pl.blocks[k], calls[k], f) for k, f in fused.items()):
+                tm.extra["joined_batches"] = len(batches)
+                calls = {k: [f] for k, f in fused.items()}
+        cache = list(calls[0])
         tm.forward_s += time.perf_counter() - t0
-        for blk, groups in zip(pl.blocks, pl.groups):
+        kinds = len(set(pl.kinds))
+        logger.info(
+            "sequential calibration: cached block inputs, %d blocks (%d kind(s) of keyword inputs), %d batch(es)%s",
+            len(pl.blocks), kinds, len(cache), " joined" if "joined_batches" in tm.extra else "",
+        )  # fmt: skip
+        if kinds > 1:
+            tm.extra["block_kinds"] = kinds
+        for i, (blk, groups) in enumerate(zip(pl.blocks, pl.groups)):
             if granularity == "layer" and len(cache) == 1:
-                _refit_inside_forward(tm, blk, groups, cache, hessian_dtype, call)
+                hidden = _refit_inside_forward(tm, blk, groups, cache, hessian_dtype, call)
+                if i + 1 < len(pl.blocks):
+                    cache[0] = call_for(calls, pl.kinds, i + 1, 0, hidden)
                 continue
             if granularity == "block":
                 accs = [_Hessian(hessian_dtype, tm) for _ in groups]
@@ -374,21 +360,21 @@ def block_sequential(
                     for args, kwargs in cache:
                         try:
                             blk(*args, **kwargs)
-                        except _Stop:
+                        except StopForward:
                             pass
 
                 _partial(tm, group[0], acc, forwards)
                 h = acc.value(group[0].name)
                 for la in group:
                     call(la, h)
-            t0 = time.perf_counter()
-            nxt = []
-            for args, kwargs in cache:
-                out = blk(*args, **kwargs)
-                nxt.append(with_hidden(args, kwargs, hidden_of(out)))
-            cache[:] = nxt
-            tm.forward_s += time.perf_counter() - t0
+            if i + 1 < len(pl.blocks):
+                t0 = time.perf_counter()
+                cache = [
+                    call_for(calls, pl.kinds, i + 1, b, hidden_of(blk(*a, **k))) for b, (a, k) in enumerate(cache)
+                ]
+                tm.forward_s += time.perf_counter() - t0
         cache.clear()
+        calls.clear()
         for la in pl.post:
             plain(la)
         return tm

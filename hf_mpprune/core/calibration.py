@@ -18,7 +18,7 @@ from transformers import default_data_collator
 
 from .errors import ConfigError
 from .layers import LayerSet, PrunableLayer
-from .validate import check_batch_inputs, check_batch_keys, check_finite
+from .validate import check_batch_inputs, check_batch_keys, check_finite, forward_inputs
 
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,15 @@ def capture(model: nn.Module, layers: LayerSet, on_input: Callable[[PrunableLaye
             h.remove()
 
 
+def model_inputs(model: nn.Module, batch: dict, device) -> dict:
+    """A calibration batch as keyword arguments of `model`: tensors on `device`, and `use_cache=False` when the
+    forward takes `use_cache` and the batch does not set it (no KV cache is built or handed to the blocks)."""
+    out = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if "use_cache" not in out and "use_cache" in forward_inputs(model)[0]:
+        out["use_cache"] = False
+    return out
+
+
 @torch.no_grad()
 def run_batches(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> None:
     """Forward every batch (eval mode, no grad) on the model's device. A batch that does not fit the model raises a
@@ -141,7 +150,7 @@ def run_batches(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) ->
         for b in batches:
             check_batch_keys(model, b)
             try:
-                model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
+                model(**model_inputs(model, b, device))
             except (TypeError, RuntimeError, ValueError, AttributeError, KeyError, IndexError) as e:
                 shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in b.items()}
                 raise ConfigError(f"calibration batch {shapes} does not fit {type(model).__name__}: {e}") from e
