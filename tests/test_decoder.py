@@ -90,3 +90,145 @@ def test_calibration_forwards_build_no_kv_cache(monkeypatch):
     pruner.prune(calibration=_batches())
     assert seen and all(use is False and cache is None for use, cache in seen)
     assert pruner.ledger.steps[-1]["time_split"]["path"] == "blocks"
+
+
+# ---- layers and roles ---------------------------------------------------------------------------------------------
+def _family(name):
+    import transformers as tr
+
+    if name == "gpt2":
+        return tm.tiny_gpt2()
+    if name == "opt":
+        cfg = tr.OPTConfig(vocab_size=99, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                           max_position_embeddings=64, word_embed_proj_dim=32)  # fmt: skip
+        return tr.OPTForCausalLM(cfg).eval()
+    return tm.tiny_llama(name)
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral", "qwen2", "qwen3", "gemma3", "gpt2", "opt"])
+def test_decoder_layers_have_attn_and_mlp_roles_and_lm_head_stays_dense(name):
+    """Every registered layer of a decoder block is an attention or MLP projection; the LM head and the embedding
+    projections (OPT's project_in / project_out) are left dense by default, each with its reason."""
+    model = _family(name)
+    layers = discover_layers(model)
+    roles = layers.by_role()
+    assert set(la.role for la in layers) == {"attn", "mlp"}
+    leaf = {la.name.rsplit(".", 1)[-1] for la in layers}
+    expected = {
+        "gpt2": {"c_attn", "c_proj", "c_fc"},
+        "opt": {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"},
+    }.get(name, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+    assert leaf == expected
+    assert len(roles["attn"]) and len(roles["mlp"]) and not roles["head"] and not roles["other"]
+    assert "lm_head" in layers.excluded  # tied to the embedding, or skipped as the task head
+    if name == "opt":
+        assert {"model.decoder.project_in", "model.decoder.project_out"} <= set(layers.excluded)
+    if name == "llama":  # GQA: k / v project to fewer heads than q
+        assert layers["model.layers.0.self_attn.k_proj"].shape == (32, 64)
+        assert layers["model.layers.0.self_attn.q_proj"].shape == (64, 64)
+    targeted = discover_layers(model, targets=["Linear", "Conv1D", "role:head"])
+    assert ("lm_head" in targeted) == (not model.config.tie_word_embeddings)
+
+
+def test_analyze_fits_every_decoder_matrix():
+    """MP analysis without a config covers every matrix, the (untied) LM head included; with a pruning config
+    only the block projections."""
+    model = tm.tiny_llama()
+    report = MPPruner(model).analyze(progress=False)
+    names = [r.name for r in report]
+    assert len(names) == 15 and "lm_head" in names and all(r.fit.sigma_plus > 0 for r in report)
+    pruned = MPPruner(model, PruningConfig(method="mp-wanda", sparsity=0.5)).analyze(progress=False)
+    assert len(pruned) == 14 and "lm_head" not in [r.name for r in pruned]
+
+
+# ---- every method, save -> plain reload, export ------------------------------------------------------------------
+def _lm_step(batches):
+    """A real train step for the cyclic methods (SER / Hybrid): SGD on the causal-LM loss over `batches`; only the
+    `trainable` entries move in SER's phase A, and pruned entries stay zero when fine-tuning under `masks`."""
+
+    def step(model, masks, *, phase, trainable=None, **kw):
+        grads = trainable if trainable is not None else (dict(masks.items()) if masks is not None else {})
+        opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+        model.train()
+        for b in batches:
+            model(**b, labels=b["input_ids"], use_cache=False).loss.backward()
+            for name, keep in grads.items():
+                w = model.get_submodule(name).weight
+                w.grad.mul_(keep.to(w.grad.dtype))
+            opt.step()
+            opt.zero_grad()
+            if masks is not None:
+                masks.apply_(model)
+        model.eval()
+        return {"steps": len(batches)}
+
+    return step
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_every_registered_method_prunes_a_causal_lm(kind):
+    """Every method of `hf_mpprune.list_methods()` on a tiny Llama (GQA) and GPT-2 (fused Conv1D): exact 50 %
+    (k:n methods: a legal 2:4 pattern), exact zeros, finite logits; sequential methods on cached blocks."""
+    import hf_mpprune
+    from hf_mpprune.core.masks import kn_violations
+    from hf_mpprune.core.registry import get_method
+
+    batches = _batches(seq=16)
+    x = tm.lm_inputs(batch=2, seq=10)
+    for method in hf_mpprune.list_methods():
+        model = _model(kind)
+        spec = get_method(method)
+        cfg = {"method": method, "pattern": "2:4"} if spec.structured else {"method": method, "sparsity": 0.5}
+        pruner = MPPruner(model, PruningConfig.from_dict(cfg))
+        masks = pruner.prune(calibration=batches, train_step=_lm_step(batches) if spec.needs_training else None)
+        assert masks.num_pruned == pruner.layers.total_params // 2, method
+        for la in pruner.layers:
+            assert bool((la.weight[~masks[la.name]] == 0).all()), (method, la.name)
+            if spec.structured:
+                assert kn_violations(la.matrix_view().detach(), masks.pattern)[1] == 0, (method, la.name)
+        with torch.no_grad():
+            assert torch.isfinite(model(**x).logits).all(), method
+        split = pruner.ledger.steps[-1].get("time_split") or {}
+        if method in ("sparsegpt", "mp-sparsegpt", "sparsegpt-kn"):
+            assert split["path"] == "blocks", method
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_save_then_plain_automodel_gives_identical_logits(kind, tmp_path):
+    """sparsegpt 50 % and CAST 2:4 -> save_pretrained -> transformers' AutoModelForCausalLM (no hf_mpprune) and
+    MPPruner.from_pretrained (masks verified) give the pruned model's logits bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    x = tm.lm_inputs(batch=2, seq=10, pad_left=2)
+    for cfg in ({"method": "sparsegpt", "sparsity": 0.5}, {"method": "cast", "pattern": "2:4"}):
+        model = _model(kind)
+        pruner = MPPruner(model, PruningConfig.from_dict(cfg))
+        pruner.prune(calibration=_batches())
+        out = tmp_path / cfg["method"]
+        pruner.save_pretrained(out)
+        with torch.no_grad():
+            want = model(**x).logits
+            plain = AutoModelForCausalLM.from_pretrained(out).eval()
+            assert type(plain) is type(model) and torch.equal(plain(**x).logits, want)
+            back = MPPruner.from_pretrained(out)
+            assert back.masks.sha256() == pruner.masks.sha256() and torch.equal(back.model.eval()(**x).logits, want)
+
+
+@pytest.mark.parametrize(
+    ("kind", "fmt"),
+    [("llama", "pt2"), pytest.param("gpt2", "pt2", marks=pytest.mark.slow),  # ~20 s per export on 2 cores
+     pytest.param("llama", "onnx", marks=pytest.mark.slow), pytest.param("gpt2", "onnx", marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_pruned_causal_lm_exports_with_its_zeros(kind, fmt, tmp_path):
+    """torch.export / ONNX of the pruned decoder (full-sequence forward, no KV cache among the outputs): the
+    artifact gives eager's logits at other batch sizes / lengths and keeps every pruned zero bit-exact; the
+    model's use_cache setting is restored afterwards."""
+    from hf_mpprune.deploy.export import export
+
+    model = _model(kind)
+    pruner = MPPruner(model, PruningConfig(method="wanda", sparsity=0.5))
+    pruner.prune(calibration=_batches())
+    report = export(model, tmp_path / f"lm.{fmt}", format=fmt, masks=pruner.masks)
+    assert report.output_names == ["logits"] and report.max_abs_diff <= 1e-5
+    assert report.layers_checked == len(pruner.layers) and report.zeros_checked == pruner.masks.num_pruned
+    assert model.config.use_cache is True

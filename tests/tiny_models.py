@@ -80,6 +80,21 @@ def lm_inputs(batch=2, seq=8, vocab=99, pad_left=0):
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def tiny_lm_tokenizer():
+    """A word-level tokenizer (lower-cased words and punctuation of the builtin template sentences, `<unk>`,
+    `<eos>`) that decoder tests save next to a tiny LM; `len(tok)` is the model's vocabulary size."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from hf_mpprune.builtins.sources import make_sentences
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(make_sentences(640), trainers.WordLevelTrainer(special_tokens=["<unk>", "<eos>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
+
+
 def tiny_llama(kind="llama", **overrides):
     """A tiny causal LM with grouped-query attention (4 query heads, 2 key/value heads). `kind`: llama, mistral,
     qwen2, qwen3, gemma3 (Gemma 3 alternates sliding-window and global layers: `layer_types`)."""

@@ -1,16 +1,26 @@
-"""`hf-mpprune eval DIR --dataset SPEC [--split validation] [--samples N] [--dense DENSE_DIR]`: evaluate a saved model
-on any dataset through the data layer: top-1 / top-5 for classifiers, embedding agreement with `--dense` for
-encoders. The model's own processor (saved in DIR, or `--processor`) prepares the data."""
+"""`hf-mpprune eval DIR --dataset SPEC [--split validation] [--samples N] [--dense DENSE_DIR] [--metric M]`: evaluate a
+saved model on any dataset through the data layer: top-1 / top-5 for classifiers, perplexity for decoder language
+models (`--max-length` windows moved by `--stride`, docs/llm.md), embedding agreement with `--dense` for encoders.
+`--metric` names the metric expected (default `auto`: the model's); a model that cannot give it is refused. The
+model's own processor (saved in DIR, or `--processor`) prepares the data."""
 
 import json
 import sys
 
 from ..core.errors import ConfigError
 from ..core.loading import load_model
+from ..core.outputs import is_causal_lm
 from ..data.evaluation import evaluate_model, task_of
 from ..data.spec import DatasetSpec
 from ..data.splits import DataPlan
 from ..recipes.inputs import prepare_plan
+from .args import positive_int
+
+
+METRIC_TASKS = {
+    "auto": (), "perplexity": ("text-generation",), "accuracy": ("image-classification", "text-classification"),
+    "agreement": ("feature-extraction",),
+}  # fmt: skip
 
 
 def register(sub) -> None:
@@ -27,6 +37,24 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--processor", default=None, help="image processor / tokenizer location (default: the model's)")
     p.add_argument("--dense", default=None, help="dense reference model (needed for encoders: embedding agreement)")
+    p.add_argument(
+        "--metric",
+        choices=tuple(METRIC_TASKS),
+        default="auto",
+        help="the metric expected: perplexity (decoder LMs), accuracy (classifiers), agreement (encoders)",
+    )
+    p.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=None,
+        help="decoder LMs: perplexity window length (default: the model's context, at most 2048)",
+    )
+    p.add_argument(
+        "--stride",
+        type=positive_int,
+        default=None,
+        help="decoder LMs: step between perplexity windows (default: --max-length, non-overlapping)",
+    )
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     p.set_defaults(func=run_eval)
 
@@ -36,13 +64,18 @@ def run_eval(args) -> int:
         args.dataset, config=args.dataset_config, revision=args.dataset_revision, split=args.split,
         image_column=args.image_column, text_column=args.text_column, text_pair_column=args.text_pair_column,
         label_column=args.label_column, size=args.samples, seed=args.seed, batch_size=args.batch_size,
+        max_length=args.max_length, stride=args.stride,
     )  # fmt: skip
     model = load_model(args.model)
+    if args.metric == "perplexity" and not is_causal_lm(model):
+        raise ConfigError(f"--metric perplexity needs a decoder language model; {type(model).__name__} is not one")
     plan = DataPlan()
     plan.add_evaluation(spec)
     prepare_plan(plan, model, args.processor or args.model)
     role = plan["evaluation"]
     task = task_of(model, role.prepared)
+    if args.metric != "auto" and task not in METRIC_TASKS[args.metric]:
+        raise ConfigError(f"--metric {args.metric}: {type(model).__name__} on this data is evaluated as {task}")
     teacher = None
     if task == "feature-extraction":
         if not args.dense:

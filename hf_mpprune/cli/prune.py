@@ -49,6 +49,12 @@ def register(sub) -> None:
     for col in ("image", "text", "text-pair", "label"):
         p.add_argument(f"--{col}-column", default=None, help=f"{col} column of --dataset (default: detected)")
     p.add_argument("--eval-split", default=None, help="also evaluate on this split of --dataset (e.g. validation)")
+    p.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=None,
+        help="text: tokenizer truncation; decoder LMs: token window length (default: context, <= 2048)",
+    )
     p.add_argument("--targets", nargs="*", default=None, help="layer patterns to prune: Linear, role:mlp, re:<regex>")
     p.add_argument("--ignore", nargs="*", default=None, help="layer patterns to keep dense")
     p.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the result to this Hub repo (org/name)")
@@ -108,7 +114,8 @@ def _with_dataset(args, fields: dict) -> int:
     spec = {"dataset": args.dataset, "split": args.split, "size": args.samples, "seed": args.seed}
     spec.update({k: v for k, v in {"config": args.dataset_config, "revision": args.dataset_revision,
                  "image_column": args.image_column, "text_column": args.text_column,
-                 "text_pair_column": args.text_pair_column, "label_column": args.label_column}.items() if v})  # fmt: skip
+                 "text_pair_column": args.text_pair_column, "label_column": args.label_column,
+                 "max_length": args.max_length}.items() if v})  # fmt: skip
     data: dict = {"model": {"id": args.model}, "pruning": fields, "calibration": spec, "output": {"plots": False}}
     if args.eval_split:
         data["evaluation"] = {**spec, "split": args.eval_split, "size": None}

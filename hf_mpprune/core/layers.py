@@ -3,7 +3,9 @@
 Layers are found by module **type** (Linear, Conv2d, transformers' Conv1D) and classified by **role patterns**
 on path components, never by hard-coded full names, so transformers 5 ViT (`attention.q_proj`, `mlp.fc1`),
 BERT-family (`attention.self.query`, `intermediate.dense`, `output.dense`), timm (`attn.qkv`, `mlp.fc1`),
-ResNet/ConvNeXt and GPT-2 all work (docs/algorithms.md §1.1–1.3, §12).
+ResNet/ConvNeXt, GPT-2 (fused Conv1D `c_attn`) and the decoder LMs (Llama / Mistral / Qwen / Gemma `q/k/v/o_proj`,
+`gate/up/down_proj`; OPT `fc1/fc2`; fused `qkv_proj`, `gate_up_proj`, `query_key_value`) all work (docs/algorithms.md
+§1.1–1.3, §12; docs/llm.md).
 """
 
 import re
@@ -27,15 +29,19 @@ _KINDS = {nn.Linear: "linear", nn.Conv2d: "conv2d"}
 _TYPE_NAMES = ("Linear", "Conv2d", "Conv1D")
 
 # Path-component vocabularies (matched against whole components, e.g. "fc1" but not "fc10x").
-_HEAD = {"classifier", "head", "heads", "lm_head", "score", "fc", "qa_outputs", "cls", "head_fc"}
-_EMBED = {"embeddings", "embedding", "patch_embed", "patch_embeddings", "embedder", "stem", "conv_stem", "wte"}
+_HEAD = {"classifier", "head", "heads", "lm_head", "embed_out", "score", "fc", "qa_outputs", "cls", "head_fc"}
+# OPT's project_in / project_out map between the word-embedding width and the hidden width (embedding side).
+_EMBED = {
+    "embeddings", "embedding", "patch_embed", "patch_embeddings", "embedder", "stem", "conv_stem", "wte",
+    "project_in", "project_out",
+}  # fmt: skip
 _ATTN = {
     "attn", "attention", "self_attn", "self_attention", "q_proj", "k_proj", "v_proj", "o_proj", "out_proj",
-    "query", "key", "value", "qkv", "c_attn", "in_proj", "crossattention",
+    "query", "key", "value", "qkv", "c_attn", "in_proj", "crossattention", "qkv_proj", "query_key_value",
 }  # fmt: skip
 _MLP = {
     "mlp", "ffn", "feed_forward", "feedforward", "intermediate", "fc1", "fc2", "pwconv1", "pwconv2",
-    "c_fc", "up_proj", "down_proj", "gate_proj", "w1", "w2", "w3",
+    "c_fc", "up_proj", "down_proj", "gate_proj", "gate_up_proj", "w1", "w2", "w3", "dense_h_to_4h", "dense_4h_to_h",
 }  # fmt: skip
 # Sibling names that form a q/k/v triple for the fused spectral view.
 _QKV_TRIPLES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"))

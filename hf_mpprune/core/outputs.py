@@ -1,6 +1,8 @@
-"""Reading a model's output: the one `logits_of` used by training, deployment checks and certificates."""
+"""Reading a model's output: the one `logits_of` used by training, deployment checks and certificates, and
+`is_causal_lm` (is the output next-token logits, to be compared with labels shifted by one)."""
 
 import torch
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 
 def logits_of(output, *, hidden_fallback: bool = False) -> torch.Tensor:
@@ -17,3 +19,20 @@ def logits_of(output, *, hidden_fallback: bool = False) -> torch.Tensor:
     if isinstance(output, tuple | list):
         return output[0]
     return output
+
+
+_CAUSAL_LM_CLASSES = {
+    name
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    for name in ((value,) if isinstance(value, str) else value)
+}
+
+
+def is_causal_lm(model) -> bool:
+    """A decoder language model (an `AutoModelForCausalLM` class, or a model whose loss is transformers'
+    `ForCausalLM` loss): its logits at position t predict token t + 1 (labels are shifted), and its forward takes
+    `use_cache`. A PEFT wrapper is looked through."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(getattr(base, "config", None), "is_encoder_decoder", False):
+        return False
+    return type(base).__name__ in _CAUSAL_LM_CLASSES or getattr(base, "loss_type", None) == "ForCausalLM"

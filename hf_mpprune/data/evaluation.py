@@ -1,5 +1,5 @@
-"""Evaluation as users expect it: top-1 / top-5 for image and text classifiers, embedding agreement with the dense
-model for encoders. The numbers come from the packaged `evaluate` modules when `evaluate` is installed (the same
+"""Evaluation as users expect it: top-1 / top-5 for image and text classifiers, perplexity for decoder language
+models, embedding agreement with the dense model for encoders. The numbers come from the packaged `evaluate` modules when `evaluate` is installed (the same
 arithmetic as `hf_mpprune.metrics`, which is used otherwise) and go into the ledger with the dataset's id, config,
 split and revision, which is what the model card's model-index is built from."""
 
@@ -13,7 +13,9 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.ledger import Ledger
+from ..core.outputs import is_causal_lm
 from ..metrics import EMBEDDING_AGREEMENT, TOPK_ACCURACY, compute_topk, embedding_agreement
+from ..metrics.perplexity import perplexity, window_nll
 from ..training.trainer import mean_pool
 from .preprocess import Prepared
 
@@ -24,8 +26,11 @@ TASKS = {"image": "image-classification", "text": "text-classification"}
 
 
 def task_of(model: nn.Module, prepared: Prepared) -> str:
-    """`image-classification` / `text-classification` for models with a classification head and labelled data,
-    `feature-extraction` (embedding agreement) for encoders."""
+    """`text-generation` (perplexity) for decoder language models, `image-classification` /
+    `text-classification` for models with a classification head and labelled data, `feature-extraction`
+    (embedding agreement) for encoders."""
+    if is_causal_lm(model):
+        return "text-generation"
     arch = (getattr(getattr(model, "config", None), "architectures", None) or [type(model).__name__])[0]
     if ("ForImageClassification" in arch or "ForSequenceClassification" in arch) and prepared.has_labels:
         return TASKS[prepared.modality]
@@ -56,8 +61,12 @@ def _outputs(model: nn.Module, batch: dict[str, torch.Tensor]):
 def evaluate_model(
     model: nn.Module, prepared: Prepared, *, task: str, teacher: nn.Module | None = None, batch_size: int = 64
 ) -> dict[str, float]:
-    """`{"top1", "top5"}` (classification) or `{"embedding_agreement", "embedding_agreement_min"}` (encoders,
-    against `teacher`, mean-pooled `last_hidden_state` as in sentence-transformers)."""
+    """`{"top1", "top5"}` (classification), `{"perplexity"}` (decoder LMs, on the stride windows of `prepared`,
+    `hf_mpprune.metrics.perplexity`) or `{"embedding_agreement", "embedding_agreement_min"}` (encoders, against
+    `teacher`, mean-pooled `last_hidden_state` as in sentence-transformers)."""
+    if task == "text-generation":
+        windows = prepared.dataset.with_format(None).to_list()
+        return {"perplexity": perplexity(*window_nll(model, windows, batch_size=batch_size))}
     was = model.training
     model.eval()
     try:
@@ -96,3 +105,5 @@ def record_metrics(ledger: Ledger, metrics: dict[str, float], info: dict[str, An
             raise ConfigError(f"metric {name} is {value}; the model produced non-finite outputs")
         rec = ledger.add_metric(name, value, dataset=info["dataset"], split=info["split"], task=task, stage=stage)
         rec.update(dataset_config=info.get("config"), dataset_revision=info.get("revision") or info.get("fingerprint"))
+        if info.get("dataset_args"):
+            rec["dataset_args"] = info["dataset_args"]

@@ -51,7 +51,10 @@ class DatasetSpec:
         size: number of rows drawn (seeded); `None` = the whole split (calibration: 128).
         seed: seed of the draw.
         batch_size: batch size of calibration and evaluation forwards.
-        max_length: tokenizer truncation length (text).
+        max_length: tokenizer truncation length (text); for decoder language models the length of the token
+            windows (calibration, evaluation, training; default: the model's context, at most 2048).
+        stride: decoder language models, evaluation only: the step between perplexity windows (default
+            `max_length`: non-overlapping windows; smaller = more context per scored token).
         selection: training role only: rows carved out of the training split for the selection split of cyclic
             methods (a fraction < 1 or a count; default 0.1).
     """
@@ -68,6 +71,7 @@ class DatasetSpec:
     seed: int = 0
     batch_size: int = 32
     max_length: int | None = None
+    stride: int | None = None
     selection: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # load_dataset keyword arguments (Python)
 

@@ -29,6 +29,7 @@ class RoleData:
     split: SplitData
     indices: np.ndarray  # rows of the base split
     prepared: Prepared | None = None
+    args: dict | None = None  # how the rows were turned into inputs (decoder LMs: window length, stride)
 
     @property
     def role(self) -> str:
@@ -39,7 +40,11 @@ class RoleData:
 
     @property
     def info(self) -> dict:
-        return {**self.split.info, "count": int(self.indices.size)}
+        return {
+            **self.split.info,
+            "count": int(self.indices.size),
+            **({"dataset_args": self.args} if self.args else {}),
+        }
 
 
 def _draw(candidates: np.ndarray, n: int | None, seed: int) -> np.ndarray:
@@ -85,14 +90,20 @@ class DataPlan:
             rows = np.sort(rows[perm[k:]])
         self._add("train", spec, split, _draw(rows, spec.size, spec.seed))
 
-    def add_calibration(self, spec: DatasetSpec) -> None:
-        """`spec.size` rows (default 128) drawn with `spec.seed`, never from the selection rows."""
+    def add_calibration(self, spec: DatasetSpec, *, windows: bool = False) -> None:
+        """`spec.size` rows (default 128) drawn with `spec.seed`, never from the selection rows. With `windows`
+        (decoder LMs, `data/lm.py`) every candidate row is kept in a seeded order: `size` counts the token windows
+        cut from them, and the rows actually used replace these when the windows are built."""
         split = self.load(spec, "calibration")
         rows = split.indices
         sel = self.roles.get("selection")
         if sel is not None and sel.split.key == split.key:
             rows = np.setdiff1d(rows, sel.indices)
-        self._add("calibration", spec, split, _draw(rows, spec.size or DEFAULT_CALIBRATION, spec.seed))
+        if windows:
+            picked = rows[np.random.default_rng(spec.seed).permutation(rows.size)]
+        else:
+            picked = _draw(rows, spec.size or DEFAULT_CALIBRATION, spec.seed)
+        self._add("calibration", spec, split, picked)
 
     def add_evaluation(self, spec: DatasetSpec) -> None:
         split = self.load(spec, "evaluation")

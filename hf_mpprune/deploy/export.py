@@ -14,7 +14,9 @@ Guarantees, checked after every export unless `verify=False`:
   than the traced one (the second also 5 tokens shorter for text models) and compared with the eager model; the
   largest absolute difference must be `<= atol`.
 
-ToMe (`tome=r`) is applied for the export and removed afterwards when the model did not have it before.
+ToMe (`tome=r`) is applied for the export and removed afterwards when the model did not have it before. Decoder
+language models are exported as their full-sequence forward (`config.use_cache` off during the export: logits
+only, no KV cache among the outputs); a generation loop with a cache is not exported.
 """
 
 import logging
@@ -320,6 +322,10 @@ def export(
         masks.check_model(model)
     was_training = model.training
     model.eval()
+    cfg = getattr(model, "config", None)
+    use_cache = getattr(cfg, "use_cache", None)
+    if use_cache:  # decoder LMs: the full-sequence graph (logits only), no KV cache among the outputs
+        cfg.use_cache = False
     added_tome = tome is not None and tome_state(model) is None
     tome_record = apply_tome(model, r=tome) if tome is not None else None
     existed = os.path.lexists(output)
@@ -340,6 +346,8 @@ def export(
     finally:
         if added_tome:
             remove_tome(model)
+        if use_cache:
+            cfg.use_cache = use_cache
         model.train(was_training)
     logger.info(
         "exported %s to %s (max |diff| %s, %d exact zeros in %d layers checked)",

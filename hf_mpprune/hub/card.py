@@ -5,7 +5,8 @@ Metadata: `library_name: transformers`, `base_model` (when it is a Hub id) with 
 from the model name (`card_meta.py`), tags (`hf-mpprune`, `pruned`, `sparse`, `k:n` + `semi-structured` or
 `unstructured`, `marchenko-pastur`, `knowledge-distillation` when a ledger step has `kind: "distill"`,
 `token-merging` when a step or audit has `tome_r > 0`), and `model-index` results from the ledger's non-base
-metrics (with `dataset_config` / `dataset_revision` when a metric records them). An existing card is updated: its
+metrics (with `dataset_config` / `dataset_revision` / `dataset_args`, e.g. a perplexity's window length and
+stride, when a metric records them). An existing card is updated: its
 metadata is merged (tags united, results replaced) and only the text between our `hf-mpprune:begin/end` markers is
 replaced; user text outside is kept.
 """
@@ -57,6 +58,7 @@ def _eval_results(pruner: Any) -> list[EvalResult]:
                 task_type=m["task"], dataset_type=m["dataset"], dataset_name=m["dataset"], dataset_split=m["split"],
                 metric_type=m["name"], metric_value=m["value"], metric_name=f"{m['name']} ({m['stage']})",
                 dataset_config=m.get("dataset_config"), dataset_revision=m.get("dataset_revision"),
+                dataset_args=m.get("dataset_args"),
             )
         )  # fmt: skip
     return out

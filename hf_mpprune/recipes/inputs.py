@@ -12,9 +12,11 @@ from torch import nn
 from ..core.calibration import CalibrationBatches
 from ..core.errors import ConfigError
 from ..core.ledger import indices_sha256
+from ..core.outputs import is_causal_lm
 from ..core.registry import get_method
 from ..data.columns import detect_columns
 from ..data.evaluation import task_of
+from ..data.lm import prepare_lm, window_length
 from ..data.preprocess import load_processor, modality, prepare, probe
 from ..data.spec import DatasetSpec
 from ..data.splits import DataPlan
@@ -83,7 +85,7 @@ def build_plan(recipe: Recipe, model: nn.Module, need: Needs, dataset_override: 
                 f"method(s) {methods} need calibration data: add a 'calibration' section "
                 "(e.g. calibration: {dataset: imagenet-1k, split: train, size: 256}) or pass --dataset"
             )
-        plan.add_calibration(spec)
+        plan.add_calibration(spec, windows=is_causal_lm(model))
     if recipe.evaluation is not None:
         plan.add_evaluation(recipe.evaluation)
     return plan
@@ -97,18 +99,28 @@ def prepare_plan(plan: DataPlan, model: nn.Module, processor_src: str, processor
     if processor is None:
         processor = load_processor(processor_src, kind)
     channels = getattr(getattr(model, "config", None), "num_channels", None)
+    lm = is_causal_lm(model)
     for name, r in plan.roles.items():
         source = f"{r.info['dataset']!r} ({r.info['split']}, {name} rows)"
+        if r.spec.stride is not None and not (lm and name == "evaluation"):
+            raise ConfigError(f"{source}: stride applies to the perplexity of decoder language models only")
         cols = detect_columns(r.split.base.features, kind, spec=r.spec, source=source)
         if name in ("train", "selection") and cols.label is None and _classifier(model):
             raise ConfigError(
                 f"{source} has no label column but {type(model).__name__} is trained on labels; set label_column"
             )
-        raw = r.rows()
-        r.prepared = prepare(raw, processor, cols, kind, channels=channels, max_length=r.spec.max_length,
-                             pad_to_max_length=kind == "text" and name in ("train", "selection"),
-                             with_labels=name != "calibration")  # fmt: skip
-        probe(model, r.prepared, raw, source, processor)
+        if lm:  # token windows (docs/llm.md); the rows actually used replace the drawn ones
+            length = window_length(model, r.spec.max_length)
+            r.prepared, r.indices = prepare_lm(
+                r.split.base, r.indices, processor, cols, name, max_length=length, stride=r.spec.stride,
+                size=r.spec.size,
+            )  # fmt: skip
+            r.args = {"max_length": length, **({"stride": r.spec.stride or length} if name == "evaluation" else {})}
+        else:
+            r.prepared = prepare(r.rows(), processor, cols, kind, channels=channels, max_length=r.spec.max_length,
+                                 pad_to_max_length=kind == "text" and name in ("train", "selection"),
+                                 with_labels=name != "calibration")  # fmt: skip
+        probe(model, r.prepared, r.rows(), source, processor)
     return processor
 
 

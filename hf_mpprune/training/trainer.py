@@ -30,7 +30,7 @@ from ..core.errors import ConfigError, LedgerMismatchError, MPPruneWarning
 from ..core.ledger import Ledger, weights_sha256
 from ..core.loading import load_model
 from ..core.masks import Masks
-from ..core.outputs import logits_of
+from ..core.outputs import is_causal_lm, logits_of
 from .checkpoints import latest_complete_checkpoint, load_weights, mark_complete
 from .losses import FEATURE_LOSSES, feature_loss, kd_loss, mean_pool
 from .masking import MaskFreezeCallback, dense_error, realised_sparsity, resolve_masks
@@ -203,6 +203,9 @@ class MPDistillationTrainer(Trainer):
         inputs = dict(inputs)  # the caller's dict keeps its labels (prediction_step reads them)
         labels = inputs.pop("labels", None)
         teacher_logits = inputs.pop("teacher_logits", None)
+        causal = is_causal_lm(model)
+        if causal:  # decoder LMs: no KV cache while training
+            inputs.setdefault("use_cache", False)
         outputs = model(**inputs)
         a = self.args
         if a.distill_mode == "features":
@@ -214,8 +217,13 @@ class MPDistillationTrainer(Trainer):
         else:
             if a.kd_alpha > 0 and teacher_logits is None:
                 teacher_logits = logits_of(self._teacher_outputs(inputs))
+            student_logits = logits_of(outputs)
+            if causal:  # position t predicts token t + 1: both terms on the shifted positions
+                student_logits = student_logits[:, :-1]
+                teacher_logits = None if teacher_logits is None else teacher_logits[:, :-1]
+                labels = None if labels is None else labels[:, 1:]
             loss = kd_loss(
-                logits_of(outputs), teacher_logits, labels, a.kd_alpha, a.kd_temperature, a.label_smoothing,
+                student_logits, teacher_logits, labels, a.kd_alpha, a.kd_temperature, a.label_smoothing,
                 num_items_in_batch,
             )  # fmt: skip
         # a sum divided by the whole accumulated batch is already scaled for gradient accumulation

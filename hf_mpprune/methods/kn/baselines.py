@@ -100,6 +100,6 @@ def sparsegpt_kn(ctx: PruneContext) -> Masks:
         layer.weight.copy_(from_grouped(layer, w_new, order).to(layer.weight.device))
         keeps[layer.name] = from_grouped(layer, keep, order)
 
-    sequential_hessians(ctx.model, eligible, batches, prune_layer)
+    ctx.record["time_split"] = sequential_hessians(ctx.model, eligible, batches, prune_layer).record()
     masks = {la.name: keeps.get(la.name, source_keep(la, ctx.previous)) for la in ctx.layers}
     return finish_kn(ctx, Masks(masks, cfg.pattern), eligible, cfg.conv_grouping)
