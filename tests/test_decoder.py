@@ -112,7 +112,7 @@ def test_decoder_layers_have_attn_and_mlp_roles_and_lm_head_stays_dense(name):
     model = _family(name)
     layers = discover_layers(model)
     roles = layers.by_role()
-    assert set(la.role for la in layers) == {"attn", "mlp"}
+    assert {la.role for la in layers} == {"attn", "mlp"}
     leaf = {la.name.rsplit(".", 1)[-1] for la in layers}
     expected = {
         "gpt2": {"c_attn", "c_proj", "c_fc"},
