@@ -232,3 +232,96 @@ def test_pruned_causal_lm_exports_with_its_zeros(kind, fmt, tmp_path):
     assert report.output_names == ["logits"] and report.max_abs_diff <= 1e-5
     assert report.layers_checked == len(pruner.layers) and report.zeros_checked == pruner.masks.num_pruned
     assert model.config.use_cache is True
+
+
+# ---- frozen-mask fine-tuning -------------------------------------------------------------------------------------
+def _windows(n=8, seq=16, vocab=99):
+    torch.manual_seed(2)
+    ids = torch.randint(3, vocab, (n, seq))
+    return [{"input_ids": r, "attention_mask": torch.ones_like(r), "labels": r.clone()} for r in ids]
+
+
+def _args(tmp_path, **kw):
+    from hf_mpprune import MPDistillationArguments
+
+    base = {
+        "output_dir": str(tmp_path / "run"), "use_cpu": True, "report_to": "none", "learning_rate": 1e-2,
+        "warmup_steps": 0, "max_steps": 3, "per_device_train_batch_size": 4, "save_strategy": "no", "seed": 0,
+        "disable_tqdm": True, "label_smoothing": 0.0,
+    }  # fmt: skip
+    return MPDistillationArguments(**{**base, **kw})
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_kd_on_a_causal_lm_shifts_labels_like_transformers(kind, tmp_path):
+    """The trainer's loss for a causal LM compares the logits at t with the token at t + 1: with kd_alpha=0 and no
+    label smoothing it equals the model's own loss (transformers' ForCausalLM loss), and a teacher equal to the
+    student gives KD = 0."""
+    from hf_mpprune import MPDistillationTrainer
+
+    model = _model(kind)
+    MPPruner(model, PruningConfig(method="magnitude", sparsity=0.5)).prune()
+    batch = {k: torch.stack([w[k] for w in _windows()[:4]]) for k in ("input_ids", "attention_mask", "labels")}
+    ce = MPDistillationTrainer(model, None, args=_args(tmp_path, kd_alpha=0.0), train_dataset=_windows())
+    with torch.no_grad():
+        ours, ref = ce.compute_loss(model, batch), model(**batch).loss
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    kd = MPDistillationTrainer(model, copy.deepcopy(model), args=_args(tmp_path, kd_alpha=1.0), train_dataset=[])
+    with torch.no_grad():
+        assert float(kd.compute_loss(model, batch)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_frozen_mask_distillation_of_a_causal_lm_keeps_every_zero(kind, tmp_path):
+    """Logit KD from the dense model: the loss falls, weights move, every pruned entry stays exactly zero, and
+    the ledger records the distill step; the result reloads in plain transformers."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_mpprune import MPDistillationTrainer
+
+    teacher = _model(kind)
+    student = copy.deepcopy(teacher)
+    pruner = MPPruner(student, PruningConfig(method="sparsegpt", sparsity=0.6))
+    pruner.prune(calibration=_batches())
+    before = {la.name: la.weight.detach().clone() for la in pruner.layers}
+    args = _args(tmp_path, kd_alpha=0.5, max_steps=6, logging_strategy="steps", logging_steps=1)
+    trainer = MPDistillationTrainer(student, teacher, args=args, train_dataset=_windows())
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    moved = 0
+    for la in pruner.layers:
+        keep = pruner.masks[la.name]
+        assert bool((la.weight[~keep] == 0).all()), la.name
+        moved += int((la.weight[keep] != before[la.name][keep]).sum())
+    assert moved > 0
+    assert pruner.ledger.steps[-1]["kind"] == "distill"
+    pruner.save_pretrained(tmp_path / "kd")
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "kd"), type(student))
+
+
+def test_lora_on_a_pruned_llama_merges_with_every_zero_kept(tmp_path):
+    """PEFT LoRA on q/k/v/o and the MLP of a pruned Llama, trained by the trainer (masks found through the
+    wrapper), then `masked_merge`: a plain LlamaForCausalLM with every pruned entry exactly zero, a lossy step
+    in the ledger, and a checkpoint that MPPruner.from_pretrained verifies."""
+    peft = pytest.importorskip("peft")  # optional extra `hf-mpprune[peft]`
+    from hf_mpprune import MPDistillationTrainer
+    from hf_mpprune.training.peft import masked_merge
+
+    teacher = tm.tiny_llama()
+    student = copy.deepcopy(teacher)
+    pruner = MPPruner(student, PruningConfig(method="wanda", sparsity=0.5))
+    pruner.prune(calibration=_batches())
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    lora = peft.get_peft_model(student, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    trainer = MPDistillationTrainer(lora, teacher, args=_args(tmp_path, kd_alpha=0.5), train_dataset=_windows())
+    assert trainer.masks is not None
+    trainer.train()
+    merged = masked_merge(lora, eval_inputs=tm.lm_inputs(batch=2, seq=8))
+    assert type(merged).__name__ == "LlamaForCausalLM"
+    for la in discover_layers(merged):
+        assert bool((la.weight[~pruner.masks[la.name]] == 0).all()), la.name
+    step = pruner.ledger.steps[-1]
+    assert step["kind"] == "adapter-merge" and step["lossy"] and 0 < step["update_retention"] < 1
+    pruner.save_pretrained(tmp_path / "lora")
+    assert MPPruner.from_pretrained(tmp_path / "lora").masks.sha256() == pruner.masks.sha256()

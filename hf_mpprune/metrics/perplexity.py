@@ -1,8 +1,9 @@
 """Perplexity of a causal language model on a token stream, the way transformers' "Perplexity of fixed-length
 models" guide computes it: windows of at most `max_length` tokens moved by `stride`; in every window only the
-tokens not scored by an earlier window are targets, the others are context. Every token after the first is scored
-exactly once, with at least `max_length - stride` tokens of context once the stream is long enough (stride ==
-max_length: non-overlapping windows, the convention of the LLM pruning papers' WikiText numbers).
+tokens not scored by an earlier window are targets, the others are context. No token is scored twice. With
+`stride < max_length` every token after the first is scored, with at least `max_length - stride` tokens of context;
+with `stride == max_length` (non-overlapping windows, the convention of the LLM pruning papers' WikiText numbers)
+the first token of each window has no context and is not scored.
 
 One departure from the guide's loop: the last window ends at the stream's end and starts `max_length` tokens
 before it (more context for the last targets, the same targets), so every window has the same length and windows
