@@ -6,6 +6,8 @@ The driver (`benchmarks/bench_minilm_issue17.py`) writes the exact calibration b
 batches as a DataLoader (batch_size=None: one dict per step), prunes the 36 encoder Linears (pooler ignored) with
 `sequential_targets=["BertLayer"]`, and saves the pruned encoder weights (`--out`, safetensors) for the driver to
 score with the same embedding metric. Prints one JSON line: seconds inside `oneshot`, versions, threads.
+Decoder LMs (issue 23, `bench_decoder.py`): `--model-class causal-lm` loads `AutoModelForCausalLM`, with e.g.
+`--sequential-target LlamaDecoderLayer --prefix model.layers. --ignore "re:.*lm_head"`.
 
   /work/peer-venv/bin/python benchmarks/peer_llmcompressor.py --model DIR --batches b.pt --sparsity 0.5 --out w.st
 """
@@ -31,6 +33,12 @@ def main() -> None:
     p.add_argument("--sequential-target", default="BertLayer", help="the block class (ViT: ViTLayer)")
     p.add_argument("--prefix", default="encoder.", help="Linears under this prefix are saved for scoring")
     p.add_argument("--ignore", default="re:.*pooler.*", help="llm-compressor ignore pattern")
+    p.add_argument(
+        "--model-class",
+        choices=["auto", "causal-lm"],
+        default="auto",
+        help="AutoModel (encoders, ViT) or AutoModelForCausalLM (decoder LMs)",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -44,10 +52,11 @@ def main() -> None:
     from llmcompressor.version import __version__ as llmc_version
     from safetensors.torch import save_file
     from torch.utils.data import DataLoader
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForCausalLM
 
     batches = torch.load(args.batches, weights_only=True)  # a list of dicts of tensors written by our driver
-    model = AutoModel.from_pretrained(args.model, dtype=torch.float32).eval()
+    auto = AutoModelForCausalLM if args.model_class == "causal-lm" else AutoModel
+    model = auto.from_pretrained(args.model, dtype=torch.float32).eval()
     sparsity = args.sparsity
     if args.pattern != "0:0":
         k, n = (int(v) for v in args.pattern.split(":"))

@@ -4,8 +4,8 @@ A Llama-shaped causal LM (RMSNorm, rotary positions, SwiGLU MLP, grouped-query a
 heads; tied input / output embeddings) of ~2.4M parameters, trained from scratch with transformers' `Trainer` on the
 `train` split of a corpus folder (`benchmarks/decoder_data.py`: documents = module files, split by document).
 Tokenizer: a byte-level BPE trained with `tokenizers` on the same train split (no other text). Training windows:
-the train documents, each followed by the end-of-text token, concatenated and cut into `--seq`-token windows
-(transformers' run_clm `group_texts`). The `selection` split is only watched (loss per epoch); the `evaluation`
+the train documents joined with blank lines into one token stream (`hf_mpprune.data.lm.token_stream`, the same
+stream the perplexity is computed on) and cut into `--seq`-token windows (transformers' run_clm `group_texts`). The `selection` split is only watched (loss per epoch); the `evaluation`
 split is scored once at the end: perplexity with `hf_mpprune.metrics.perplexity` (non-overlapping `--seq` windows)
 and, as the floor any LM must beat, the unigram baseline (train-split token frequencies, add-one smoothing) on the
 same target tokens.
@@ -45,6 +45,7 @@ from transformers import (  # noqa: E402
     default_data_collator,
 )
 
+from hf_mpprune.data.lm import token_stream  # noqa: E402
 from hf_mpprune.metrics.perplexity import perplexity, stride_windows, window_nll  # noqa: E402
 
 
@@ -62,14 +63,6 @@ def train_tokenizer(texts: list[str], vocab: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=EOT, bos_token=EOT, unk_token=EOT, pad_token=EOT, model_max_length=1024
     )
-
-
-def stream(texts: list[str], tok) -> list[int]:
-    """Documents tokenized, each followed by the end-of-text token, concatenated."""
-    out: list[int] = []
-    for ids in tok(texts, add_special_tokens=False)["input_ids"]:
-        out += ids + [tok.eos_token_id]
-    return out
 
 
 def chunks(ids: list[int], seq: int) -> list[dict]:
@@ -111,9 +104,9 @@ def main() -> None:
     corpus = load_corpus(args.corpus)
     train_texts = list(corpus[args.train_split]["text"])
     tok = train_tokenizer(train_texts, args.vocab)
-    train_ids = stream(train_texts, tok)
+    train_ids = token_stream(train_texts, tok)
     train = chunks(train_ids, args.seq)
-    watch = chunks(stream(list(corpus[args.watch_split]["text"]), tok), args.seq)
+    watch = chunks(token_stream(list(corpus[args.watch_split]["text"]), tok), args.seq)
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
         num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
@@ -134,7 +127,7 @@ def main() -> None:
                       data_collator=default_data_collator)  # fmt: skip
     trainer.train()
     model.eval()
-    eval_windows = stride_windows(stream(list(corpus[args.eval_split]["text"]), tok), args.seq)
+    eval_windows = stride_windows(token_stream(list(corpus[args.eval_split]["text"]), tok), args.seq)
     nll, count = window_nll(model, eval_windows, batch_size=args.batch)
     record = {
         "args": vars(args),

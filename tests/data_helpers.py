@@ -89,6 +89,17 @@ def tiny_bert_dir(path: str, tokenizer_from: str) -> str:
     return path
 
 
+def tiny_llama_dir(path: str) -> str:
+    """A tiny LlamaForCausalLM (grouped-query attention) saved with a word-level tokenizer of the template
+    sentences' words (`tiny_models.tiny_lm_tokenizer`)."""
+    from .tiny_models import tiny_llama, tiny_lm_tokenizer
+
+    tok = tiny_lm_tokenizer()
+    tiny_llama(vocab_size=len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 FAMILIES = {"vit": tiny_vit_dir, "convnextv2": tiny_convnextv2_dir, "resnet": tiny_resnet_dir}
 
 

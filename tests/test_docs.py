@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from hf_mpprune.builtins.sources import make_sentences
 from hf_mpprune.cli.main import main as cli_main
 
-from .data_helpers import digits_imagefolder, tiny_bert_dir, tiny_vit_dir
+from .data_helpers import digits_imagefolder, tiny_bert_dir, tiny_llama_dir, tiny_vit_dir
 from .tiny_models import tiny_bert, tiny_vit, vit_inputs
 
 
@@ -112,7 +112,7 @@ class TinyImages(Dataset):
 
 
 # Files a page names as the reader's own, created in the page's working directory (symlinks to one shared copy).
-READER_FILES = ("my-vit", "my-bert", "photos", "reviews.jsonl")
+READER_FILES = ("my-vit", "my-bert", "my-llama", "photos", "reviews.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +124,7 @@ def standins(tmp_path_factory, minilm_path):
     bert.save_pretrained(base / "tiny-bert")
     tiny_vit_dir(str(base / "my-vit"))  # a ViT saved with its ViTImageProcessor (32×32 RGB)
     tiny_bert_dir(str(base / "my-bert"), tokenizer_from=minilm_path)
+    tiny_llama_dir(str(base / "my-llama"))  # a causal LM saved with its tokenizer (docs/llm.md)
     digits_imagefolder(str(base / "photos"), n_train=60, n_val=20)  # train/ and validation/ PNG folders
     with open(base / "reviews.jsonl", "w", encoding="utf-8") as f:
         for i, text in enumerate(make_sentences(64, seed=3)):

@@ -1,8 +1,8 @@
 """Text data the way decoder language models are calibrated and evaluated (docs/llm.md).
 
-* The documents of a split are tokenized without special tokens, each followed by the tokenizer's end-of-text
-  token (`eos_token`, when it has one), and concatenated into one token stream (transformers' run_clm
-  `group_texts`).
+* The documents of a split are joined with blank lines (`"\n\n"`) and tokenized as one text with the tokenizer's
+  defaults (e.g. one BOS token at the start for Llama tokenizers): the token stream of transformers' perplexity
+  guide and of the WikiText numbers of the LLM pruning papers, so that a perplexity here is comparable to theirs.
 * **Calibration**: fixed-length windows of `max_length` tokens cut from that stream, the documents taken in a
   seeded random order, until `size` windows are filled (default 128: the 128 × 2048 convention of SparseGPT /
   Wanda, with `max_length` scaled to the model). Windows have no padding; only the documents used are recorded.
@@ -45,12 +45,8 @@ def window_length(model: nn.Module, max_length: int | None) -> int:
 
 
 def token_stream(texts, tokenizer) -> list[int]:
-    """The documents tokenized (no special tokens), each followed by `eos_token_id` when there is one."""
-    eos = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
-    out: list[int] = []
-    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
-        out += ids + eos
-    return out
+    """The documents joined with `"\n\n"` and tokenized as one text (the tokenizer's default special tokens)."""
+    return list(tokenizer("\n\n".join(texts), verbose=False)["input_ids"])
 
 
 def _rows(ids: list[int], length: int, labels: bool) -> list[dict]:
@@ -64,7 +60,8 @@ def _rows(ids: list[int], length: int, labels: bool) -> list[dict]:
 def calibration_windows(
     ds: datasets.Dataset, order: np.ndarray, tokenizer, column: str, length: int, count: int
 ) -> tuple[list[dict], np.ndarray]:
-    """`count` windows of `length` tokens from the documents `ds[order]` taken in that order, and the rows used."""
+    """`count` windows of `length` tokens from the documents `ds[order]` taken in that order, and the rows used.
+    Documents are tokenized 64 at a time until the windows are filled (a large split is never tokenized whole)."""
     ids: list[int] = []
     used = 0
     step = 64

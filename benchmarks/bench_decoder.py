@@ -1,0 +1,247 @@
+"""Issue 23: one-shot pruning of the small decoder trained here (`train_small_decoder.py`), perplexity on held-out
+documents, every method against its controls and llm-compressor's SparseGPT, zero fine-tuning.
+
+Protocol. Model: the Llama-shaped decoder in `--model` (with its tokenizer). Corpus: `--corpus` (documents = module
+files, split by document; `decoder_data.py`). Calibration: the `calibration` documents, each followed by the
+end-of-text token, concatenated and cut into `--length`-token windows (the 128 × 2048 convention scaled down); the
+windows are shuffled once (seed 1234) and cut into `len(--seeds)` NON-OVERLAPPING draws of `--windows` windows
+(draw i for seed i), in batches of 16. Evaluation: perplexity on the `--split` documents (default `evaluation`;
+`selection` for design choices only), non-overlapping `--length` windows (`hf_mpprune.metrics.perplexity`), the
+same windows for every cell. Registered layers: the 28 q/k/v/o/gate/up/down projections (embeddings and the tied
+LM head stay dense, as in llm-compressor's `ignore=["re:.*lm_head"]`).
+
+Cells are a plain list of (label, method, options) (OWL / AlphaPruning allocations are one more line each); each
+names its control (the same pipeline without the MP statistic, or without the re-fit). For every cell and target:
+perplexity mean ± sd over the calibration draws, and paired bootstrap 95 % CIs (`--boot` resamples of the
+evaluation windows, the same resample for every seed) of the mean perplexity difference to its control and to the
+rival (llm-compressor's SparseGPT on the same batches, or our `sparsegpt` with `--no-peer`). Quality only: timing
+on a shared machine is not reported here (see `bench_decoder_scaling.py`).
+
+  PYTHONPATH=. python benchmarks/bench_decoder.py --model ~/.cache/hf_mpprune/decoder/llama-small \
+      --corpus ~/.cache/hf_mpprune/decoder/corpus-sklearn --targets 0.5 0.6 0.7 2:4 --seeds 0 1 2 \
+      --out benchmarks/out/decoder.json
+"""
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_MPPRUNE_EXPERIMENTAL_SILENCE", "1")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from decoder_data import load_corpus  # noqa: E402
+
+from hf_mpprune import MPPruner, PruningConfig  # noqa: E402
+from hf_mpprune.data.lm import token_stream  # noqa: E402
+from hf_mpprune.metrics.perplexity import perplexity, stride_windows, window_nll  # noqa: E402
+
+
+# (label, method, options, control label). Unstructured cells run at fractional targets, k:n cells at patterns.
+UNSTRUCTURED = [
+    ("magnitude", "magnitude", {}, None),
+    ("wanda", "wanda", {}, "magnitude"),
+    ("wanda+rec", "wanda", {"reconstruct": True}, "wanda"),
+    ("mp-wanda beta=0", "mp-wanda", {"beta": 0.0}, "wanda"),
+    ("mp-wanda", "mp-wanda", {}, "mp-wanda beta=0"),
+    ("mp-wanda+rec", "mp-wanda", {"reconstruct": True}, "mp-wanda"),
+    ("sparsegpt", "sparsegpt", {}, None),
+    ("mp-sparsegpt", "mp-sparsegpt", {}, "sparsegpt"),
+]
+KN = [
+    ("wanda", "wanda", {}, None),
+    ("wanda+rec", "wanda", {"reconstruct": True}, "wanda"),
+    ("sparsegpt", "sparsegpt", {}, None),
+    ("cast", "cast", {}, "wanda"),
+    ("cast+rec", "cast", {"reconstruct": True}, "cast"),
+]
+PEER = "llm-compressor sparsegpt"
+DRAW_SEED = 1234
+
+
+def calibration_draws(texts, tok, length: int, windows: int, seeds: list[int]) -> dict[int, list[dict]]:
+    ids = token_stream(texts, tok)
+    rows = [ids[i : i + length] for i in range(0, len(ids) - length + 1, length)]
+    need = windows * len(seeds)
+    if len(rows) < need:
+        raise SystemExit(f"the calibration split holds {len(rows)} windows of {length}; {need} needed")
+    perm = np.random.default_rng(DRAW_SEED).permutation(len(rows))
+    out = {}
+    for i, seed in enumerate(seeds):
+        pick = torch.tensor([rows[j] for j in perm[i * windows : (i + 1) * windows]])
+        out[seed] = [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in pick.split(16)]
+    return out
+
+
+def prune_cell(dense, method, options, target, batches, seed, windows):
+    model = copy.deepcopy(dense)
+    cfg = {"method": method, "seed": seed, **options}
+    cfg |= {"pattern": target} if isinstance(target, str) else {"sparsity": target}
+    if method != "magnitude":
+        cfg |= {"calibration_samples": windows, "calibration_batch_size": 16}
+    pruner = MPPruner(model, PruningConfig.from_dict(cfg))
+    masks = pruner.prune(calibration=batches if method != "magnitude" else None)
+    split = pruner.ledger.steps[-1].get("time_split") or {}
+    return model, {
+        "achieved": masks.sparsity(),
+        "path": split.get("path") or (split.get("reconstruction") or {}).get("path"),
+    }
+
+
+def run_peer(args, batches, target) -> dict | None:
+    """llm-compressor's SparseGPT on the very same batches, in its own venv; returns its pruned weights."""
+    py = os.path.join(args.peer_venv, "bin", "python")
+    if not os.path.exists(py):
+        print(f"# peer venv missing ({py}): run benchmarks/peer_venv.sh", flush=True)
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        bfile, wfile = os.path.join(tmp, "batches.pt"), os.path.join(tmp, "w.safetensors")
+        torch.save([dict(b) for b in batches], bfile)
+        cmd = [py, os.path.join(HERE, "peer_llmcompressor.py"), "--model", args.model, "--batches", bfile,
+               "--threads", str(args.threads), "--model-class", "causal-lm", "--sequential-target",
+               args.sequential_target, "--prefix", "model.layers.", "--ignore", "re:.*lm_head", "--out", wfile]  # fmt: skip
+        cmd += ["--pattern", target] if isinstance(target, str) else ["--sparsity", str(target)]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            print(f"# peer failed (rc {proc.returncode}): {proc.stderr[-2000:]}", flush=True)
+            return None
+        from safetensors.torch import load_file
+
+        return {**json.loads(lines[-1]), "weights": load_file(wfile)}
+
+
+def evaluate(model, windows, batch_size) -> tuple[np.ndarray, np.ndarray]:
+    return window_nll(model, windows, batch_size=batch_size)
+
+
+def boot_diff(rows_a, rows_b, count, boot: int, seed: int = 0) -> tuple[float, float, float]:
+    """Mean over seeds of ppl(a) − ppl(b), and its paired bootstrap 95 % CI over evaluation windows (a cell run
+    once, such as magnitude, which takes no calibration, is the same for every seed)."""
+    a, b = np.stack(rows_a), np.stack(rows_b)  # (seeds, windows)
+    ppl = lambda nll, idx: np.exp(nll[:, idx].sum(1) / count[idx].sum())  # noqa: E731
+    full = np.arange(count.size)
+    point = float((ppl(a, full) - ppl(b, full)).mean())
+    rng = np.random.default_rng(seed)
+    draws = [
+        float((ppl(a, i) - ppl(b, i)).mean()) for i in (rng.integers(0, count.size, count.size) for _ in range(boot))
+    ]
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
+def table(rows, targets, count, boot) -> str:
+    out = []
+    for t in targets:
+        sel = [r for r in rows if r["target"] == t]
+        cells = list(dict.fromkeys(r["cell"] for r in sel))
+        nll = {
+            c: [np.asarray(r["nll"]) for r in sorted(sel, key=lambda r: r["seed"]) if r["cell"] == c] for c in cells
+        }
+        rival = PEER if PEER in nll else "sparsegpt"
+        ctrl = {r["cell"]: r.get("control") for r in sel}
+        out += [f"\n### target {t}\n", f"| cell | perplexity (mean ± sd, n) | Δ vs control [95 % CI] | Δ vs {rival} [95 % CI] |",
+                "|---|---|---|---|"]  # fmt: skip
+        for c in cells:
+            v = [r["perplexity"] for r in sel if r["cell"] == c]
+            txt = f"{np.mean(v):.2f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.2f} (n={len(v)})"
+            cols = []
+            for other in (ctrl.get(c), rival):
+                if other is None or other == c or other not in nll or len(nll[other]) not in (1, len(nll[c])):
+                    cols.append("–")
+                    continue
+                d, lo, hi = boot_diff(nll[c], nll[other], count, boot)
+                cols.append(f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}] vs {other}")
+            out.append(f"| {c} | {txt} | {cols[0]} | {cols[1]} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--targets", nargs="+", default=["0.5", "0.6", "0.7", "2:4"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--cells", nargs="+", default=None, help="labels of our cells to run (default: all)")
+    p.add_argument("--split", choices=["evaluation", "selection"], default="evaluation")
+    p.add_argument("--windows", type=int, default=128, help="calibration windows per draw")
+    p.add_argument("--length", type=int, default=256, help="window length (calibration and perplexity)")
+    p.add_argument("--boot", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-batch", type=int, default=16)
+    p.add_argument(
+        "--sequential-target", default="LlamaDecoderLayer", help="the peer's block class (GPT-2: GPT2Block)"
+    )
+    p.add_argument("--peer-venv", default=os.environ.get("PEER_VENV", "/work/peer-venv"))
+    p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--out", default=None)
+    p.add_argument("--resume", action="store_true", help="keep the rows already in --out and run only the others")
+    args = p.parse_args()
+    args.model = os.path.expanduser(args.model)
+    torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(args.model)
+    dense = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    corpus = load_corpus(args.corpus)
+    windows = stride_windows(token_stream(corpus[args.split]["text"], tok), args.length)
+    draws = calibration_draws(corpus["calibration"]["text"], tok, args.length, args.windows, args.seeds)
+    rows = []
+    if args.resume and args.out and os.path.exists(args.out):
+        with open(args.out) as f:
+            rows = json.load(f)["rows"]
+    done = {(r["cell"], r["target"], r["seed"]) for r in rows}
+    if ("dense", "dense", None) not in done:
+        nll0, count = evaluate(dense, windows, args.eval_batch)
+        rows.append({"cell": "dense", "target": "dense", "seed": None, "perplexity": perplexity(nll0, count),
+                     "nll": nll0.tolist()})  # fmt: skip
+    count = np.asarray([sum(t != -100 for t in w["labels"][1:]) for w in windows])  # targets per window
+    print(json.dumps({"dense_perplexity": rows[0]["perplexity"], "eval_windows": len(windows),
+                      "eval_targets": int(count.sum())}), flush=True)  # fmt: skip
+
+    def add(row, model):
+        nll, _ = evaluate(model, windows, args.eval_batch)
+        row.update(perplexity=perplexity(nll, count), nll=nll.tolist())
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "nll"}), flush=True)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"args": vars(args), "count": count.tolist(), "rows": rows}, f)
+
+    for target_s in args.targets:
+        target = target_s if ":" in target_s else float(target_s)
+        cells = [
+            c for c in (KN if isinstance(target, str) else UNSTRUCTURED) if args.cells is None or c[0] in args.cells
+        ]
+        for seed in args.seeds:
+            if not args.no_peer and (PEER, target_s, seed) not in done:
+                info = run_peer(args, draws[seed], target)
+                if info is not None:
+                    model = copy.deepcopy(dense)
+                    weights = info.pop("weights")
+                    missing = model.load_state_dict(weights, strict=False)
+                    if missing.unexpected_keys or len(weights) != 7 * dense.config.num_hidden_layers:
+                        raise SystemExit(f"peer weights do not match the model: {sorted(weights)[:5]}...")
+                    add({"cell": PEER, "target": target_s, "seed": seed, "control": None, "achieved": info["achieved"],
+                         "peer": info}, model)  # fmt: skip
+            for label, method, options, control in cells:
+                if (method == "magnitude" and seed != args.seeds[0]) or (label, target_s, seed) in done:
+                    continue  # magnitude takes no calibration: one run per target
+                model, info = prune_cell(dense, method, options, target, draws[seed], seed, args.windows)
+                add({"cell": label, "target": target_s, "seed": seed, "control": control, **info}, model)
+    print(table([r for r in rows if r["cell"] != "dense"], args.targets, count, args.boot))
+
+
+if __name__ == "__main__":
+    main()
