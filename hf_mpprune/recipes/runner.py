@@ -43,7 +43,20 @@ def _load(recipe: Recipe, cache_dir: str, model: nn.Module | None) -> tuple[MPPr
     kw: dict[str, Any] = {"revision": recipe.model.revision} if recipe.model.revision else {}
     if recipe.model.dtype:
         kw["dtype"] = getattr(torch, recipe.model.dtype)
-    return MPPruner.from_pretrained(path, cfg, **kw), path
+    pruner = MPPruner.from_pretrained(path, cfg, **kw)
+    if recipe.model.device:
+        pruner.model.to(recipe.model.device)
+    return pruner, path
+
+
+def _check_device(device: str | None) -> None:
+    """A recipe's `model.device` must exist on this machine (checked before any work)."""
+    if device is None:
+        return
+    kind = torch.device(device).type
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(kind, False):
+        raise ConfigError(f"model.device = {device!r}: no {kind} device on this machine (--set model.device=cpu)")
 
 
 def _optional_processor(model: nn.Module, source: str):
@@ -72,6 +85,7 @@ def execute(
     if push and (not recipe.push.repo_id or not save):
         raise ConfigError("--push-to-hub needs push.repo_id in the recipe (e.g. push: {repo_id: org/name})")
     need = needs(recipe)  # every method must be installed before we start
+    _check_device(recipe.model.device)
     set_seed(recipe.seed)
     cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "hf_mpprune")
     t0 = time.perf_counter()

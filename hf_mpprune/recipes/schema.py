@@ -6,9 +6,10 @@ Sections (all but `model` and `pruning` optional)::
     description: ...
     seed: 0
     hardware: 1x GPU with 24 GB, ImageNet-1k (~150 GB)   # free text: what the full-size run needs
-    model: {id: google/vit-base-patch16-224, revision: main, dtype: float32, processor: null}
+    model: {id: google/vit-base-patch16-224, revision: main, dtype: float32, processor: null, device: null}
                                          # id: Hub id, local folder or builtin:digits-vit / builtin:minilm;
-                                         # processor: where the image processor / tokenizer is (default: id)
+                                         # processor: where the image processor / tokenizer is (default: id);
+                                         # device: where the model runs (e.g. cuda; default: where it loads, cpu)
     pruning:                             # one PruningConfig mapping, or a list of them (steps, run in order)
       method: hybrid                     # a registered method name (hf_mpprune.list_methods())
       sparsity: 0.5
@@ -65,6 +66,7 @@ class ModelSpec:
     processor: str | None = None  # folder / Hub id of the image processor or tokenizer (default: the model's)
     train_epochs: int | None = None  # builtin:digits-vit only: epochs of the (cached) dense training
     license: str | None = None  # Hub license id for the model card (default: the base model card's license)
+    device: str | None = None  # torch device the model is moved to after loading (e.g. "cuda"); default: cpu
 
     def __post_init__(self):
         dtype = getattr(torch, str(self.dtype), None) if self.dtype is not None else torch.float32
@@ -73,6 +75,13 @@ class ModelSpec:
                 f"model.dtype = {self.dtype!r} is not a floating-point torch dtype; use float32, float16 or bfloat16 "
                 "(or omit it)"
             )
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as e:
+                raise ConfigError(
+                    f"model.device = {self.device!r} is not a torch device (cpu, cuda, cuda:1, ...)"
+                ) from e
 
 
 DataSpec = DatasetSpec  # the recipe name of a data section
