@@ -2,6 +2,7 @@
 huggingface_hub is imported. Prints one JSON line with what it observed.
 
     python -m tests.hub_client push  OUT_JSON             # push to the stdlib server, pull back, compare
+    python -m tests.hub_client push-lm                    # the same for a pruned causal LM and its tokenizer
     python -m tests.hub_client load  REPO_ID EXPECTED.safetensors   # pull from a Hub (olah), compare logits
 """
 
@@ -73,9 +74,41 @@ def push_pull() -> dict:
     return out
 
 
+def push_pull_lm() -> dict:
+    """A tiny Llama pruned by SparseGPT on token windows, pushed with its tokenizer and a perplexity metric, pulled
+    back by plain transformers (model and tokenizer) and by MPPruner (masks verified)."""
+    from huggingface_hub import snapshot_download
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_mpprune import MPPruner, PruningConfig
+    from tests.tiny_models import lm_inputs, tiny_llama, tiny_lm_tokenizer
+
+    tok = tiny_lm_tokenizer()
+    pruner = MPPruner(tiny_llama(vocab_size=len(tok)), PruningConfig("sparsegpt", 0.5))
+    torch.manual_seed(1)
+    pruner.prune(calibration=[lm_inputs(batch=4, seq=16, vocab=len(tok)) for _ in range(2)])
+    pruner.ledger.add_metric("perplexity", 123.4, dataset="Salesforce/wikitext", split="test", task="text-generation")
+    pruner.push_to_hub("org/pruned-lm", commit_message="pruned decoder", processor=tok)
+    local = snapshot_download("org/pruned-lm")
+    x = tok(["the old farmer repaired the broken bicycle"], return_tensors="pt")
+    with torch.no_grad():
+        want = pruner.model(**x).logits
+        plain = AutoModelForCausalLM.from_pretrained(local, local_files_only=True).eval()
+        back = MPPruner.from_pretrained(local)
+        return {
+            "plain_equal": bool(torch.equal(plain(**x).logits, want)),
+            "pruner_equal": bool(torch.equal(back.model.eval()(**x).logits, want)),
+            "mask_sha256": back.masks.sha256(), "expected_mask_sha256": pruner.masks.sha256(),
+            "tokenizer_equal": AutoTokenizer.from_pretrained(local)("a b")["input_ids"] == tok("a b")["input_ids"],
+            "sequential_path": pruner.ledger.steps[-1]["time_split"]["path"],
+        }  # fmt: skip
+
+
 def main(argv: list[str]) -> int:
     if argv[0] == "push":
         result = push_pull()
+    elif argv[0] == "push-lm":
+        result = push_pull_lm()
     elif argv[0] == "load":
         result = load_and_compare(argv[1], argv[2])
     else:

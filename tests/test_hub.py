@@ -80,6 +80,18 @@ def test_push_to_local_hub_and_pull_back(tmp_path):
     _no_token_anywhere(tmp_path)
 
 
+@pytest.mark.slow  # a local Hub server and a subprocess client (~20 s): make test-all
+def test_push_a_pruned_causal_lm_and_load_it_with_plain_transformers(tmp_path):
+    with HubServer() as hub:
+        out = _client(tmp_path, hub.url, "push-lm")
+        files = hub.files("org/pruned-lm")
+    assert {"config.json", "model.safetensors", MASKS_NAME, LEDGER_NAME, "tokenizer.json", "README.md"} <= set(files)
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.pipeline_tag == "text-generation" and card.data.eval_results[0].metric_type == "perplexity"
+    assert out["plain_equal"] and out["pruner_equal"] and out["tokenizer_equal"]
+    assert out["mask_sha256"] == out["expected_mask_sha256"] and out["sequential_path"] == "blocks"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
