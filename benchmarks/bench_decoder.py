@@ -14,8 +14,9 @@ Cells are a plain list of (label, method, options) (OWL / AlphaPruning allocatio
 names its control (the same pipeline without the MP statistic, or without the re-fit). For every cell and target:
 perplexity mean ± sd over the calibration draws, and paired bootstrap 95 % CIs (`--boot` resamples of the
 evaluation windows, the same resample for every seed) of the mean perplexity difference to its control and to the
-rival (llm-compressor's SparseGPT on the same batches, or our `sparsegpt` with `--no-peer`). Quality only: timing
-on a shared machine is not reported here (see `bench_decoder_scaling.py`).
+rival (llm-compressor's SparseGPT on the same batches, in the venv at $PEER_VENV, default /work/peer-venv; our
+`sparsegpt` with `--no-peer`). Quality only: timing on a shared machine is not reported here (see
+`bench_decoder_scaling.py`).
 
   PYTHONPATH=. python benchmarks/bench_decoder.py --model ~/.cache/hf_mpprune/decoder/llama-small \
       --corpus ~/.cache/hf_mpprune/decoder/corpus-sklearn --targets 0.5 0.6 0.7 2:4 --seeds 0 1 2 \
@@ -26,9 +27,7 @@ import argparse
 import copy
 import json
 import os
-import subprocess
 import sys
-import tempfile
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,6 +40,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from decoder_data import load_corpus  # noqa: E402
+from peer_run import peer_prune  # noqa: E402
 
 from hf_mpprune import MPPruner, PruningConfig  # noqa: E402
 from hf_mpprune.data.lm import token_stream  # noqa: E402
@@ -48,6 +48,7 @@ from hf_mpprune.metrics.perplexity import perplexity, stride_windows, window_nll
 
 
 # (label, method, options, control label). Unstructured cells run at fractional targets, k:n cells at patterns.
+# An allocation rival is one more line, e.g. ("wanda owl", "wanda", {"allocation": "owl"}, "wanda").
 UNSTRUCTURED = [
     ("magnitude", "magnitude", {}, None),
     ("wanda", "wanda", {}, "magnitude"),
@@ -95,30 +96,6 @@ def prune_cell(dense, method, options, target, batches, seed, windows):
     split = step.get("time_split") or {}
     paths = (split, split.get("reconstruction") or {}, (step.get("reconstruct") or {}).get("time_split") or {})
     return model, {"achieved": masks.sparsity(), "path": next((d["path"] for d in paths if d.get("path")), None)}
-
-
-def run_peer(args, batches, target) -> dict | None:
-    """llm-compressor's SparseGPT on the very same batches, in its own venv; returns its pruned weights."""
-    py = os.path.join(args.peer_venv, "bin", "python")
-    if not os.path.exists(py):
-        print(f"# peer venv missing ({py}): run benchmarks/peer_venv.sh", flush=True)
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        bfile, wfile = os.path.join(tmp, "batches.pt"), os.path.join(tmp, "w.safetensors")
-        torch.save([dict(b) for b in batches], bfile)
-        cmd = [py, os.path.join(HERE, "peer_llmcompressor.py"), "--model", args.model, "--batches", bfile,
-               "--threads", str(args.threads), "--model-class", "causal-lm", "--sequential-target",
-               args.sequential_target, "--prefix", "model.layers.", "--ignore", "re:.*lm_head", "--out", wfile]  # fmt: skip
-        cmd += ["--pattern", target] if isinstance(target, str) else ["--sparsity", str(target)]
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            print(f"# peer failed (rc {proc.returncode}): {proc.stderr[-2000:]}", flush=True)
-            return None
-        from safetensors.torch import load_file
-
-        return {**json.loads(lines[-1]), "weights": load_file(wfile)}
 
 
 def evaluate(model, windows, batch_size) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +159,6 @@ def main() -> None:
     p.add_argument(
         "--sequential-target", default="LlamaDecoderLayer", help="the peer's block class (GPT-2: GPT2Block)"
     )
-    p.add_argument("--peer-venv", default=os.environ.get("PEER_VENV", "/work/peer-venv"))
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--out", default=None)
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out and run only the others")
@@ -225,8 +201,11 @@ def main() -> None:
         ]
         for seed in args.seeds:
             if not args.no_peer and (PEER, target_s, seed) not in done:
-                info = run_peer(args, draws[seed], target)
-                if info is not None:
+                sparsity, pattern = (0.0, target) if isinstance(target, str) else (target, None)
+                info = peer_prune(args.model, draws[seed], "llama", args.threads, sparsity, pattern, weights=True)
+                if "error" in info:
+                    print(f"# peer failed: {info['error']}", flush=True)
+                else:
                     model = copy.deepcopy(dense)
                     weights = info.pop("weights")
                     missing = model.load_state_dict(weights, strict=False)

@@ -9,7 +9,7 @@ LM head dense, llm-compressor's `ignore=["re:.*lm_head"]`); 50 % unstructured fo
 The peer (`peer-sparsegpt`): `peer_llmcompressor.py` in its own venv (`benchmarks/peer_venv.sh`) on the very same
 model (saved) and batches, `sequential_targets=["LlamaDecoderLayer"]`. A run that exceeds `--timeout` or runs out
 of memory is a row with its error. Growth exponents b (time / RSS ∝ params^b) over the sizes measured are printed
-(`bench_scaling.fit_exponent`).
+(`bench_scaling`).
 
   PYTHONPATH=. python benchmarks/bench_decoder_scaling.py --models llama-60m llama-160m llama-410m llama-1b \
       llama-2b --samples 16 --seq 512 --out benchmarks/out/decoder_scaling.json
@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
@@ -31,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from bench_scaling import fit_exponent  # noqa: E402
+from bench_scaling import print_exponents, print_table, run_cells  # noqa: E402
 
 
 # Llama-shaped sizes (hidden, layers, heads, kv heads, intermediate); parameter counts include the 32000-token
@@ -111,35 +110,10 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1], args.samples, args.seq, args.threads)), flush=True)
         return
-    rows = []
-    for name in args.models:
-        for method in args.methods:
-            cmd = [sys.executable, os.path.abspath(__file__), "--one", name, method, "--samples", str(args.samples),
-                   "--seq", str(args.seq), "--threads", str(args.threads)]  # fmt: skip
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-                row = json.loads(lines[-1]) if lines else {"model": name, "method": method,
-                                                           "error": f"rc {proc.returncode}: {proc.stderr[-500:]}"}  # fmt: skip
-            except subprocess.TimeoutExpired:
-                row = {"model": name, "method": method, "error": f"timeout after {args.timeout} s"}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if args.out:
-                with open(args.out, "w") as f:
-                    json.dump(rows, f, indent=1)
-    print("| model | params | " + " | ".join(args.methods) + " |")
-    print("|---|---|" + "---|" * len(args.methods))
-    for name in args.models:
-        got = {r["method"]: r for r in rows if r["model"] == name}
-        params = next((r["params"] for r in got.values() if "params" in r), 0)
-        cells = [f"{got[m]['seconds']:.1f} s, {got[m]['peak_rss_mib']} MiB" if "seconds" in got.get(m, {})
-                 else got.get(m, {}).get("error", "–")[:40] for m in args.methods]  # fmt: skip
-        print(f"| {name} | {params / 1e6:.0f} M | " + " | ".join(cells) + " |")
-    for key, what in (("seconds", "time"), ("peak_rss_mib", "peak RSS")):
-        fits = {m: fit_exponent([r for r in rows if "error" not in r], m, key) for m in args.methods}
-        print(f"growth exponent b ({what} ∝ params^b): " + ", ".join(
-            f"{m}: {b:.2f}" if b is not None else f"{m}: –" for m, b in fits.items()))  # fmt: skip
+    extra = ["--samples", str(args.samples), "--seq", str(args.seq), "--threads", str(args.threads)]
+    rows = run_cells(os.path.abspath(__file__), args.models, args.methods, extra, args.timeout, args.out)
+    print_table(rows, args.models, args.methods)
+    print_exponents(rows, args.methods)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,46 @@ def fit_exponent(rows, method, key="seconds") -> float | None:
     return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx > 0 else None
 
 
+def run_cells(script: str, models, methods, extra: list[str], timeout: int, out: str | None) -> list[dict]:
+    """Run `script --one MODEL METHOD *extra` in a fresh process per (model, method); one JSON row each (an error
+    row on a crash, out-of-memory or timeout), saved to `out` after every cell."""
+    rows = []
+    for name in models:
+        for method in methods:
+            cmd = [sys.executable, script, "--one", name, method, *extra]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                row = json.loads(lines[-1]) if lines else {"model": name, "method": method,
+                                                           "error": f"rc {proc.returncode}: {proc.stderr[-500:]}"}  # fmt: skip
+            except subprocess.TimeoutExpired:
+                row = {"model": name, "method": method, "error": f"timeout after {timeout} s"}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if out:
+                with open(out, "w") as f:
+                    json.dump(rows, f, indent=1)
+    return rows
+
+
+def print_table(rows, models, methods) -> None:
+    print("| model | params | " + " | ".join(methods) + " |")
+    print("|---|---|" + "---|" * len(methods))
+    for name in models:
+        got = {r["method"]: r for r in rows if r["model"] == name}
+        params = next((r["params"] for r in got.values() if "params" in r), 0)
+        cells = [f"{got[m]['seconds']:.1f} s, {got[m]['peak_rss_mib']} MiB" if "seconds" in got.get(m, {})
+                 else got.get(m, {}).get("error", "–")[:40] for m in methods]  # fmt: skip
+        print(f"| {name} | {params / 1e6:.1f} M | " + " | ".join(cells) + " |")
+
+
+def print_exponents(rows, methods) -> None:
+    for key, what in (("seconds", "time"), ("peak_rss_mib", "peak RSS")):
+        fits = {m: fit_exponent([r for r in rows if "error" not in r], m, key) for m in methods}
+        print(f"growth exponent b ({what} ∝ params^b): " + ", ".join(
+            f"{m}: {b:.2f}" if b is not None else f"{m}: –" for m, b in fits.items()))  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["vit-s", "vit-b", "bert-base", "vit-l"])
@@ -132,40 +172,15 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1], args.samples, args.threads)), flush=True)
         return
-    rows = []
-    for name in args.models:
-        for method in args.methods:
-            cmd = [sys.executable, os.path.abspath(__file__), "--one", name, method, "--samples", str(args.samples),
-                   "--threads", str(args.threads)]  # fmt: skip
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-                row = json.loads(lines[-1]) if lines else {"model": name, "method": method,
-                                                           "error": proc.stderr[-500:]}  # fmt: skip
-            except subprocess.TimeoutExpired:
-                row = {"model": name, "method": method, "error": f"timeout after {args.timeout} s"}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if args.out:
-                with open(args.out, "w") as f:
-                    json.dump(rows, f, indent=1)
-    print("| model | params | " + " | ".join(args.methods) + " |")
-    print("|---|---|" + "---|" * len(args.methods))
-    for name in args.models:
-        got = {r["method"]: r for r in rows if r["model"] == name}
-        params = next((r["params"] for r in got.values() if "params" in r), 0)
-        cells = [f"{got[m]['seconds']:.1f} s, {got[m]['peak_rss_mib']} MiB" if "seconds" in got.get(m, {})
-                 else got.get(m, {}).get("error", "–")[:40] for m in args.methods]  # fmt: skip
-        print(f"| {name} | {params / 1e6:.1f} M | " + " | ".join(cells) + " |")
+    extra = ["--samples", str(args.samples), "--threads", str(args.threads)]
+    rows = run_cells(os.path.abspath(__file__), args.models, args.methods, extra, args.timeout, args.out)
+    print_table(rows, args.models, args.methods)
     for name in args.models:
         got = {r["method"]: r for r in rows if r["model"] == name and "seconds" in r}
         if "sparsegpt" in got and "peer-sparsegpt" in got:
             print(f"{name}: sparsegpt / llm-compressor SparseGPT (same run) = "
                   f"x{got['sparsegpt']['seconds'] / got['peer-sparsegpt']['seconds']:.2f}")  # fmt: skip
-    for key, what in (("seconds", "time"), ("peak_rss_mib", "peak RSS")):
-        fits = {m: fit_exponent(rows, m, key) for m in args.methods}
-        print(f"growth exponent b ({what} ∝ params^b): " + ", ".join(
-            f"{m}: {b:.2f}" if b is not None else f"{m}: –" for m, b in fits.items()))  # fmt: skip
+    print_exponents(rows, args.methods)
 
 
 if __name__ == "__main__":
