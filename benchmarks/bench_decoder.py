@@ -2,13 +2,14 @@
 documents, every method against its controls and llm-compressor's SparseGPT, zero fine-tuning.
 
 Protocol. Model: the Llama-shaped decoder in `--model` (with its tokenizer). Corpus: `--corpus` (documents = module
-files, split by document; `decoder_data.py`). Calibration: the `calibration` documents, each followed by the
-end-of-text token, concatenated and cut into `--length`-token windows (the 128 × 2048 convention scaled down); the
-windows are shuffled once (seed 1234) and cut into `len(--seeds)` NON-OVERLAPPING draws of `--windows` windows
-(draw i for seed i), in batches of 16. Evaluation: perplexity on the `--split` documents (default `evaluation`;
-`selection` for design choices only), non-overlapping `--length` windows (`hf_mpprune.metrics.perplexity`), the
-same windows for every cell. Registered layers: the 28 q/k/v/o/gate/up/down projections (embeddings and the tied
-LM head stay dense, as in llm-compressor's `ignore=["re:.*lm_head"]`).
+files, split by document; `decoder_data.py`). Calibration: the `calibration` documents joined with blank lines into
+one token stream (`hf_mpprune.data.lm.token_stream`) cut into `--length`-token windows (the 128 × 2048 convention
+scaled down); the windows are shuffled once (seed 1234) and cut into `len(--seeds)` NON-OVERLAPPING draws of
+`--windows` windows (draw i for seed i), in batches of 16. Evaluation: perplexity on the `--split` documents
+(default `evaluation`; `selection` for design choices only), non-overlapping `--length` windows
+(`hf_mpprune.metrics.perplexity`), the same windows for every cell (`--eval-windows N`: a subset of N of them drawn
+with seed 4321, fixed before any run). Registered layers: the q/k/v/o/gate/up/down projections of every block
+(embeddings and the tied LM head stay dense, as in llm-compressor's `ignore=["re:.*lm_head"]`).
 
 Cells are a plain list of (label, method, options) (OWL / AlphaPruning allocations are one more line each); each
 names its control (the same pipeline without the MP statistic, or without the re-fit). For every cell and target:
@@ -68,6 +69,7 @@ KN = [
 ]
 PEER = "llm-compressor sparsegpt"
 DRAW_SEED = 1234
+EVAL_SEED = 4321
 
 
 def calibration_draws(texts, tok, length: int, windows: int, seeds: list[int]) -> dict[int, list[dict]]:
@@ -162,7 +164,21 @@ def main() -> None:
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--out", default=None)
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out and run only the others")
+    p.add_argument("--eval-windows", type=int, default=None, help="score a seeded subset of this many windows")
+    p.add_argument("--table", nargs="+", default=None, metavar="JSON", help="only print the table of saved runs")
     args = p.parse_args()
+    if args.table:
+        rows, counts = [], set()
+        for path in args.table:
+            with open(path) as f:
+                saved = json.load(f)
+            rows += [r for r in saved["rows"] if r["cell"] != "dense"]
+            counts.add(tuple(saved["count"]))
+        if len(counts) != 1:
+            raise SystemExit("the saved runs were scored on different evaluation windows")
+        targets = list(dict.fromkeys(r["target"] for r in rows))
+        print(table(rows, targets, np.asarray(counts.pop()), args.boot))
+        return
     args.model = os.path.expanduser(args.model)
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -171,6 +187,9 @@ def main() -> None:
     dense = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     corpus = load_corpus(args.corpus)
     windows = stride_windows(token_stream(corpus[args.split]["text"], tok), args.length)
+    if args.eval_windows and args.eval_windows < len(windows):  # a fixed subset, the same for every cell
+        pick = np.sort(np.random.default_rng(EVAL_SEED).choice(len(windows), args.eval_windows, replace=False))
+        windows = [windows[i] for i in pick]
     draws = calibration_draws(corpus["calibration"]["text"], tok, args.length, args.windows, args.seeds)
     rows = []
     if args.resume and args.out and os.path.exists(args.out):
