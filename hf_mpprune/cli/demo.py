@@ -1,4 +1,4 @@
-"""`make demo` / `python -m hf_mpprune.demo`: run the offline recipes shipped in `hf_mpprune/recipes/library` through
+"""`make demo` / `python -m hf_mpprune.demo`: run the offline recipes shipped in `recipes/` through
 the same recipe runner and data layer as a user's recipe, print a before/after table row by row, and write
 checkpoints with ledgers, cards and spectra plots under `./mpprune-demo/`.
 

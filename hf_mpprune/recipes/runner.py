@@ -127,7 +127,7 @@ def run_recipe(
 # ---- CLI ------------------------------------------------------------------------------------------------------------
 def register(sub) -> None:
     p = sub.add_parser("run", help="run a recipe: analyze → prune → distill → audit → save (→ push)")
-    p.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe (hf_mpprune/recipes/library)")
+    p.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe (recipes/ in the repository)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a recipe key before validation, e.g. --set model.id=./my-vit --set calibration.dataset=./data "
