@@ -24,7 +24,7 @@ from .args import positive_int
 
 
 def register(sub) -> None:
-    p = sub.add_parser("certify", help="data-path budget certificates of a pruned checkpoint vs its dense source")
+    p = sub.add_parser("certify")
     p.add_argument("model", help="pruned model directory")
     p.add_argument("--dense", required=True, help="the dense model directory the pruned model was made from")
     p.add_argument("--samples", type=positive_int, default=64, help="size of the audit set T")

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    a = sub.add_parser("audit", help="k:n legality audit + exact MAC report of a saved model")
+    a = sub.add_parser("audit")
     a.add_argument("model", help="saved model directory")
     a.add_argument("--pattern", default="2:4", help="k:n pattern, k kept of n (default 2:4)")
     a.add_argument(
@@ -45,7 +45,7 @@ def register(sub) -> None:
     a.add_argument("--lipschitz", default="head", help="with --certificates: L_s estimator (head, const, ...)")
     a.set_defaults(func=_run_audit)
 
-    b = sub.add_parser("bench", help="speed audit: dense-masked vs 2:4 over a batch sweep (median, IQR)")
+    b = sub.add_parser("bench")
     b.add_argument("model", help="saved model directory")
     b.add_argument("--batches", type=positive_int, nargs="+", default=[1, 16, 64, 128, 256])
     b.add_argument("--tome", type=nonnegative_int, default=0, help="ToMe r applied to every variant (ViT/DeiT)")

@@ -19,6 +19,7 @@ import yaml
 from .constants import CONFIG_NAME, __version__
 from .errors import ConfigError, InvalidPatternError, MPPruneWarning
 from .files import read_json
+from .plugins import load_providers
 from .validate import check_field_types, nested_config
 
 
@@ -134,6 +135,7 @@ _CONFIG_CLASSES: dict[str, type] = {}
 
 def config_class(method: str) -> type:
     """The config class registered for `method` (`ConfigError` naming the registered methods otherwise)."""
+    load_providers()
     try:
         return _CONFIG_CLASSES[method]
     except (KeyError, TypeError):

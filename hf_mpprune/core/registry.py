@@ -1,4 +1,5 @@
-"""The one plug-in mechanism: a dict from method name to `MethodSpec`, filled by explicit imports.
+"""The one plug-in mechanism: a dict from method name to `MethodSpec`, filled by explicit imports
+(`hf_mpprune.methods`, imported at the first lookup: `plugins`).
 
 Adding a method = one module in `hf_mpprune/methods/` that calls `@register_method(...)` on its mask
 function, plus one import line in `methods/__init__.py`. Every mask function has one signature:
@@ -17,6 +18,7 @@ from .config import PruningConfig, add_config_class
 from .errors import ConfigError
 from .layers import LayerSet
 from .masks import Masks
+from .plugins import load_providers
 
 
 @dataclass
@@ -106,6 +108,7 @@ def register_method(
 def get_method(name: str) -> MethodSpec:
     """The registered `MethodSpec` of `name` (its config class, mask function and needs), or a `ConfigError` that
     lists the registered names."""
+    load_providers()
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
@@ -116,4 +119,5 @@ def get_method(name: str) -> MethodSpec:
 
 def list_methods() -> list[str]:
     """Names of every registered pruning method, sorted (what `PruningConfig(method=...)` accepts)."""
+    load_providers()
     return sorted(_REGISTRY)

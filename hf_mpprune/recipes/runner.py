@@ -126,7 +126,7 @@ def run_recipe(
 
 # ---- CLI ------------------------------------------------------------------------------------------------------------
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run a recipe: analyze → prune → distill → audit → save (→ push)")
+    p = sub.add_parser("run")
     p.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe (recipes/ in the repository)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -137,7 +137,7 @@ def register(sub) -> None:
     p.add_argument("--push-to-hub", action="store_true", help="push to push.repo_id after saving")
     p.add_argument("--cache-dir", default=None, help="cache of builtin models (default ~/.cache/hf_mpprune)")
     p.set_defaults(func=_run)
-    q = sub.add_parser("push", help="push a saved checkpoint directory to the Hub in one commit")
+    q = sub.add_parser("push")
     q.add_argument("dir", help="checkpoint directory written by save_pretrained / hf-mpprune run")
     q.add_argument("--repo-id", required=True, help="org/name on the Hub (token from HF_TOKEN or `hf auth login`)")
     q.add_argument("--private", action="store_true", default=None)
