@@ -10,8 +10,6 @@ import os
 import sys
 from argparse import Namespace
 
-import torch
-
 from ..core.constants import MASKS_NAME
 from ..core.errors import ConfigError
 from ..core.files import write_text_atomic
@@ -83,7 +81,6 @@ def _run_audit(args) -> int:
     model, masks = _load(args.model)
     legal = legality_audit(model, args.pattern)
     tome = apply_tome(model, r=args.tome) if args.tome else None
-    torch.manual_seed(0)
     macs = mac_report(model, make_inputs(model, 1, "cpu", seq_len=args.seq_len), masks=masks, pattern=args.pattern)
     payload = {"legality": legal.to_dict(), "macs": macs.to_dict(), "tome": tome, "masks_sidecar": masks is not None}
     _emit(payload, legal.to_markdown() + "\n\n" + macs.to_markdown(), args)

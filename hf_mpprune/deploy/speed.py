@@ -21,6 +21,7 @@ import transformers
 from torch import nn
 
 from ..core.masks import Masks
+from ..core.tasks import dummy_inputs
 from .semi_structured import to_semi_structured
 from .tome import apply_tome
 
@@ -94,13 +95,8 @@ def summarize(times_ms: list[float]) -> tuple[float, float, float]:
 
 
 def make_inputs(model: nn.Module, batch: int, device, dtype=None, seq_len: int = 128) -> dict:
-    """Random inputs of the model's native size: pixel_values for vision configs, else input_ids."""
-    cfg = model.config
-    if hasattr(cfg, "image_size") and hasattr(cfg, "num_channels"):
-        size = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
-        x = torch.randn(batch, cfg.num_channels, size, size, device=device)
-        return {"pixel_values": x.to(dtype) if dtype is not None else x}
-    return {"input_ids": torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)}
+    """Dummy inputs of the model's native size from optimum's generators (`core.tasks.dummy_inputs`)."""
+    return dummy_inputs(model, batch, seq_len, device=device, dtype=dtype)
 
 
 # ---- timing ------------------------------------------------------------------------------------------------------
