@@ -21,7 +21,9 @@ from .core.ledger import Ledger, environment
 from .core.masks import Masks
 from .core.registry import PruneContext, get_method
 from .core.validate import check_weights_finite
+from .data.preprocess import is_raw, prepare_raw
 from .hub.checkpoint import load_pretrained, push_to_hub, save_pretrained
+from .hub.companions import saved_processor, source_dir
 from .spectral.fit import SpectralReport, analyze
 
 
@@ -35,9 +37,12 @@ class MPPruner:
         model ([`~transformers.PreTrainedModel`] or `torch.nn.Module`): the model; modified in place by `prune()`.
         config ([`PruningConfig`], *optional*): method, sparsity, targets, ... With no config, `analyze()` covers
             every prunable layer and `prune()` is unavailable until a config is given.
+        processor (*optional*): the model's tokenizer / image processor. It prepares raw `datasets` rows given to
+            `prune(calibration=...)` and is saved with the checkpoint. Default: the one saved in the folder the model
+            was loaded from (`config._name_or_path`), if any.
     """
 
-    def __init__(self, model: nn.Module, config: PruningConfig | None = None):
+    def __init__(self, model: nn.Module, config: PruningConfig | None = None, processor: Any = None):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"MPPruner needs a torch.nn.Module, got {type(model).__name__}")
         if config is not None and not isinstance(config, PruningConfig):
@@ -49,10 +54,23 @@ class MPPruner:
         self.spectra: SpectralReport | None = None
         self.masks: Masks | None = None
         self.recipe: dict[str, Any] | None = None  # the recipe that produced this run (written as recipe.yaml)
+        self.source = source_dir(model)  # its processor and sentence-transformers modules travel with the checkpoint
+        self._processor = processor
         self.ledger = Ledger(identity=environment(), registry=self._registry_record())
         name = getattr(getattr(model, "config", None), "_name_or_path", "")
         if name:
             self.ledger.identity["base_model"] = name
+
+    @property
+    def processor(self) -> Any:
+        """The model's processor: the one given, else the one saved in `self.source` (loaded at first use), or None."""
+        if self._processor is None:
+            self._processor = saved_processor(self.source)
+        return self._processor
+
+    @processor.setter
+    def processor(self, value: Any) -> None:
+        self._processor = value
 
     def _registry_record(self) -> list[dict[str, Any]]:
         return [{"name": la.name, "kind": la.kind, "role": la.role, "shape": list(la.shape)} for la in self.layers]
@@ -80,7 +98,9 @@ class MPPruner:
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> str:
         """Write a transformers directory plus sidecars and a model card, atomically (see `hf_mpprune.hub.checkpoint`).
 
-        Keyword arguments: `processor` (saved alongside), `card` (default True), `model_name`, `max_shard_size`.
+        Keyword arguments: `processor` (saved alongside; default `self.processor`, the one the model came with;
+        False: none), `card` (default True), `model_name`, `max_shard_size`. A sentence-transformers folder keeps its
+        module stack (`modules.json`, pooling, normalisation), so `SentenceTransformer(out)` loads the pruned model.
         """
 
         return save_pretrained(self, save_directory, **kwargs)
@@ -121,7 +141,8 @@ class MPPruner:
 
         Args:
             calibration: model inputs for calibration-based methods (a `datasets.Dataset`, a DataLoader or an
-                iterable of input dicts).
+                iterable of input dicts). A raw `datasets.Dataset` (an image or text column, e.g. from
+                `load_dataset("imagefolder", ...)`) is prepared with `self.processor`, as the CLI and `oneshot` do.
             train_step: callable used by methods that train between steps (SER, Hybrid).
             sparsity (`float`, *optional*): override the target for this call (cyclic schedules).
         """
@@ -134,6 +155,8 @@ class MPPruner:
         check_weights_finite(self.layers)  # NaN/Inf weights: one check for every method, naming the layer
         if spec.needs_calibration and calibration is None:
             raise ConfigError(f"method {cfg.method!r} needs calibration data: prune(calibration=dataset)")
+        if spec.needs_calibration and is_raw(calibration, self.model):
+            calibration = prepare_raw(calibration, self.model, self.processor)
         if spec.needs_training and train_step is None:
             raise ConfigError(f"method {cfg.method!r} trains between steps: prune(train_step=...) is required")
         if self.masks is not None and cfg.pattern is None and cfg.sparsity < self.masks.sparsity() - 1e-12:

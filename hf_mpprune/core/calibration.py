@@ -1,7 +1,8 @@
 """Calibration data: normalise what the user passes into batches of model inputs (shuffled with a seed, indices
 hashed for the ledger), and capture each registered layer's inputs through forward hooks that are always removed.
 
-Accepted inputs: a `datasets.Dataset` (or any sized, indexable collection of input dicts), a DataLoader or any
+Accepted inputs: a `datasets.Dataset` (or any sized, indexable collection of input dicts; one with a `collator`
+attribute, such as `hf_mpprune.data.Prepared`, is batched with it), a DataLoader or any
 iterable of input dicts (taken in order, it cannot be shuffled here), or one dict of batched tensors.
 """
 
@@ -72,7 +73,8 @@ def as_batches(
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(n, generator=g)[: min(num_samples, n)].tolist()
         rows = [{k: v for k, v in dict(calibration[i]).items() if k not in drop_columns} for i in idx]
-        batches = [_collate(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+        collate = getattr(calibration, "collator", None) or _collate  # prepared data pads text with its own
+        batches = [collate(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
         for i, b in enumerate(batches):
             check_batch_inputs(b, i)
         return CalibrationBatches(batches, len(rows), "indexed", _sha(str(sorted(idx)).encode()), seed)

@@ -34,6 +34,7 @@ from ..core.masks import Masks
 from ..spectral.fit import SpectralReport
 from .atomic import atomic_directory
 from .card import make_card
+from .companions import copy_module_stack
 from .config_block import recover_from_config, write_config_block
 from .network import hub_errors
 from .target import check_save_target, entries
@@ -78,7 +79,9 @@ def save_pretrained(
     existing_card: str | None = None, model_name: str | None = None, max_shard_size: str | int | None = None,
 ) -> str:  # fmt: skip
     """Write the checkpoint atomically; returns the directory. Nothing is written when the masks do not match
-    the weights (`LedgerMismatchError`) or the model is not a transformers `PreTrainedModel` (`ConfigError`)."""
+    the weights (`LedgerMismatchError`) or the model is not a transformers `PreTrainedModel` (`ConfigError`).
+    `processor=None` saves the processor the model came with (`pruner.processor`), `False` none; a
+    sentence-transformers module stack of the source folder is kept (`companions`)."""
 
     model = pruner.model
     if not isinstance(model, PreTrainedModel):
@@ -96,8 +99,10 @@ def save_pretrained(
     with atomic_directory(target) as tmp:
         kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
         model.save_pretrained(tmp, **kwargs)
-        if processor is not None:
+        processor = getattr(pruner, "processor", None) if processor is None else processor
+        if processor:  # by default the processor the model came with; False: none
             processor.save_pretrained(tmp)
+        copy_module_stack(getattr(pruner, "source", None), tmp)
         _write_sidecars(pruner, tmp)
         write_config_block(pruner, tmp)
         if card:
