@@ -4,7 +4,7 @@ Variants, each optionally with the same ToMe `r`:
 * `dense_bf16` (primary denominator), `dense_fp32_autocast` (the paper's headline denominator, §13.2), and
   `dense_bf16_compiled` when `torch.compile` works (compiled only at `compile_batches`, to bound compile time);
 * `sparse_bf16` (`to_semi_structured`) and `sparse_bf16_compiled`.
-Every variant is timed per forward (CUDA events on GPU) after warm-up; median and IQR are reported. On CPU only the
+Every variant is timed per forward with `torch.utils.benchmark.Timer` after warm-up; median and IQR are reported. On CPU only the
 dense-masked model is timed, and no speedup is claimed: PyTorch has no CPU 2:4 kernel.
 """
 
@@ -13,10 +13,10 @@ import logging
 import platform
 import statistics
 import subprocess
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.utils.benchmark as benchmark
 import transformers
 from torch import nn
 
@@ -102,25 +102,14 @@ def make_inputs(model: nn.Module, batch: int, device, dtype=None, seq_len: int =
 # ---- timing ------------------------------------------------------------------------------------------------------
 @torch.inference_mode()
 def time_forward(fn, inputs: dict, warmup: int = 10, reps: int = 50) -> list[float]:
-    """Per-call times in ms: CUDA events on GPU, perf_counter on CPU."""
-    cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in inputs.values())
-    for _ in range(warmup):
-        fn(**inputs)
-    if not cuda:
-        out = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn(**inputs)
-            out.append(1e3 * (time.perf_counter() - t))
-        return out
-    torch.cuda.synchronize()
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for a, b in ev:
-        a.record()
-        fn(**inputs)
-        b.record()
-    torch.cuda.synchronize()
-    return [a.elapsed_time(b) for a, b in ev]
+    """Per-call times in ms from `torch.utils.benchmark.Timer` (it synchronises CUDA around every measurement):
+    `warmup` calls, then `reps` single-call measurements."""
+    timer = benchmark.Timer(
+        stmt="fn(**inputs)", globals={"fn": fn, "inputs": inputs}, num_threads=torch.get_num_threads()
+    )  # Timer defaults to one thread
+    if warmup:
+        timer.timeit(warmup)
+    return [1e3 * timer.timeit(1).mean for _ in range(reps)]
 
 
 def stamps(device: torch.device) -> dict:
