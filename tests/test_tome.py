@@ -134,3 +134,14 @@ def test_composes_with_masks_without_touching_weights(tiny_vit):
     masks.check_model(tiny_vit)
     after = tiny_vit.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_deep_copy_of_a_patched_model_runs_on_its_own_state(tiny_vit):
+    """A teacher copied after apply_tome (as the README's distillation example does) merges with its own keys."""
+    x = vit_inputs(batch=2)
+    apply_tome(tiny_vit, r=4)
+    copied = copy.deepcopy(tiny_vit)
+    torch.testing.assert_close(_run(copied, x).logits, _run(tiny_vit, x).logits, rtol=0, atol=0)
+    assert tome_state(copied) is not tome_state(tiny_vit) and tome_state(copied).token_counts == [65, 61]
+    remove_tome(copied)
+    assert tome_state(tiny_vit) is not None and not any(hasattr(m, "_mpprune_tome") for m in copied.modules())

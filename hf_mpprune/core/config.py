@@ -159,7 +159,8 @@ class PruningConfig:
             in [0, 1). For k:n methods it is implied by the pattern.
         pattern (`KeepPattern` or `str`, *optional*): k:n pattern, "k:n" = k kept of every n along the input dim.
         targets (`list[str]`, *optional*): module type names (`"Linear"`), exact module names, `"role:mlp"`, or
-            `"re:<regex>"` (searched in the module's qualified name). Default: every Linear/Conv2d/Conv1D.
+            `"re:<regex>"` (searched in the module's qualified name). Default: every Linear/Conv2d/Conv1D except the
+            task head and the input embeddings (roles "head" / "embed"; add `"role:head"` to prune them).
         ignore (`list[str]`, defaults to `[]`): same forms; matching layers are excluded.
         seed (`int`, defaults to 0): seed of every random choice (calibration sampling, tie-free ordering).
         spectral (`SpectralConfig`): MP fit settings.

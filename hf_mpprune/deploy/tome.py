@@ -194,18 +194,14 @@ def _timm_block_forward(self, x, attn_mask=None, **kwargs):
     return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
-def _hf_keys(state: _ToMeState, heads: int):
-    def hook(module, args, out):  # k_proj output (B, N, H*d) -> keys averaged over heads (B, N, d)
-        state.metric = out.unflatten(-1, (heads, -1)).mean(dim=2)
+# Key hooks read the state and head count from the projection module itself (no closure), so a deep copy of a
+# patched model (e.g. a teacher copied after apply_tome) writes into its own state.
+def _hf_keys(module, args, out):  # k_proj output (B, N, H*d) -> keys averaged over heads (B, N, d)
+    getattr(module, _ATTR).metric = out.unflatten(-1, (module._mpprune_tome_heads, -1)).mean(dim=2)
 
-    return hook
 
-
-def _timm_keys(state: _ToMeState, heads: int):
-    def hook(module, args, out):  # fused qkv output (B, N, 3*H*d): the k third, averaged over heads (before k_norm)
-        state.metric = out.unflatten(-1, (3, heads, -1))[:, :, 1].mean(dim=2)
-
-    return hook
+def _timm_keys(module, args, out):  # fused qkv output (B, N, 3*H*d): the k third, averaged over heads (pre k_norm)
+    getattr(module, _ATTR).metric = out.unflatten(-1, (3, module._mpprune_tome_heads, -1))[:, :, 1].mean(dim=2)
 
 
 @dataclass(frozen=True)
@@ -308,6 +304,11 @@ def _unpatch(module: nn.Module) -> None:
     module.__dict__.pop("_mpprune_tome_index", None)
     for handle in module.__dict__.pop("_mpprune_tome_hooks", []):
         handle.remove()
+    family = block_family(module)
+    if family is not None:
+        proj = _get(module, family.projection)
+        proj.__dict__.pop(_ATTR, None)
+        proj.__dict__.pop("_mpprune_tome_heads", None)
 
 
 def apply_tome(model: nn.Module, r: int = 8) -> dict:
@@ -338,8 +339,10 @@ def apply_tome(model: nn.Module, r: int = 8) -> dict:
     for i, (_, layer) in enumerate(layers):
         _patch(layer, family.forward, state)
         layer._mpprune_tome_index = i
-        hook = family.keys(state, int(_get(layer, family.heads)))
-        layer._mpprune_tome_hooks = [_get(layer, family.projection).register_forward_hook(hook)]
+        proj = _get(layer, family.projection)
+        setattr(proj, _ATTR, state)
+        proj._mpprune_tome_heads = int(_get(layer, family.heads))
+        layer._mpprune_tome_hooks = [proj.register_forward_hook(family.keys)]
     schedule = tome_token_schedule(n0, r, len(layers), protected)
     record = {
         "method": "tome",
