@@ -9,9 +9,10 @@ def paired_bootstrap_ci(a, b, n: int = 2000, seed: int = 0, level: float = 0.95)
 
     `a`, `b`: per-item scores of two methods on the same evaluation items (e.g. 0/1 correctness), equal length.
     """
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if d.ndim != 1 or len(d) == 0 or np.shape(a) != np.shape(b):
-        raise ValueError(f"need two equal-length 1-D arrays of per-item scores, got {np.shape(a)} and {np.shape(b)}")
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) == 0:
+        raise ValueError(f"need two equal-length 1-D arrays of per-item scores, got {a.shape} and {b.shape}")
+    d = a - b
     idx = np.random.default_rng(seed).integers(0, len(d), size=(n, len(d)))
     means = d[idx].mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])

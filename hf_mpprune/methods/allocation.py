@@ -1,5 +1,5 @@
 """Layer allocations: how the one-shot pruners (wanda, sparsegpt) split the global budget over the registered layers
-(docs/algorithms.md, "Layer allocations").
+(docs/algorithms.md §18.6).
 
 Every allocation gives each layer ℓ a weight w_ℓ (a sparsity before renormalisation); the prune counts are then
 c_ℓ ∝ w_ℓ·n_ℓ, capped, with exactly floor(s·P) in total (`common.layer_budgets`: water-filling plus largest

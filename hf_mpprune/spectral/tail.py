@@ -1,5 +1,5 @@
 """Power-law tail exponent of an empirical spectral density: PL_Alpha_Hill, as AlphaPruning uses it
-(docs/algorithms.md §19). Pure float64 numpy on eigenvalues; no model, no files.
+(docs/algorithms.md §18.6). Pure float64 numpy on eigenvalues; no model, no files.
 
 The ESD of a weight matrix W is its eigenvalues λ = σ² (squared singular values). Above a cut-off x_min the tail is
 modelled as p(λ) ∝ λ^(−α); the Hill (maximum-likelihood) estimate over the n eigenvalues λ_i ≥ x_min is
