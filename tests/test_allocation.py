@@ -14,17 +14,10 @@ from hf_mpprune import ConfigError, MPPruner, PruningConfig
 from hf_mpprune.methods.allocation import alpha_multipliers, outlier_ratio, owl_block_sparsity
 from hf_mpprune.methods.common import layer_budgets
 from hf_mpprune.spectral.tail import pl_alpha_hill
-from tests import tiny_models as tm
+from tests.test_methods_oneshot import calib_for as calib
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def calib(kind: str) -> list[dict]:
-    torch.manual_seed(1)
-    if kind == "vit":
-        return [tm.vit_inputs(batch=4) for _ in range(2)]
-    return [tm.bert_inputs(batch=4, seq=8) for _ in range(2)]
 
 
 def pruned_counts(masks) -> dict[str, int]:

@@ -37,7 +37,7 @@ def test_arguments():
     bench = load_bench()
     a = bench.parse_args(["--seeds", "3", "4", "--sparsities", "0.7", "--allocations", "uniform", "owl"])
     assert a.seeds == [3, 4] and a.sparsities == [0.7] and a.allocations == ["uniform", "owl"]
-    assert a.lrs == [1e-4, 3e-4, 1e-3] and a.pruners == ["wanda", "wanda+refit"] and a.ft_batch == 32
+    assert a.lrs == [1e-4] and a.pruners == ["wanda", "wanda+refit"] and a.ft_batch == 32
     for bad in (["--allocations", "owl"], ["--sparsities", "1.2"], ["--allocations", "lamp"]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
