@@ -17,6 +17,7 @@ remainder). The within-layer pruner (Wanda's rows, SparseGPT's OBS sweep) and th
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -205,12 +206,13 @@ def spectra_fits(ctx: PruneContext) -> dict:
 
 def layer_counts(ctx: PruneContext, *, scores: dict | None = None, batches=None) -> dict[str, int]:
     """Prune count of every layer under the config's allocation, exactly floor(s·P) in total; the allocation, its
-    settings, the statistic and each layer's allocated sparsity go to `ctx.record["allocation"]`.
+    settings, the statistic, each layer's allocated sparsity and the seconds spent go to `ctx.record["allocation"]`.
 
     `scores`: the layers' Wanda scores when the caller has them (OWL); otherwise OWL computes them from `batches`.
     """
     cfg = ctx.config
     name = cfg.allocation
+    t0 = time.perf_counter()
     numel = {la.name: la.numel for la in ctx.layers}
     cap = max(MAX_LAYER_SPARSITY, cfg.sparsity)
     record: dict = {}
@@ -231,6 +233,7 @@ def layer_counts(ctx: PruneContext, *, scores: dict | None = None, batches=None)
         ctx.record["allocation"] |= {
             "layer_weights": weights, "max_layer_sparsity": cap,
             "layer_sparsity": {n: counts[n] / numel[n] for n in counts},
+            "seconds": round(time.perf_counter() - t0, 3),  # OWL with SparseGPT: includes its extra forward
         }  # fmt: skip
         logger.info("allocation %s: layer sparsity %.3f … %.3f", name, *_range(counts, numel))
     return counts
