@@ -166,7 +166,7 @@ class MPPruner:
             )
         if spec.experimental:
             warn_experimental(spec.name)
-        if spec.needs_spectra and self.spectra is None:
+        if spec.uses_spectra(cfg) and self.spectra is None:
             self.analyze(progress=False)
         ctx = PruneContext(self.layers, cfg, self.model, self.spectra, calibration, self.masks, train_step)
         t0 = time.perf_counter()

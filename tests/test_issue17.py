@@ -201,7 +201,7 @@ def test_mp_sparsegpt_budgets_exact_and_beta0_is_sparsegpt(tiny_bert):
     masks = pruner.prune(calibration=calib)
     assert masks.num_pruned == math.floor(0.6 * pruner.layers.total_params)
     rec = pruner.ledger.steps[-1]
-    spars = rec["sparsegpt"]["layer_sparsity"]
+    spars = rec["allocation"]["layer_sparsity"]
     assert max(spars.values()) - min(spars.values()) > 0.05  # the MP weights move budgets between layers
     assert {n: round(float((~masks[n]).float().mean()), 6) for n in masks.names} == {
         n: round(v, 6) for n, v in spars.items()

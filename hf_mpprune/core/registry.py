@@ -55,16 +55,23 @@ class CycleHooks:
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered method: its config class, mask function and what it needs. `needs_spectra` may be a
+    function of the config (an option such as an allocation can make a method read the spectra)."""
+
     name: str
     config_cls: type[PruningConfig]
     fn: Callable[[PruneContext], Masks]
-    needs_spectra: bool = False
+    needs_spectra: bool | Callable[[PruningConfig], bool] = False
     needs_calibration: bool = False
     needs_training: bool = False
     structured: bool = False  # produces k:n masks
     experimental: bool = False
     description: str = ""
     cycle: CycleHooks = field(default_factory=CycleHooks)
+
+    def uses_spectra(self, config: PruningConfig) -> bool:
+        """Whether this method with `config` reads the dense model's spectra (the pruner fits them first)."""
+        return bool(self.needs_spectra(config) if callable(self.needs_spectra) else self.needs_spectra)
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -74,7 +81,7 @@ def register_method(
     name: str,
     config_cls: type[PruningConfig] = PruningConfig,
     *,
-    needs_spectra: bool = False,
+    needs_spectra: bool | Callable[[PruningConfig], bool] = False,
     needs_calibration: bool = False,
     needs_training: bool = False,
     structured: bool = False,

@@ -121,11 +121,13 @@ def select(ctx: PruneContext, raw: dict[str, torch.Tensor], scope: str = "global
 def wanda_scores(ctx: PruneContext, batches) -> dict[str, torch.Tensor]:
     """|W| · ‖x_j‖₂ per layer as (out, in) float64 matrices (CPU)."""
     sq = input_sq_norms(ctx.model, ctx.layers, batches)
-    out = {}
-    for layer in ctx.layers:
-        check_rows(layer, sq[layer.name])
-        out[layer.name] = layer.matrix_view().detach().cpu().double().abs() * sq[layer.name].sqrt().unsqueeze(0)
-    return out
+    return {layer.name: wanda_score(layer, sq[layer.name]) for layer in ctx.layers}
+
+
+def wanda_score(layer, sq_norms: torch.Tensor) -> torch.Tensor:
+    """|W| · ‖x_j‖₂ of one layer as an (out, in) float64 matrix (CPU), from its inputs' squared column norms."""
+    check_rows(layer, sq_norms)
+    return layer.matrix_view().detach().cpu().double().abs() * sq_norms.sqrt().unsqueeze(0)
 
 
 def row_prune(scores: torch.Tensor, counts: torch.Tensor, forced: torch.Tensor | None = None) -> torch.Tensor:
@@ -366,9 +368,10 @@ class MPBudgetOptions:
             raise ConfigError(f"max_layer_sparsity={self.max_layer_sparsity} must be in [sparsity={self.sparsity}, 1)")
 
 
-def layer_weights(ctx: PruneContext) -> dict[str, float]:
-    """w_ℓ from the oriented, z-scored signal of the dense model's spectra."""
-    cfg = ctx.config
+def layer_weights(ctx: PruneContext, opts: MPBudgetOptions | None = None) -> dict[str, float]:
+    """w_ℓ from the oriented, z-scored signal of the dense model's spectra, with the MP budget settings `opts`
+    (default: the config's own)."""
+    cfg = opts or ctx.config
     fits = ctx.spectra.by_layer() if ctx.spectra is not None else {}
     fn, sign = SIGNALS[cfg.signal]
     signal = {}
@@ -376,4 +379,4 @@ def layer_weights(ctx: PruneContext) -> dict[str, float]:
         v = fn(fits[la.name], la.shape) if la.name in fits else None
         signal[la.name] = sign * v if v is not None and math.isfinite(v) else None
     regime = SEBRegime(cfg.signal, cfg.beta, cfg.decay_end or math.inf, cfg.decay_power)
-    return seb_weights(signal, {la.name: la.role for la in ctx.layers}, cfg.sparsity, regime)
+    return seb_weights(signal, {la.name: la.role for la in ctx.layers}, ctx.config.sparsity, regime)

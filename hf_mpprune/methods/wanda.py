@@ -7,10 +7,10 @@ from ..core.config import PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.registry import PruneContext, register_method
+from .allocation import AllocationOptions, layer_counts, uses_spectra
 from .common import (
     CalibrationOptions,
     calibration_batches,
-    layer_budgets,
     masks_from_rows,
     previous_matrix,
     reconstruct_,
@@ -22,7 +22,7 @@ from .common import (
 
 
 @dataclass
-class WandaConfig(CalibrationOptions, PruningConfig):
+class WandaConfig(AllocationOptions, CalibrationOptions, PruningConfig):
     """Wanda: activation-aware magnitude, compared within each output row.
 
     Rounding [D] (`rounding`): `"exact"` (default) prunes exactly floor(s·P) entries over the registered layers, like
@@ -35,6 +35,8 @@ class WandaConfig(CalibrationOptions, PruningConfig):
     Inputs include padded token positions (the capture does not see attention masks).
 
     Args:
+        allocation, owl_m, owl_lambda, alpha_epsilon, alpha_xmin: the split of floor(s·P) over layers, see
+            `AllocationOptions` (default `"uniform"`; any other needs `rounding="exact"` and no `pattern`).
         calibration_samples, calibration_batch_size, reconstruct, percdamp: see `CalibrationOptions`.
     """
 
@@ -48,9 +50,12 @@ class WandaConfig(CalibrationOptions, PruningConfig):
             raise ConfigError(
                 f"rounding={self.rounding!r} must be 'exact' (floor(s*P) overall) or 'row' (floor(s*N_in) per row)"
             )
+        self._check_allocation()
+        if self.allocation != "uniform" and self.rounding == "row":
+            raise ConfigError(f"allocation={self.allocation!r} sets per-layer budgets: it needs rounding='exact'")
 
 
-@register_method("wanda", WandaConfig, needs_calibration=True)
+@register_method("wanda", WandaConfig, needs_spectra=uses_spectra, needs_calibration=True)
 @skips_grouped_convs
 def wanda(ctx: PruneContext) -> Masks:
     """Wanda: |W|·‖x‖₂ per output row from calibration activations (optionally OBS re-fit of kept weights)."""
@@ -60,7 +65,7 @@ def wanda(ctx: PruneContext) -> Masks:
     t1 = time.perf_counter()
     cfg = ctx.config
     if cfg.pattern is None and cfg.rounding == "exact":
-        counts = layer_budgets({la.name: la.numel for la in ctx.layers}, dict.fromkeys(scores, 1.0), cfg.sparsity, 1.0)
+        counts = layer_counts(ctx, scores=scores)
         masks = Masks(
             {la.name: la.from_matrix(rows_keep(scores[la.name], counts[la.name], previous_matrix(ctx, la))) for la in ctx.layers}
         )  # fmt: skip
