@@ -113,14 +113,16 @@ def prose_paragraphs(doc: str) -> list[str]:
                 ):
                     i += 1
             continue
+        if text.startswith(">>>"):  # a doctest: its lines and output, up to the next blank line
+            while i < len(lines) and lines[i].strip():
+                i += 1
+            keep.append(None)
+            continue
         header = re.match(r"^([A-Za-z][A-Za-z ]*):\s*$", text)
-        starts_block = text.startswith(".. ") or (header and header.group(1).lower() in DROP_SECTIONS)
-        if starts_block or text.startswith(">>>") or text.endswith("::"):
-            base = _indent(line)
+        if text.startswith(".. ") or text.endswith("::") or (header and header.group(1).lower() in DROP_SECTIONS):
+            base = _indent(line)  # a directive, a literal block or a Google-style section: its indented body
             i += 1
-            while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > base or lines[i].strip() == "..."):
-                if not lines[i].strip() and starts_block is False and text.startswith(">>>"):
-                    break  # doctest output ends at a blank line
+            while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > base):
                 i += 1
             keep.append(None)
             continue
