@@ -14,7 +14,8 @@ of the split, recall@1 and reciprocal rank, and their retention = pruned / dense
 Cells are (label, method, options, what they use: MP statistic, activations, re-fit); a cell runs on unstructured
 targets, k:n targets or both. `--cells` takes labels of `CELLS`, optionally with options in brackets
 (`mp-wanda[beta=-0.5]`). Comparisons (cell vs its control) carry a paired bootstrap CI over items, draws averaged
-per item (`benchmarks/stats.py`). Rows are written after every cell (`--resume` skips rows already there).
+per item (`benchmarks/stats.py`). Rows are written after every cell (`--resume` skips rows already there); runs
+of single draws in separate processes are combined with `--tables-only --merge FILES --out ALL`.
 
   python benchmarks/evidence.py --targets 0.5 0.6 0.7 2:4 --draws 0 1 2 \
       --out benchmarks/results/evidence_minilm.json.gz --table benchmarks/results/evidence_minilm.md
@@ -49,6 +50,7 @@ from hf_mpprune import MPPruner, PruningConfig  # noqa: E402
 
 IGNORE = ["re:pooler"]  # the sentence embedding is the mean-pooled last hidden state: the pooler is never used
 SHUFFLE_SEED = 0  # the fixed shuffle of the calibration samples that draws are cut from
+SAME = ("corpus_sha256", "split", "pairs", "samples", "batch_size", "max_length", "shuffle_seed")  # rows comparable
 
 
 @dataclass(frozen=True)
@@ -227,9 +229,8 @@ def run(
     result = {"meta": meta, "cells": {c.label: asdict(c) for c in cells}, "dense": {
         "ranks": ref["ranks"].tolist(), "recall1": float(stats.recall_at_1(ref["ranks"]).mean()),
         "mrr": float(stats.mean_reciprocal_rank(ref["ranks"]).mean())}, "rows": []}  # fmt: skip
-    same = ("corpus_sha256", "split", "pairs", "samples", "batch_size", "max_length", "shuffle_seed")
-    if previous and any(previous["meta"].get(k) != meta[k] for k in same):
-        raise SystemExit(f"--resume: the rows in --out were made with other settings ({same})")
+    if previous and any(previous["meta"].get(k) != meta[k] for k in SAME):
+        raise SystemExit(f"--resume: the rows in --out were made with other settings ({SAME})")
     kept = {k for k, v in (previous or {}).get("cells", {}).items() if result["cells"].get(k) == v}
     done = {(r["cell"], str(r["target"]), r["draw"]): r for r in (previous or {}).get("rows", []) if r["cell"] in kept}
     for draw in draws:  # draw by draw: an interrupted run still holds complete draws
@@ -269,6 +270,21 @@ def save(result: dict, path: Path) -> None:
 def load(path: Path) -> dict:
     raw = Path(path).read_bytes()
     return json.loads(gzip.decompress(raw) if Path(path).suffix == ".gz" else raw)
+
+
+def combine(results: list[dict]) -> dict:
+    """The rows of several runs with the same settings (e.g. one process per draw) as one result."""
+    first = results[0]
+    for r in results[1:]:
+        if (
+            any(r["meta"].get(k) != first["meta"].get(k) for k in SAME)
+            or r["dense"]["ranks"] != first["dense"]["ranks"]
+        ):
+            raise SystemExit(f"cannot combine runs made with other settings ({SAME})")
+    cells = {k: v for r in results for k, v in r["cells"].items()}
+    rows = {(x["cell"], str(x["target"]), x["draw"]): x for r in results for x in r["rows"]}
+    meta = {**first["meta"], "draws": sorted({x["draw"] for x in rows.values()})}
+    return {**first, "meta": meta, "cells": cells, "rows": list(rows.values())}
 
 
 # ---- tables -------------------------------------------------------------------------------------------------------
@@ -363,15 +379,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="rows as JSON (.json or .json.gz)")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out")
+    p.add_argument("--merge", nargs="*", default=[], help="rows of these result files too (e.g. other draws)")
     p.add_argument("--table", default=None, help="write the Markdown tables here")
-    p.add_argument("--tables-only", action="store_true", help="only rebuild the tables from --out")
+    p.add_argument("--tables-only", action="store_true", help="no run: tables of --out (+ --merge, saved to --out)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     comparisons = [tuple(c.split(":", 1)) for c in args.compare] if args.compare is not None else COMPARISONS
+    kept = args.resume or args.tables_only
+    files = [*args.merge, *([args.out] if kept and args.out and Path(args.out).exists() else [])]
+    previous = combine([load(f) for f in files]) if files else None
     if args.tables_only:
-        result = load(args.out)
+        if previous is None:
+            raise SystemExit("--tables-only needs --out (an existing result file) or --merge files")
+        result = previous
+        if args.merge:
+            save(result, Path(args.out))
     else:
-        previous = load(args.out) if args.resume and args.out and Path(args.out).exists() else None
         result = run(
             [find_cell(c) for c in args.cells], [parse_target(t) for t in args.targets], args.draws,
             split=args.split, samples=args.samples, batch_size=args.batch_size, max_length=args.max_length,

@@ -124,4 +124,8 @@ def test_one_cell_end_to_end_on_a_handful_of_sentences(docs, tmp_path, minilm_pa
     text = ev.tables(again, [("wanda+rec", "wanda"), ("wanda", "wanda")], resamples=200)
     assert "| wanda − wanda | +0.000 [+0.000, +0.000] |" in text and "| wanda+rec − wanda | +0." in text
     assert "Recall@1 retention" in text and "| wanda+rec | no | yes | yes |" in text
+    halves = [{**again, "rows": [r for r in again["rows"] if r["draw"] == d]} for d in (1, 0)]  # one run per draw
+    assert ev.tables(ev.combine(halves), [("wanda+rec", "wanda")], resamples=200) == ev.tables(
+        again, [("wanda+rec", "wanda")], resamples=200
+    )
     assert ev.find_cell("mp-wanda[beta=-0.5]").options == {"beta": -0.5}

@@ -6,11 +6,11 @@ import copy
 import pytest
 import torch
 
+import hf_mpprune.core.blockwise as bw
 import hf_mpprune.core.joined as joined_mod
 from hf_mpprune import MPPruner, PruningConfig
 from hf_mpprune.core.calibration import input_sq_norms
 from hf_mpprune.core.layers import discover_layers
-from hf_mpprune.core.sequential import sequential_hessians
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,25 +54,35 @@ def test_input_norms_count_real_tokens_only(tiny_bert):
             torch.testing.assert_close(got[name], t, rtol=1e-5, atol=1e-6)
 
 
-def _hessians(model, batches, monkeypatch, join=True):
+def _hessians(model, batches, monkeypatch, join=True, plain=False, granularity="layer"):
     seen = {}
     with monkeypatch.context() as mp:
         if not join:
             mp.setattr(joined_mod, "join_batches", lambda b: None)
-        tm = sequential_hessians(model, discover_layers(model), batches, lambda la, h: seen.__setitem__(la.name, h))
+        if plain:
+            mp.setattr(bw, "find_blocks", lambda model, layers: None)
+        layers = list(discover_layers(model))
+        tm = bw.block_sequential(
+            model, layers, batches, lambda la, h: seen.__setitem__(la.name, h), granularity=granularity
+        )
     return seen, tm
 
 
 def test_sequential_hessians_count_real_tokens_only_on_every_path(tiny_bert, monkeypatch):
+    """The dense model's Hessians (nothing rewritten) on padded batches equal those of every sequence alone, on
+    the joined, per-batch, plain (no block cache) and block-granularity paths, and with more padding."""
     truth, tm0 = _hessians(tiny_bert, _one_by_one(), monkeypatch, join=False)
     joined, tm1 = _hessians(tiny_bert, _padded(), monkeypatch)
     per_batch, tm2 = _hessians(tiny_bert, _padded(), monkeypatch, join=False)
     more_pad, tm3 = _hessians(tiny_bert, _padded(extra=4, pad_id=7), monkeypatch)
+    plain, tm4 = _hessians(tiny_bert, _padded(), monkeypatch, plain=True)
+    by_block, tm5 = _hessians(tiny_bert, _padded(extra=2, pad_id=3), monkeypatch, join=False, granularity="block")
     assert tm1.extra.get("joined_batches") == len(LENGTHS) == tm3.extra.get("joined_batches")
-    assert "joined_batches" not in tm2.extra and tm0.path == tm1.path == tm2.path == "blocks"
+    assert "joined_batches" not in tm2.extra and tm0.path == tm1.path == tm2.path == tm5.path == "blocks"
+    assert tm4.path.startswith("plain")
     assert set(truth) == set(joined) == {la.name for la in discover_layers(tiny_bert)}
     for name, h in truth.items():
-        for other in (joined, per_batch, more_pad):
+        for other in (joined, per_batch, more_pad, plain, by_block):
             torch.testing.assert_close(other[name], h, rtol=1e-5, atol=1e-7)
 
 

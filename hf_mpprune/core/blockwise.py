@@ -287,10 +287,10 @@ def block_sequential(
 
     Joined batches: when the batches can be joined (`joined.join_batches`, padded text batches of any lengths
     included) and the dense first block gives the same real-token rows on the joined batch as on its first and last
-    batch, all batches run as ONE, and the layer-sequential
-    default costs ONE forward per block: a pre-hook on each group's first layer builds the group's Hessian from
-    the input it receives and re-fits the group before the forward goes on (later groups see the rewritten earlier
-    ones; the output is the next block's input). Same results up to float rounding; `Timings.extra` records it.
+    batch, all batches run as ONE, and the layer-sequential default costs ONE forward per block: a pre-hook on each
+    group's first layer builds the group's Hessian from the input it receives and re-fits the group before the
+    forward goes on (later groups see the rewritten earlier ones; the output is the next block's input). Same
+    results up to float rounding; `Timings.extra` records it.
     """
     tm = timings if timings is not None else Timings()
     batches = list(batches)
