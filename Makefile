@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv venv-timm test test-timm test-all wheel lint demo bench bench-issue17 bench-gpu clean
+.PHONY: venv venv-timm test test-timm test-all wheel lint demo bench bench-issue17 bench-evidence corpus bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_digits_kn.py --seeds 0 1 2 --out benchmarks/out/digits_kn.json
 	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/bench_minilm_kn.py --seeds 0 1 2 --out benchmarks/out/minilm_kn.json
 	$(MAKE) bench-issue17
+	$(MAKE) bench-evidence
 
 # Issue 17: cost and quality against llm-compressor's SparseGPT (its own pinned venv, outside the repository),
 # measured in the same run; then the scaling table. PEER_VENV defaults to ../peer-venv.
@@ -76,6 +77,17 @@ bench-issue17: $(STAMP)
 		--out benchmarks/out/scaling.json
 	for s in 0 1 2; do HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 PYTHONPATH=. $(PY) benchmarks/bench_cast_vitb.py \
 		--mode full --images 32 --seed $$s --peer; done
+
+# Issue 21: the natural-text MiniLM table (docstring corpus, evaluation split, 3 calibration draws, paired bootstrap
+# CIs); quality only. Long on 2 cores (hours): rows are saved after every cell and --resume skips the ones done.
+bench-evidence: $(STAMP)
+	mkdir -p benchmarks/out
+	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/evidence.py --targets 0.5 0.6 0.7 2:4 --draws 0 1 2 --resume \
+		--out benchmarks/out/evidence_minilm.json.gz --table benchmarks/out/evidence_minilm.md
+
+# Rebuild the shipped natural-text corpus from the docstrings of the installed packages (benchmarks/corpus/).
+corpus: $(STAMP)
+	$(PY) benchmarks/build_corpus.py
 
 clean:
 	rm -rf $(VENV) $(VENV_TIMM) mpprune-demo .pytest_cache .ruff_cache

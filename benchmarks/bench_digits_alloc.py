@@ -31,7 +31,7 @@ from transformers import PrinterCallback
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.stats import paired_bootstrap_ci  # noqa: E402
+from benchmarks.stats import bootstrap_diff  # noqa: E402
 from hf_mpprune import MPDistillationArguments, MPDistillationTrainer, MPPruner, PruningConfig  # noqa: E402
 from hf_mpprune.builtins.digits import load_digits_splits, trained_digits_vit  # noqa: E402
 from hf_mpprune.training.trainer import realised_sparsity  # noqa: E402
@@ -143,7 +143,8 @@ def summarise(rows: list[dict], boot: int) -> list[dict]:
             accs = [100 * statistics.mean(items_of(r, phase, lr)) for r in rs]
             a = [x for r in rs for x in items_of(r, phase, lr)]
             b = [x for r in base for x in items_of(r, phase, base_lr)]
-            d, lo, hi = paired_bootstrap_ci(a, b, n=boot)
+            ci = bootstrap_diff(a, b, resamples=boot)
+            d, lo, hi = ci["diff"], ci["lo"], ci["hi"]
             line[phase] = {"mean": statistics.mean(accs), "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                            "diff": 100 * d, "lo": 100 * lo, "hi": 100 * hi}  # fmt: skip
         line["layer_sparsity_range"] = [min(r["layer_sparsity_range"][0] for r in rs),

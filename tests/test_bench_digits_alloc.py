@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks.stats import paired_bootstrap_ci
+from benchmarks.stats import bootstrap_diff
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,14 +23,15 @@ def load_bench():
     return mod
 
 
-def test_paired_bootstrap_ci_known_truth():
+def test_bootstrap_diff_known_truth():
     a, b = np.array([1, 1, 1, 0] * 50), np.array([1, 0, 1, 0] * 50)  # a wins 50 of 200 items, never loses
-    d, lo, hi = paired_bootstrap_ci(a, b, n=2000, seed=0)
-    assert d == 0.25 and lo < 0.25 < hi and lo > 0.15 and hi < 0.35
-    assert paired_bootstrap_ci(a, a) == (0.0, 0.0, 0.0)
-    assert paired_bootstrap_ci(a, b, seed=1) != paired_bootstrap_ci(a, b, seed=2)
-    with pytest.raises(ValueError, match="equal-length"):
-        paired_bootstrap_ci([1, 0], [1, 0, 1])
+    ci = bootstrap_diff(a, b, resamples=2000, seed=0)
+    assert ci["diff"] == 0.25 and ci["lo"] < 0.25 < ci["hi"] and ci["lo"] > 0.15 and ci["hi"] < 0.35
+    assert (bootstrap_diff(a, a)["lo"], bootstrap_diff(a, a)["hi"]) == (0.0, 0.0)
+    x, y = np.random.default_rng(0).normal(size=(2, 200))  # continuous scores: resampling seeds give other bounds
+    assert bootstrap_diff(x, y, seed=1)["lo"] != bootstrap_diff(x, y, seed=2)["lo"]
+    with pytest.raises(ValueError, match="paired per-item"):
+        bootstrap_diff([1, 0], [1, 0, 1])
 
 
 def test_arguments():

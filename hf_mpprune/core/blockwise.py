@@ -8,8 +8,9 @@ blocks (the `nn.ModuleList` holding most registered layers) are cached once and 
 time on the cache, like llm-compressor's sequential pipeline:
 
 * block inputs `(args, kwargs)` of every calibration batch are captured at block 0, then each block's output (on
-  the already modified block) becomes the next block's first argument; batches that line up are joined into one
-  (`joined.fuse_batches`), and then each block costs ONE forward, the layers being re-fitted inside it by hooks;
+  the already modified block) becomes the next block's first argument; the batches are joined into one where
+  they can be (`joined.join_batches`: padded text batches of different lengths are padded to the longest, the
+  added positions masked), and then each block costs ONE forward, the layers being re-fitted inside it by hooks;
 * otherwise layers fed the very same tensor (e.g. query / key / value) form one group with ONE Hessian, and each
   group costs one partial block forward that stops at its first layer;
 * registered layers before / after the blocks (patch embedding, pooler, head) use the plain path.
@@ -17,7 +18,8 @@ time on the cache, like llm-compressor's sequential pipeline:
 Equivalence is checked before anything is modified: on the first batch the cached chain of dense blocks must
 reproduce the inputs the real forward hands to every block (`torch.allclose`, rtol 1e-4). A model whose blocks take
 non-tensor state (KV caches), whose forward order interleaves blocks, or that fails the check is processed by the
-plain path (`Timings.path` says why). Hessians: float64 sums of `XᵀX` products computed in `hessian_dtype`.
+plain path (`Timings.path` says why). Hessians: float64 sums of `XᵀX` products computed in `hessian_dtype`, over
+the rows of real tokens only (every forward runs inside `calibration.real_tokens` with its batch's mask).
 """
 
 import logging
@@ -28,9 +30,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .calibration import layer_input_rows, run_batches
+from .calibration import layer_input_rows, real_tokens, run_batches
 from .errors import ConfigError
-from .joined import block_index, find_blocks, first_tensor, fuse_batches, fused_matches, hidden_of, with_hidden
+from .joined import (
+    StopForward,
+    block_index,
+    cache_block_inputs,
+    find_blocks,
+    first_tensor,
+    forward_until_stop,
+    hidden_of,
+    with_hidden,
+)
 from .layers import PrunableLayer
 from .validate import check_finite
 
@@ -38,10 +49,6 @@ from .validate import check_finite
 logger = logging.getLogger(__name__)
 
 _SIMPLE = (type(None), bool, int, float, str, torch.dtype, torch.device)
-
-
-class _Stop(Exception):
-    """Raised from a hook to end a forward early."""
 
 
 @dataclass
@@ -63,10 +70,6 @@ class Timings:
         }
         out.update({k: round(v, 3) if isinstance(v, float) else v for k, v in self.extra.items()})
         return out
-
-
-def _to(b: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
 
 
 def _simple_state(obj) -> bool:
@@ -120,13 +123,13 @@ def plan(
         if found is not None:
 
             def stop(mod, args):
-                raise _Stop
+                raise StopForward
 
             block_handles = [found[1][0].register_forward_pre_hook(stop)]
             for b in batches[1:]:
                 try:
                     run_batches(model, [b])
-                except _Stop:
+                except StopForward:
                     pass
         else:
             run_batches(model, batches[1:])
@@ -208,6 +211,13 @@ class _Hessian:
         return 2.0 * self.xtx.cpu() / max(1, self.rows)
 
 
+def _run(blk: nn.Module, entry: tuple):
+    """`blk` on one cache entry (args, kwargs, token mask): padded positions stay out of the statistics."""
+    args, kwargs, mask = entry
+    with real_tokens(mask):
+        return blk(*args, **kwargs)
+
+
 def _refit_inside_forward(tm: Timings, blk: nn.Module, groups, cache: list[tuple], dtype, call) -> None:
     """One forward of `blk` on the single cached batch; each group is handled by a pre-hook on its first layer
     (Hessian of the input it receives, then `call` for every layer of the group) before the forward goes on."""
@@ -229,8 +239,7 @@ def _refit_inside_forward(tm: Timings, blk: nn.Module, groups, cache: list[tuple
     handles = [g[0].module.register_forward_pre_hook(make(i, g)) for i, g in enumerate(groups)]
     t0, h0, s0 = time.perf_counter(), tm.hessian_s, tm.solve_s
     try:
-        args, kwargs = cache[0]
-        out = blk(*args, **kwargs)
+        out = _run(blk, cache[0])
     finally:
         for hd in handles:
             hd.remove()
@@ -238,7 +247,7 @@ def _refit_inside_forward(tm: Timings, blk: nn.Module, groups, cache: list[tuple
     if len(done) != len(groups):
         missing = [g[0].name for i, g in enumerate(groups) if i not in done]
         raise ConfigError(f"calibration forwards never reached layer(s) {missing[:10]}")
-    cache[0] = with_hidden(args, kwargs, hidden_of(out))
+    cache[0] = (*with_hidden(*cache[0][:2], hidden_of(out)), cache[0][2])
 
 
 def _partial(tm: Timings, layer: PrunableLayer, acc: _Hessian, forwards: Callable[[], None]) -> None:
@@ -246,7 +255,7 @@ def _partial(tm: Timings, layer: PrunableLayer, acc: _Hessian, forwards: Callabl
 
     def hook(mod, args):
         acc.add(layer_input_rows(layer, args[0].detach()))
-        raise _Stop
+        raise StopForward
 
     handle = layer.module.register_forward_pre_hook(hook)
     t0, h0 = time.perf_counter(), tm.hessian_s
@@ -276,11 +285,12 @@ def block_sequential(
     forward of the block as it was when the block was reached (earlier blocks already rewritten), so a block costs
     2 block forwards instead of (groups + 1); results differ from the layer-sequential default.
 
-    Joined batches: when the cached block inputs line up (`fuse_batches`) and the dense first block gives the same
-    rows on the joined batch as on its first and last batch, all batches run as ONE, and the layer-sequential
-    default costs ONE forward per block: a pre-hook on each group's first layer builds the group's Hessian from
-    the input it receives and re-fits the group before the forward goes on (later groups see the rewritten earlier
-    ones; the output is the next block's input). Same results up to float rounding; `Timings.extra` records it.
+    Joined batches: when the batches can be joined (`joined.join_batches`, padded text batches of any lengths
+    included) and the dense first block gives the same real-token rows on the joined batch as on its first and last
+    batch, all batches run as ONE, and the layer-sequential default costs ONE forward per block: a pre-hook on each
+    group's first layer builds the group's Hessian from the input it receives and re-fits the group before the
+    forward goes on (later groups see the rewritten earlier ones; the output is the next block's input). Same
+    results up to float rounding; `Timings.extra` records it.
     """
     tm = timings if timings is not None else Timings()
     batches = list(batches)
@@ -299,10 +309,7 @@ def block_sequential(
 
         def forwards():
             for b in batches:
-                try:
-                    model(**_to(b, device))
-                except _Stop:
-                    pass
+                forward_until_stop(model, b, device)
 
         _partial(tm, layer, acc, forwards)
         call(layer, acc.value(layer.name))
@@ -320,27 +327,10 @@ def block_sequential(
         tm.path = "blocks"
         for la in pl.pre:
             plain(la)
-        cache: list[tuple] = []
-
-        def grab(mod, args, kwargs):
-            cache.append((args, kwargs))
-            raise _Stop
-
         t0 = time.perf_counter()
-        handle = pl.blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            for b in batches:
-                try:
-                    model(**_to(b, device))
-                except _Stop:
-                    pass
-        finally:
-            handle.remove()
-        if len(cache) > 1:
-            fused = fuse_batches(cache)
-            if fused is not None and fused_matches(pl.blocks[0], cache, fused):
-                tm.extra["joined_batches"] = len(cache)
-                cache[:] = [fused]
+        cache, joined = cache_block_inputs(model, pl.blocks[0], batches)
+        if joined:
+            tm.extra["joined_batches"] = joined
         tm.forward_s += time.perf_counter() - t0
         for blk, groups in zip(pl.blocks, pl.groups):
             if granularity == "layer" and len(cache) == 1:
@@ -356,8 +346,8 @@ def block_sequential(
                 ]
                 t0, h0 = time.perf_counter(), tm.hessian_s
                 try:
-                    for args, kwargs in cache:
-                        blk(*args, **kwargs)
+                    for entry in cache:
+                        _run(blk, entry)
                 finally:
                     for hd in handles:
                         hd.remove()
@@ -371,10 +361,10 @@ def block_sequential(
                 acc = _Hessian(hessian_dtype, tm)
 
                 def forwards(blk=blk, cache=cache):
-                    for args, kwargs in cache:
+                    for entry in cache:
                         try:
-                            blk(*args, **kwargs)
-                        except _Stop:
+                            _run(blk, entry)
+                        except StopForward:
                             pass
 
                 _partial(tm, group[0], acc, forwards)
@@ -383,9 +373,9 @@ def block_sequential(
                     call(la, h)
             t0 = time.perf_counter()
             nxt = []
-            for args, kwargs in cache:
-                out = blk(*args, **kwargs)
-                nxt.append(with_hidden(args, kwargs, hidden_of(out)))
+            for args, kwargs, mask in cache:
+                out = _run(blk, (args, kwargs, mask))
+                nxt.append((*with_hidden(args, kwargs, hidden_of(out)), mask))
             cache[:] = nxt
             tm.forward_s += time.perf_counter() - t0
         cache.clear()

@@ -4,9 +4,14 @@ hashed for the ledger), and capture each registered layer's inputs through forwa
 Accepted inputs: a `datasets.Dataset` (or any sized, indexable collection of input dicts; one with a `collator`
 attribute, such as `hf_mpprune.data.Prepared`, is batched with it), a DataLoader or any
 iterable of input dicts (taken in order, it cannot be shuffled here), or one dict of batched tensors.
+
+Padding never enters a statistic: while a batch with a 2-D `attention_mask` (B, T) runs, every layer input laid out
+as (B, T, ...) gives only the rows of its unmasked positions (`layer_input_rows`), so XᵀX, ‖x_j‖ and the captured
+rows are those of real tokens whatever the padding of the batch.
 """
 
 import contextlib
+import contextvars
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -102,8 +107,28 @@ def as_batches(
     return CalibrationBatches(batches, count, "stream", _sha(first_bytes), seed)
 
 
+_TOKEN_MASK: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("token_mask", default=None)
+
+
+def token_mask(batch: Mapping) -> torch.Tensor | None:
+    """The real-token positions of a batch: its 2-D `attention_mask` as bool (B, T), or None (no mask: all real)."""
+    mask = batch.get("attention_mask")
+    return mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+
+@contextlib.contextmanager
+def real_tokens(mask: torch.Tensor | None):
+    """Inside the block, `layer_input_rows` keeps only the rows of the positions where `mask` (B, T) is True."""
+    token = _TOKEN_MASK.set(None if mask is None or bool(mask.all()) else mask)
+    try:
+        yield
+    finally:
+        _TOKEN_MASK.reset(token)
+
+
 def layer_input_rows(layer: PrunableLayer, x: torch.Tensor) -> torch.Tensor:
-    """A layer's input as rows of its matrix view's input space: (rows, N)."""
+    """A layer's input as rows of its matrix view's input space: (rows, N). Inside `real_tokens(mask)`, an input
+    laid out as (B, T, ..., N) with (B, T) = mask.shape gives the rows of the real (unmasked) positions only."""
     mod = layer.module
     if layer.kind == "conv2d":
         padding = mod.padding
@@ -114,6 +139,9 @@ def layer_input_rows(layer: PrunableLayer, x: torch.Tensor) -> torch.Tensor:
             x, mod.kernel_size, dilation=mod.dilation, padding=padding, stride=mod.stride
         )  # (B, C*kh*kw, L)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    mask = _TOKEN_MASK.get()
+    if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+        x = x[mask.to(x.device)]
     return x.reshape(-1, x.shape[-1])
 
 
@@ -143,7 +171,8 @@ def run_batches(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) ->
         for b in batches:
             check_batch_keys(model, b)
             try:
-                model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
+                with real_tokens(token_mask(b)):
+                    model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
             except (TypeError, RuntimeError, ValueError, AttributeError, KeyError, IndexError) as e:
                 shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in b.items()}
                 raise ConfigError(f"calibration batch {shapes} does not fit {type(model).__name__}: {e}") from e
@@ -152,7 +181,8 @@ def run_batches(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) ->
 
 
 def input_sq_norms(model: nn.Module, layers: LayerSet, batches: CalibrationBatches) -> dict[str, torch.Tensor]:
-    """Sum over calibration rows of x_j² for every input column j of every layer (Wanda's ‖x_j‖₂²), float64."""
+    """Sum over calibration rows (real tokens only) of x_j² for every input column j of every layer (Wanda's
+    ‖x_j‖₂²), float64."""
     acc: dict[str, torch.Tensor] = {}
 
     def add(layer: PrunableLayer, rows: torch.Tensor) -> None:

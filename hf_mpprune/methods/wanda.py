@@ -32,7 +32,7 @@ class WandaConfig(AllocationOptions, CalibrationOptions, PruningConfig):
     every layer (e.g. s = 0.5 on BERT/ViT shapes). `"row"` is the reference rule: floor(s·N_in) per output row, so
     the achieved sparsity is Σ_ℓ M_ℓ·floor(s·N_ℓ)/P ≤ s. Ties: lower input index pruned first.
     With `pattern="k:n"` the k highest scores of every n consecutive inputs are kept per row (tail stays dense).
-    Inputs include padded token positions (the capture does not see attention masks).
+    Padded token positions (a batch's 2-D `attention_mask`) are left out of ‖x_j‖.
 
     Args:
         allocation, owl_m, owl_lambda, alpha_epsilon, alpha_xmin: the split of floor(s·P) over layers, see
