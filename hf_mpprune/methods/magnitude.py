@@ -37,11 +37,11 @@ class MagnitudeConfig(CalibrationOptions, PruningConfig):
 @register_method("magnitude", MagnitudeConfig)
 def magnitude(ctx: PruneContext) -> Masks:
     """Global (or per-layer) unstructured magnitude pruning, cumulative across cycles; k:n with `pattern`."""
-    batches = calibration_batches(ctx) if ctx.config.reconstruct else None  # fail before any work if missing
+    batches = calibration_batches(ctx) if ctx.config.sequential_pass else None  # fail before any work if missing
     if ctx.config.pattern is not None:  # k largest |W| per (row, group), head skipped (docs/algorithms.md §8.10)
         masks = magnitude_kn(ctx)
     else:
         masks = select(ctx, {layer.name: layer.weight.abs() for layer in ctx.layers}, ctx.config.scope)
-    if ctx.config.reconstruct:
+    if ctx.config.sequential_pass:
         reconstruct_(ctx, masks, batches)
     return masks

@@ -15,6 +15,7 @@ from ...core.masks import Masks
 from ...core.obs import sparsegpt_prune
 from ...core.registry import PruneContext, register_method
 from ...core.sequential import sequential_hessians
+from .cast import align
 from .geometry import (
     KNMethodConfig,
     cells,
@@ -25,7 +26,11 @@ from .geometry import (
     to_grouped,
     unwrap,
 )  # fmt: skip
-from .select import finish_kn, kn_select
+from .permute import PermuteOptions
+from .select import finish_kn, kn_select, ria_scores
+
+
+SCORES = ("wanda", "ria")
 
 
 def _setup(ctx: PruneContext):
@@ -39,14 +44,35 @@ def _setup(ctx: PruneContext):
                              strict_tail=cfg.strict_tail)  # fmt: skip
     ctx.record["calibration"] = batches.record()
     ctx.record["kn"] = {"pattern": str(cfg.pattern), "skipped": skipped, "mask": "kept-slot pattern"}
+    if cfg.permute_align:
+        if ctx.previous is not None:
+            raise ConfigError(f"{cfg.method} permute_align=True needs an unpruned source (no earlier masks); "
+                              "use 'cast', which carries earlier masks through the permutation")  # fmt: skip
+        perms = align(ctx, eligible, batches, {}, None)
+        ctx.record["permutations"] = {k: v["perm"] for k, v in perms.items() if v["folded_into"] is None}
+        ctx.record["folded_permutations"] = {k: v["folded_into"] for k, v in perms.items() if v["folded_into"]}
     return batches, eligible
 
 
 @dataclass
-class WandaKNConfig(KNMethodConfig):
-    """Wanda k:n: score |W_ij|·‖x_j‖₂ over the calibration inputs, keep the top k per (row, group) of n."""
+class WandaKNConfig(PermuteOptions, KNMethodConfig):
+    """Wanda k:n: score |W_ij|·‖x_j‖₂ over the calibration inputs, keep the top k per (row, group) of n.
+
+    Args:
+        score (`str`, defaults to `"wanda"`): `"ria"` = RIA's relative importance and activation,
+            (|W_ij|/Σ_i|W_ij| + |W_ij|/Σ_j|W_ij|)·‖x_j‖₂^0.5 (`hf_mpprune.methods.kn.select.ria_scores`).
+        permute_align, permute_unfoldable, perm_importance: input-channel permutation before scoring
+            (`hf_mpprune.methods.kn.permute.PermuteOptions`; `perm_importance="ria"` = RIA's channel reallocation).
+    """
 
     method: str = "wanda-kn"
+    score: str = "wanda"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.score not in SCORES:
+            raise ConfigError(f"score={self.score!r} must be one of {SCORES}")
+        self._check_permute()
 
 
 @register_method("wanda-kn", WandaKNConfig, needs_calibration=True, structured=True)
@@ -57,18 +83,22 @@ def wanda_kn(ctx: PruneContext) -> Masks:
     norms = input_sq_norms(ctx.model, eligible, batches)
     scores = {}
     for la in eligible:
-        mat = la.matrix_view(la.weight.detach()).abs().double().cpu() * norms[la.name].sqrt().unsqueeze(0)
-        scores[la.name] = la.from_matrix(mat)
+        w = la.matrix_view(la.weight.detach()).abs().double().cpu()
+        ria = ctx.config.score == "ria"
+        scores[la.name] = la.from_matrix(ria_scores(w, norms[la.name]) if ria else w * norms[la.name].sqrt())
+    ctx.record["kn"]["score"] = ctx.config.score
     return kn_select(ctx, scores, eligible, {"conv_grouping": ctx.config.conv_grouping})
 
 
 @dataclass
-class SparseGPTKNConfig(KNMethodConfig):
+class SparseGPTKNConfig(PermuteOptions, KNMethodConfig):
     """SparseGPT k:n: OBS pruning column by column with k kept of every n (sequential over layers).
 
     Args:
         blocksize (`int`, defaults to 128): lazy-update block (rounded to a multiple of n).
         percdamp (`float`, defaults to 0.01): Hessian damping, fraction of the mean diagonal.
+        permute_align, permute_unfoldable, perm_importance: input-channel permutation before pruning
+            (`hf_mpprune.methods.kn.permute.PermuteOptions`).
     """
 
     method: str = "sparsegpt-kn"
@@ -79,6 +109,7 @@ class SparseGPTKNConfig(KNMethodConfig):
         super().__post_init__()
         if self.blocksize < 1 or not 0 <= self.percdamp < 1:
             raise ConfigError(f"blocksize={self.blocksize} must be >= 1 and percdamp={self.percdamp} in [0, 1)")
+        self._check_permute()
 
 
 @register_method("sparsegpt-kn", SparseGPTKNConfig, needs_calibration=True, structured=True)
