@@ -251,3 +251,13 @@ def test_failure_midway_leaves_the_model_unchanged(tiny_bert, monkeypatch):
         pruner.prune(calibration=calib("bert"))
     after = tiny_bert.state_dict()
     assert calls["n"] == 4 and all(torch.equal(before[k], after[k]) for k in before) and pruner.masks is None
+
+
+def test_magnitude_kn_refit_and_refine_target_the_dense_weights(tiny_bert):
+    dense = {k: v.detach().clone() for k, v in tiny_bert.state_dict().items()}
+    pruner, masks = prune(tiny_bert, "bert", method="magnitude", pattern="2:4", reconstruct=True, refine="dsnot")
+    la = pruner.layers.layers[0]
+    kept = masks[la.name]
+    assert not torch.equal(la.weight[kept], dense[la.name + ".weight"][kept])  # re-fitted, not the masked original
+    assert kn_violations(la.matrix_view().detach(), KeepPattern(2, 4))[1] == 0
+    assert pruner.ledger.steps[-1]["refine"]["total_objective"] > 0

@@ -1,4 +1,4 @@
-"""Joint mask / weight optimisation of one layer by ADMM (docs/algorithms.md, "Refining the mask").
+"""Joint mask / weight optimisation of one layer by ADMM (docs/algorithms.md §18.6).
 
 Pure functions on one weight matrix `W` (out, in), its calibration Hessian `H = 2 XᵀX / rows` (in, in) and a
 `Budget` (what the final mask must satisfy: per-row prune counts, or a k:n pattern, plus entries that must stay
@@ -20,8 +20,9 @@ Two schedules, both written from their papers' descriptions:
   set grows inside the k:n-pruned set of B + U), then stays fixed; 20 iterations.
 - `"alps"` (Meng et al. 2024): starts from the method's mask, projects onto the full budget at every step, ρ₀ = 0.1
   with damping 0.01 · mean diag(H), and every 3 steps ρ grows with the support change (×1.3 above 10 % of the kept
-  entries, ×1.2 above 0.5 %, ×1.1 above 0) — or, before any growth, shrinks ×1/5 and restarts when the support
-  does not move; stops when the support is stable; at most 300 steps. One eigendecomposition of H serves every ρ.
+  entries, ×1.2 above 0.5 %, ×1.1 above 0 once it has grown) — before any growth it shrinks ×1/5 instead
+  (restarting from the method's mask when the support moved a little); stops when the support is stable; at most
+  300 steps. One eigendecomposition of H serves every ρ.
 
 The result is Z (in original coordinates) and its mask; callers re-fit the survivors by least squares
 (`obs.obs_reconstruct`).

@@ -3,7 +3,7 @@
 `RefineOptions` is the config mixin of the calibrated one-shot methods and CAST; `LayerRefiner` runs the chosen
 refinement on one layer at a time inside the sequential pass (the Hessians, block caching and re-fit solver of the
 re-fit), keeps the method's budget exactly, and writes the ledger record. The math is in `admm` (joint mask /
-weight ADMM, two schedules) and `swap` (prune-and-grow swaps). docs/algorithms.md, "Refining the mask".
+weight ADMM, two schedules) and `swap` (prune-and-grow swaps). docs/algorithms.md §18.6.
 """
 
 import time

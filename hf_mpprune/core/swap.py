@@ -1,5 +1,5 @@
-"""Training-free mask refinement of one layer by prune-and-grow swaps (DSnoT-style; docs/algorithms.md,
-"Refining the mask").
+"""Training-free mask refinement of one layer by prune-and-grow swaps (DSnoT-style; docs/algorithms.md
+§18.6).
 
 DSnoT (Zhang et al., 2024) swaps one pruned and one kept weight per output row at a time while that lowers a
 reconstruction error, without touching the weights. Its error is the expected output shift Σ_j∈P w_j E[x_j]; here
