@@ -53,6 +53,12 @@ class RefineOptions:
         if it is not None and self.refine is None:
             raise ConfigError(f"refine_iters={it} does nothing without refine= (one of {REFINERS})")
 
+    @property
+    def sequential_pass(self) -> bool:
+        """True when a sequential pass over the layers follows the mask choice: the re-fit (`reconstruct` of
+        `RefitOptions`, mixed in beside) and / or this refinement."""
+        return bool(getattr(self, "reconstruct", False)) or self.refine is not None
+
     def refine_default_iters(self) -> int:
         """The iterations (or cycles) this refinement runs at most."""
         if self.refine_iters is not None:

@@ -51,11 +51,6 @@ class CalibrationOptions(RefineOptions, RefitOptions):
         self._check_refit()
         self._check_refine()
 
-    @property
-    def sequential_pass(self) -> bool:
-        """True when a sequential pass over the layers follows the mask choice (re-fit and / or refinement)."""
-        return bool(self.reconstruct) or self.refine is not None
-
 
 def calibration_batches(ctx: PruneContext) -> CalibrationBatches:
     """Sample the calibration batches named by the config; record their identity in the ledger step."""

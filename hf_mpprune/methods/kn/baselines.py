@@ -5,6 +5,7 @@ All share CAST's eligibility (task head skipped structurally, ineligible convs s
 are, rows < n an error), its kept-slot masks and its legality audit in the ledger record.
 """
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ from ...core.calibration import as_batches, input_sq_norms
 from ...core.errors import ConfigError
 from ...core.masks import Masks
 from ...core.obs import sparsegpt_prune
+from ...core.refine import peak_rss_mib
 from ...core.registry import PruneContext, register_method
 from ...core.sequential import sequential_hessians
 from .cast import align
@@ -44,6 +46,7 @@ def _setup(ctx: PruneContext):
                              strict_tail=cfg.strict_tail)  # fmt: skip
     ctx.record["calibration"] = batches.record()
     ctx.record["kn"] = {"pattern": str(cfg.pattern), "skipped": skipped, "mask": "kept-slot pattern"}
+    t0 = time.perf_counter()
     if cfg.permute_align:
         if ctx.previous is not None:
             raise ConfigError(f"{cfg.method} permute_align=True needs an unpruned source (no earlier masks); "
@@ -51,7 +54,15 @@ def _setup(ctx: PruneContext):
         perms = align(ctx, eligible, batches, {}, None)
         ctx.record["permutations"] = {k: v["perm"] for k, v in perms.items() if v["folded_into"] is None}
         ctx.record["folded_permutations"] = {k: v["folded_into"] for k, v in perms.items() if v["folded_into"]}
+    ctx.record["time_split"] = {"permutation_s": round(time.perf_counter() - t0, 3)}
     return batches, eligible
+
+
+def _finish(ctx: PruneContext, masks: Masks, eligible, **seconds: float) -> Masks:
+    """Time split and the process's peak memory into the ledger step, then the shared k:n finish."""
+    ctx.record["time_split"].update({k: round(v, 3) for k, v in seconds.items()})
+    ctx.record["memory"] = {"process_peak_rss_mib": peak_rss_mib()}
+    return masks if eligible is None else finish_kn(ctx, masks, eligible, ctx.config.conv_grouping)
 
 
 @dataclass
@@ -80,14 +91,17 @@ class WandaKNConfig(PermuteOptions, KNMethodConfig):
 def wanda_kn(ctx: PruneContext) -> Masks:
     """Wanda k:n baseline: |W|·‖x‖ top-k per (row, group)."""
     batches, eligible = _setup(ctx)
+    t0 = time.perf_counter()
     norms = input_sq_norms(ctx.model, eligible, batches)
+    t1 = time.perf_counter()
     scores = {}
     for la in eligible:
         w = la.matrix_view(la.weight.detach()).abs().double().cpu()
         ria = ctx.config.score == "ria"
         scores[la.name] = la.from_matrix(ria_scores(w, norms[la.name]) if ria else w * norms[la.name].sqrt())
     ctx.record["kn"]["score"] = ctx.config.score
-    return kn_select(ctx, scores, eligible, {"conv_grouping": ctx.config.conv_grouping})
+    masks = kn_select(ctx, scores, eligible, {"conv_grouping": ctx.config.conv_grouping})
+    return _finish(ctx, masks, None, calibration_forwards_s=t1 - t0, mask_choice_s=time.perf_counter() - t1)
 
 
 @dataclass
@@ -131,6 +145,7 @@ def sparsegpt_kn(ctx: PruneContext) -> Masks:
         layer.weight.copy_(from_grouped(layer, w_new, order).to(layer.weight.device))
         keeps[layer.name] = from_grouped(layer, keep, order)
 
-    sequential_hessians(ctx.model, eligible, batches, prune_layer)
+    tm = sequential_hessians(ctx.model, eligible, batches, prune_layer)
     masks = {la.name: keeps.get(la.name, source_keep(la, ctx.previous)) for la in ctx.layers}
-    return finish_kn(ctx, Masks(masks, cfg.pattern), eligible, cfg.conv_grouping)
+    return _finish(ctx, Masks(masks, cfg.pattern), eligible, calibration_forwards_s=tm.forward_s,
+                   hessians_s=tm.hessian_s, mask_choice_and_update_s=tm.solve_s)  # fmt: skip
