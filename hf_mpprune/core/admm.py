@@ -110,10 +110,11 @@ class _Solver:
     changes (`"alps"`)."""
 
     def __init__(self, hn: torch.Tensor, rho: float, fixed: bool, work: torch.dtype):
-        self.work, self.fixed, self.rho = work, fixed, rho
-        eye = torch.eye(hn.shape[0], dtype=hn.dtype)
+        """`hn` (float64) is overwritten."""
+        self.fixed, self.rho = fixed, rho
         if fixed:
-            self.inv = spd_inverse(hn + rho * eye).to(work)
+            hn.diagonal().add_(rho)
+            self.inv = spd_inverse(hn).to(work)
         else:
             vals, vecs = torch.linalg.eigh(hn)
             self.vals, self.vecs = vals.to(work), vecs.to(work)
@@ -152,22 +153,22 @@ def admm_prune(
     live = diag > 0
     d = torch.where(live, diag, torch.ones_like(diag)).sqrt()
     hn = H.double() / d.unsqueeze(0) / d.unsqueeze(1)
-    hn.diagonal().add_(damp * float(hn.diagonal()[live].mean()) if bool(live.any()) else damp)
-    solve = _Solver(hn, rho, schedule == "admm", work)
+    hn.diagonal().add_(damp)  # the live diagonal is 1 after the scaling: damp · mean diag
     wn = (W.double() * d).to(work)
     target = wn @ hn.to(work)  # H W in row form
+    solve = _Solver(hn, rho, schedule == "admm", work)
     del hn
     live_w = live.to(work)
     b, u = wn.clone(), torch.zeros_like(wn)
     keep = keep0.clone()
-    grown, last, t = False, keep.clone(), 0
+    grown, last, t, start = False, keep.clone(), 0, 0
     kept_total = max(1, int(keep0.sum()))
     ramp = min(period, iters)
     for t in range(iters):
         v = b + u
         if schedule == "admm" and t < ramp:
             keep = budget.keep(v.abs() * live_w, 1.0 - (1.0 - (t + 1) / ramp) ** 3)
-        elif schedule == "alps" and t > 0:
+        elif schedule == "alps" and t != start:  # at the start (and a restart) the method's mask
             keep = budget.keep(v.abs() * live_w)
         z = v * keep
         u = v - z  # u + b − z
@@ -182,7 +183,7 @@ def admm_prune(
                 break
             factor = 1.3 if rel > 0.1 else 1.2 if rel > 0.005 else 1.1 if grown else 0.2
             if change and not grown and factor == 0.2:  # ρ₀ too large for a small move: restart with a smaller ρ
-                b, u, keep = wn.clone(), torch.zeros_like(wn), keep0.clone()
+                b, u, keep, start = wn.clone(), torch.zeros_like(wn), keep0.clone(), t + 1
             grown = grown or factor > 1.0
             new_rho = min(_RHO_MAX, solve.rho * factor)
             u = u * (solve.rho / new_rho)  # the scaled dual follows ρ (the unscaled one is ρ·U)
@@ -192,5 +193,5 @@ def admm_prune(
     if stats is not None:
         stats["iterations"] = t + 1 if iters else 0
         stats["rho"] = solve.rho
-        stats["buffer_bytes"] = sum(t.numel() * t.element_size() for t in (wn, target, b, u, *solve.buffers()))
+        stats["buffer_bytes"] = sum(x.numel() * x.element_size() for x in (wn, target, b, u, *solve.buffers()))
     return z, keep
