@@ -225,6 +225,8 @@ def test_ria_and_snake_reallocation_feed_wanda_kn(tiny_vit, monkeypatch):
                           permute_align=True, perm_importance="ria")  # fmt: skip
     step = pruner.ledger.steps[-1]
     assert step["kn"]["score"] == "ria" and step["legality"]["ok"] and step["folded_permutations"]
+    assert set(step["time_split"]) == {"permutation_s", "calibration_forwards_s", "mask_choice_s"}
+    assert step["memory"]["process_peak_rss_mib"] > 0
     assert masks != bmasks
     # the reallocation alone is exact: with the selection switched off, the permuted model gives the dense outputs
     monkeypatch.setattr(baselines, "kn_select", lambda ctx, *a: Masks.from_model(ctx.model, ctx.layers.names))

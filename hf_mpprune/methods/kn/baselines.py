@@ -58,11 +58,10 @@ def _setup(ctx: PruneContext):
     return batches, eligible
 
 
-def _finish(ctx: PruneContext, masks: Masks, eligible, **seconds: float) -> Masks:
-    """Time split and the process's peak memory into the ledger step, then the shared k:n finish."""
+def _cost(ctx: PruneContext, **seconds: float) -> None:
+    """The time split and the process's peak memory so far into the ledger step."""
     ctx.record["time_split"].update({k: round(v, 3) for k, v in seconds.items()})
     ctx.record["memory"] = {"process_peak_rss_mib": peak_rss_mib()}
-    return masks if eligible is None else finish_kn(ctx, masks, eligible, ctx.config.conv_grouping)
 
 
 @dataclass
@@ -101,7 +100,8 @@ def wanda_kn(ctx: PruneContext) -> Masks:
         scores[la.name] = la.from_matrix(ria_scores(w, norms[la.name]) if ria else w * norms[la.name].sqrt())
     ctx.record["kn"]["score"] = ctx.config.score
     masks = kn_select(ctx, scores, eligible, {"conv_grouping": ctx.config.conv_grouping})
-    return _finish(ctx, masks, None, calibration_forwards_s=t1 - t0, mask_choice_s=time.perf_counter() - t1)
+    _cost(ctx, calibration_forwards_s=t1 - t0, mask_choice_s=time.perf_counter() - t1)
+    return masks
 
 
 @dataclass
@@ -147,5 +147,5 @@ def sparsegpt_kn(ctx: PruneContext) -> Masks:
 
     tm = sequential_hessians(ctx.model, eligible, batches, prune_layer)
     masks = {la.name: keeps.get(la.name, source_keep(la, ctx.previous)) for la in ctx.layers}
-    return _finish(ctx, Masks(masks, cfg.pattern), eligible, calibration_forwards_s=tm.forward_s,
-                   hessians_s=tm.hessian_s, mask_choice_and_update_s=tm.solve_s)  # fmt: skip
+    _cost(ctx, calibration_forwards_s=tm.forward_s, hessians_s=tm.hessian_s, mask_choice_and_update_s=tm.solve_s)
+    return finish_kn(ctx, Masks(masks, cfg.pattern), eligible, cfg.conv_grouping)
