@@ -12,6 +12,7 @@ from hf_mpprune.core import refine as refine_mod
 from hf_mpprune.core.admm import Budget, admm_prune, layer_objective
 from hf_mpprune.core.masks import Masks, kn_violations
 from hf_mpprune.core.obs import hessian, obs_reconstruct
+from hf_mpprune.core.refine import LayerRefiner
 from hf_mpprune.core.swap import swap_refine
 from hf_mpprune.methods.common import kn_prune, row_prune
 from hf_mpprune.methods.kn import baselines
@@ -198,6 +199,7 @@ def test_end_to_end_exact_budgets_and_ledger(kind, method, refine, tiny_bert, ti
     assert set(rec["layers"]) == set(pruner.layers.names)
     assert all(r["objective"] <= r["initial_mask_objective"] * (1 + 1e-9) for r in rec["layers"].values())
     assert rec["total_objective"] < rec["total_initial_mask_objective"]
+    assert {r["weights"] for r in rec["layers"].values()} <= ({"refit"} if refine == "dsnot" else {"refit", "admm"})
     assert set(rec["time_split"]) == {"refine_s", "refit_s", "initial_mask_refit_and_objectives_s"}
     assert rec["memory"]["largest_layer_buffers_mib"] > 0
     assert rec["weights"].startswith("least-squares") == (refine != "dsnot" or opts.get("reconstruct", False))
@@ -263,3 +265,23 @@ def test_magnitude_kn_refit_and_refine_target_the_dense_weights(tiny_bert):
     assert not torch.equal(la.weight[kept], dense[la.name + ".weight"][kept])  # re-fitted, not the masked original
     assert kn_violations(la.matrix_view().detach(), KeepPattern(2, 4))[1] == 0
     assert pruner.ledger.steps[-1]["refine"]["total_objective"] > 0
+
+
+def test_layer_refiner_takes_the_better_weights_and_guards_the_initial_mask(monkeypatch):
+    w, h = random_layer(seed=3, cols=32)
+    s = torch.logspace(-1, 1, 32, dtype=torch.float64)  # inputs on very different scales
+    h = h * s.unsqueeze(0) * s.unsqueeze(1)
+    cfg = PruningConfig.from_dict({"method": "wanda", "refine": "alps"})
+    keep0 = wanda_rows(w, h, 0.6)
+    ref = LayerRefiner(cfg, cfg.refit_kwargs(), {})
+    new, keep = ref("l", w, h, keep0)
+    rec = ref.layers["l"]
+    assert layer_objective(w, new, h) == pytest.approx(rec["objective"])
+    assert rec["objective"] <= layer_objective(w, obs_reconstruct(w, h, keep, **cfg.refit_kwargs()), h) + 1e-9
+    assert rec["objective"] < rec["initial_mask_objective"] and not rec["kept_initial_mask"]
+    # a refinement that does worse than the method's mask is not taken: the layer keeps the mask and its re-fit
+    worst = row_prune(-(w.abs() * h.diagonal().sqrt()), (~keep0).sum(1))
+    monkeypatch.setattr(refine_mod, "admm_prune", lambda W, *a, **k: (W * worst, worst))
+    new, keep = ref("bad", w, h, keep0)
+    assert torch.equal(keep, keep0) and ref.layers["bad"]["kept_initial_mask"]
+    torch.testing.assert_close(new, obs_reconstruct(w, h, keep0, **cfg.refit_kwargs()))

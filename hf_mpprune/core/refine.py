@@ -81,10 +81,16 @@ def peak_rss_mib() -> float | None:
 class LayerRefiner:
     """Refine one layer at a time (`__call__`) and collect the ledger record (`record`).
 
+    After ADMM the layer takes the re-fit of the survivors, or ADMM's own iterate Z on the same mask when Z has the
+    lower objective (Z solves the problem damped relative to each input's own scale, the re-fit damps by the mean
+    diagonal; `admm_weights_if_lower`).
+
     Args:
         options: a config with `RefineOptions` (and `reconstruct`). refit_kwargs: `RefitOptions.refit_kwargs()`.
         solver_stats: the re-fit solver's counters (shared with the re-fit record).
     """
+
+    admm_weights_if_lower = True
 
     def __init__(self, options, refit_kwargs: dict, solver_stats: dict):
         self.kind, self.iters = options.refine, options.refine_default_iters()
@@ -113,26 +119,30 @@ class LayerRefiner:
         budget = Budget.of(keep0, pattern, forced)
         st: dict = {}
         t0 = time.perf_counter()
+        z = None
         if self.kind == "dsnot":
             keep = swap_refine(W, H, keep0, budget, self.iters, st)
         else:
-            _, keep = admm_prune(W, H, keep0, budget, schedule=self.kind, iters=self.iters, stats=st)
+            z, keep = admm_prune(W, H, keep0, budget, schedule=self.kind, iters=self.iters, stats=st)
         t1 = time.perf_counter()
         new = self._weights(W, H, keep)
+        f_new = layer_objective(W, new, H)
+        if z is not None and self.admm_weights_if_lower and (f_z := layer_objective(W, z, H)) < f_new:
+            new, f_new, st["weights"] = z.to(W.dtype), f_z, "admm"  # ADMM's own Z fits better than the re-fit
         t2 = time.perf_counter()
         base = self._weights(W, H, keep0)
-        f_new, f_base = layer_objective(W, new, H), layer_objective(W, base, H)
+        f_base = layer_objective(W, base, H)
         t3 = time.perf_counter()
         kept_initial = f_new > f_base
         rec = {
             "objective": f_new, "initial_mask_objective": f_base, "kept_initial_mask": kept_initial,
-            "changed_entries": int((keep != keep0).sum()),
+            "changed_entries": int((keep != keep0).sum()), "weights": st.get("weights", "refit"),
         }  # fmt: skip
         rec.update({k: st[k] for k in ("iterations", "rho", "cycles", "swaps") if k in st})
         self.layers[name] = rec
         for key, dt in zip(self.seconds, (t1 - t0, t2 - t1, t3 - t2)):
             self.seconds[key] += dt
-        held = st.get("buffer_bytes", 0) + sum(t.numel() * t.element_size() for t in (new, base))
+        held = st.get("buffer_bytes", 0) + sum(t.numel() * t.element_size() for t in (new, base, z) if t is not None)
         self.buffer_bytes = max(self.buffer_bytes, held)
         if kept_initial:
             return base, keep0.clone()
@@ -143,6 +153,8 @@ class LayerRefiner:
         f = sum(r["objective"] for r in self.layers.values())
         f0 = sum(r["initial_mask_objective"] for r in self.layers.values())
         weights = "least-squares re-fit of the survivors" if self.refits else "masked dense weights (no update)"
+        if self.kind != "dsnot":
+            weights += ", or ADMM's iterate where its objective is lower (layers[...]['weights'] == 'admm')"
         return {
             "kind": self.kind, "max_iterations": self.iters, "weights": weights,
             "objective": "tr((W - W_new) H (W - W_new)^T), H = 2 X^T X / rows from the sequential pass",
