@@ -10,6 +10,7 @@ from ..core.config import PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.obs import sparsegpt_prune, sweep_factor
+from ..core.refine import LayerRefiner
 from ..core.refit import hessian_dtype
 from ..core.registry import PruneContext, register_method
 from ..core.sequential import sequential_apply
@@ -36,8 +37,9 @@ class SparseGPTConfig(AllocationOptions, CalibrationOptions, PruningConfig):
             layers already pruned; `"block"` = llm-compressor's convention (`sequential_targets` = the transformer
             block): all layers of a block calibrated in one forward of the block, then pruned; cheaper forwards.
         calibration_samples, calibration_batch_size, percdamp: see `CalibrationOptions` (`reconstruct` and its
-            solver options are ignored: SparseGPT updates weights by construction). XᵀX products in float32 for
-            float32 models, as the reference implementation.
+            solver options are ignored: SparseGPT updates weights by construction — except with `refine`, which
+            starts from SparseGPT's mask and the dense weights; `refine="dsnot"` needs `reconstruct=True`, as the
+            swaps do not update weights). XᵀX products in float32 for float32 models, as the reference.
     """
 
     method: str = "sparsegpt"
@@ -52,6 +54,11 @@ class SparseGPTConfig(AllocationOptions, CalibrationOptions, PruningConfig):
         if self.sequential not in ("layer", "block"):
             raise ConfigError(f"sequential={self.sequential!r} must be 'layer' or 'block'")
         self._check_allocation()
+        if self.refine == "dsnot" and not self.reconstruct:
+            raise ConfigError(
+                "refine='dsnot' on SparseGPT needs reconstruct=True: the swaps keep the dense weights of the new mask "
+                "and would discard SparseGPT's updates"
+            )
 
 
 @register_method("sparsegpt", SparseGPTConfig, needs_spectra=uses_spectra, needs_calibration=True)
@@ -71,11 +78,14 @@ def run_sparsegpt(ctx: PruneContext) -> Masks:
     keeps: dict[str, torch.Tensor] = {}
     shared: list = [None, None]  # (H, its factor): layers fed one tensor (q / k / v) get the same H object
 
+    refiner = LayerRefiner(cfg, cfg.refit_kwargs(), {}) if cfg.refine is not None else None
+
     def prune_layer(layer, h: torch.Tensor) -> torch.Tensor:
         if shared[0] is not h:
             shared[:] = [h, sweep_factor(h, cfg.percdamp, layer.weight.dtype)]
+        w = layer.matrix_view().detach().cpu()
         w_new, keep = sparsegpt_prune(
-            layer.matrix_view().detach().cpu(),
+            w,
             h,
             target,
             cfg.blocksize,
@@ -84,6 +94,8 @@ def run_sparsegpt(ctx: PruneContext) -> Masks:
             count=counts[layer.name] if cfg.pattern is None else None,
             factor=shared[1],
         )
+        if refiner is not None:  # from SparseGPT's mask and the dense weights
+            w_new, keep = refiner(layer.name, w, h, keep, pattern=cfg.pattern, forced=previous_matrix(ctx, layer))
         keeps[layer.name] = layer.from_matrix(keep)
         return w_new
 
@@ -111,6 +123,8 @@ def run_sparsegpt(ctx: PruneContext) -> Masks:
             "order": f"forward, sequential on the pruned model (granularity: {cfg.sequential})",
         }
     )
+    if refiner is not None:
+        ctx.record["refine"] = refiner.record()
     return Masks({la.name: keeps[la.name] for la in ctx.layers}, cfg.pattern)
 
 

@@ -75,6 +75,6 @@ def wanda(ctx: PruneContext) -> Masks:
         rule = "floor(s*N_in) per output row" if cfg.pattern is None else f"{cfg.pattern} per row"
     ctx.record["wanda"] = {"rounding": rule, "tie_break": "lower input index pruned first"}
     t2 = time.perf_counter()
-    tm = reconstruct_(ctx, masks, batches) if ctx.config.reconstruct else None
+    tm = reconstruct_(ctx, masks, batches) if ctx.config.sequential_pass else None
     time_split(ctx, t1 - t0, t2 - t1, tm)
     return masks
