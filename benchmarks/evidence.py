@@ -81,6 +81,17 @@ CELLS = (
     Cell("mp-sparsegpt", "mp-sparsegpt", mp=True, refit=True),
     Cell("cast", "cast", targets="kn"),
     Cell("cast+rec", "cast", REC, refit=True, targets="kn"),
+    # issue 22: layer allocations under the same pruner and re-fit (OWL: activations; AlphaPruning: weight spectra'
+    # power-law tail, no MP; "mp": the MP layer budget of mp-wanda on plain Wanda scores)
+    Cell("wanda+rec[owl]", "wanda", {"allocation": "owl", **REC}, refit=True),
+    Cell("wanda+rec[alpha]", "wanda", {"allocation": "alphapruning", **REC}, refit=True),
+    Cell("wanda+rec[mp]", "wanda", {"allocation": "mp", **REC}, mp=True, refit=True),
+    # issue 22: joint mask / weight optimisation (refine=, ends with the re-fit) and prune-and-grow swaps
+    Cell("wanda+admm", "wanda", {"refine": "admm"}, refit=True, targets="both"),
+    Cell("wanda+alps", "wanda", {"refine": "alps"}, refit=True, targets="both"),
+    Cell("wanda+dsnot+rec", "wanda", {"refine": "dsnot", **REC}, refit=True),
+    Cell("mp-wanda+alps", "mp-wanda", {"refine": "alps"}, mp=True, refit=True),
+    Cell("cast+alps", "cast", {"refine": "alps"}, refit=True, targets="kn"),
 )
 # (cell, control): what the re-fit adds, the MP statistic (same mapping), the mapping, the strongest rival
 COMPARISONS = (
@@ -95,6 +106,17 @@ COMPARISONS = (
     ("cast", "wanda"),
     ("cast+rec", "wanda+rec"),
     ("cast+rec", "sparsegpt"),
+    ("wanda+rec[owl]", "wanda+rec"),
+    ("wanda+rec[alpha]", "wanda+rec"),
+    ("wanda+rec[mp]", "wanda+rec"),
+    ("mp-wanda+rec", "wanda+rec[owl]"),
+    ("mp-wanda+rec", "wanda+rec[alpha]"),
+    ("wanda+alps", "wanda+rec"),
+    ("wanda+alps", "sparsegpt"),
+    ("mp-wanda+alps", "wanda+alps"),
+    ("mp-wanda+alps", "sparsegpt"),
+    ("cast+alps", "cast+rec"),
+    ("cast+alps", "sparsegpt"),
 )
 
 
