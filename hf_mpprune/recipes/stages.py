@@ -15,7 +15,7 @@ from ..core.errors import ConfigError
 from ..core.registry import get_method
 from ..data.evaluation import evaluate_model, record_metrics
 from ..data.splits import DataPlan
-from ..deploy.macs import mac_report
+from ..deploy.macs import macs_vs_dense
 from ..deploy.tome import apply_tome, remove_tome
 from ..methods.kn.geometry import KNCalibration
 from ..methods.kn.legality import legality_audit
@@ -148,22 +148,22 @@ def tome(recipe: Recipe, pruner) -> None:
 
 
 def audit(recipe: Recipe, pruner, teacher, plan: DataPlan) -> float | None:
-    """Legality (k:n) + exact MAC report (one input row; with ToMe when `audit.tome_r` is set) and, for classifiers
-    whose head was pruned, the exact head certificate on up to 256 evaluation rows (of the pruning alone: ToMe is
-    removed first, as it is before saving). Records go to `ledger.audits`; returns sparse/dense MACs."""
+    """Legality (k:n) + exact MACs (one input row): sparse MACs of the deployed graph (with ToMe when `audit.tome_r`
+    is set) over the dense MACs without ToMe, and, for classifiers whose head was pruned, the exact head
+    certificate on up to 256 evaluation rows (of the pruning alone). ToMe is removed here, as it is before saving.
+    Records go to `ledger.audits`; returns the MAC ratio."""
     spec = recipe.audit
     if spec is None or pruner.masks is None:
         return None
     pattern = pruner.masks.pattern
     if spec.legality:
         pruner.ledger.audits.append(_legality(pruner, pattern))
+    remove_tome(pruner.model)  # counted with ToMe below; the certificate bounds the pruning alone
     ratio = None
     if spec.macs:
-        macs = mac_report(pruner.model, one_input(plan), masks=pruner.masks, pattern=pattern)
-        pruner.ledger.audits.append({"kind": "macs", "dense_macs": macs.dense_macs, "sparse_macs": macs.sparse_macs,
-                                     "tome_r": spec.tome_r})  # fmt: skip
-        ratio = macs.sparse_macs / macs.dense_macs
-    remove_tome(pruner.model)
+        macs = macs_vs_dense(pruner.model, one_input(plan), pruner.masks, pattern, tome_r=spec.tome_r or 0)
+        pruner.ledger.audits.append({"kind": "macs", **macs})
+        ratio = macs["ratio"]
     _certificate(pruner, teacher, plan)
     return ratio
 
