@@ -67,7 +67,7 @@ def test_every_cited_section_is_a_heading():
     bad = []
     for rel in FILES:
         for m in SECTION.finditer(_read(rel)):
-            doc, title, number = m.group(1), m.group(2) or m.group(3), m.group(4)
+            doc, title, number = m.group(1), re.sub(r"[`*]", "", m.group(2) or m.group(3) or ""), m.group(4)
             if not os.path.exists(os.path.join(ROOT, doc)):
                 bad.append(f"{rel}: {doc} does not exist")
                 continue
