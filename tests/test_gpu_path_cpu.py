@@ -4,6 +4,7 @@ converted model (CUTLASS tensors built on CPU) read through dense views and refu
 no process-wide flag touched, every skipped layer listed, the dtype of every parameter checked, the benchmark only
 on shapes both backends accept, and `speed_audit`'s GPU path on a headless text model in a dry run."""
 
+import copy
 import itertools
 import json
 import types
@@ -103,6 +104,10 @@ def test_casting_a_converted_model_is_refused_before_anything_changes(tiny_vit, 
         eval(f"model.{call}", {"model": model, "torch": torch})
     assert {n: (p.dtype, p.data_ptr()) for n, p in model.named_parameters()} == before
     assert model.to(torch.bfloat16) is model and model.to("cpu") is model and model.bfloat16() is model  # no-ops pass
+    twin = copy.deepcopy(model)  # the guard travels with a copy and acts on the copy
+    assert twin.to(torch.bfloat16) is twin
+    with pytest.raises(ConfigError, match="2:4 semi-structured weights"):
+        twin.float()
     with pytest.raises(ConfigError, match="must not be saved"):
         model.save_pretrained("/nonexistent")
 

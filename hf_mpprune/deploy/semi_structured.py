@@ -27,6 +27,7 @@ PyTorch's pure-Python CUTLASS pack / unpack (the real 2:4 metadata layout), leav
 
 import logging
 import time
+import types
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -247,8 +248,8 @@ def _guard(model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
         )
 
     model.save_pretrained = save_pretrained
-    for name in _MOVES:
-        setattr(model, name, _guarded(model, name, getattr(model, name), dtype, device))
+    for name in _MOVES:  # bound methods of the instance: a deepcopy rebinds them to the copy
+        setattr(model, name, types.MethodType(_guarded(name, dtype, device), model))
 
 
 _DTYPE_OF = {"half": torch.float16, "float": torch.float32, "double": torch.float64, "bfloat16": torch.bfloat16}
@@ -267,8 +268,8 @@ def _destination(name: str, args, kwargs) -> tuple[torch.device | None, torch.dt
     return None, _DTYPE_OF.get(name)
 
 
-def _guarded(model: nn.Module, name: str, original, dtype: torch.dtype, device: torch.device):
-    def call(*args, **kwargs):
+def _guarded(name: str, dtype: torch.dtype, device: torch.device):
+    def call(self, *args, **kwargs):
         to_device, to_dtype = _destination(name, args, kwargs)
         moves = to_device is not None and (to_device.type, to_device.index or 0) != (device.type, device.index or 0)
         if name == "type" or moves or (to_dtype is not None and to_dtype != dtype):
@@ -277,7 +278,7 @@ def _guarded(model: nn.Module, name: str, original, dtype: torch.dtype, device: 
                 f"ops of their kernels ({dtype} on {device}); nothing was changed. Cast / move the dense-masked "
                 "model, then call to_semi_structured again"
             )
-        return original(*args, **kwargs)
+        return getattr(type(self), name)(self, *args, **kwargs)
 
     return call
 

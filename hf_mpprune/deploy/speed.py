@@ -196,7 +196,7 @@ def _compiled(model: nn.Module):
 
 
 def _variants(model, masks, device, tome_r, compile_ok, report, dry_run=False) -> dict:
-    """Build the variants of the GPU path: name -> callable (inputs in the variant's dtype are cast on entry)."""
+    """Build the variants of the GPU path (name -> callable); the 2:4 conversion and the equivalence check."""
     bf16 = copy.deepcopy(model).to(device=device, dtype=torch.bfloat16).eval()
     fp32 = copy.deepcopy(model).to(device).float().eval()
     sparse = copy.deepcopy(model).to(device=device, dtype=torch.bfloat16).eval()
