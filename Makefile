@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv venv-timm test test-timm test-all wheel lint demo bench bench-issue17 bench-evidence corpus bench-gpu clean
+.PHONY: venv venv-timm test test-timm test-all wheel lint demo bench bench-issue17 bench-evidence corpus bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -88,6 +88,14 @@ bench-evidence: $(STAMP)
 # Rebuild the shipped natural-text corpus from the docstrings of the installed packages (benchmarks/corpus/).
 corpus: $(STAMP)
 	$(PY) benchmarks/build_corpus.py
+
+# On a lent GPU (< 6 min): pytest -m gpu + the deploy benchmark (ViT-B/16 ± ToMe, BERT-base; batch 1/64/256; bf16
+# dense vs 2:4), JSON + Markdown under benchmarks/out/gpu_check. GPU_PY: a Python whose torch has CUDA and that can
+# import this checkout's dependencies (the CPU venv cannot drive a GPU). The CPU dry run is part of `make test`.
+GPU_PY ?= python3
+gpu-check:
+	mkdir -p benchmarks/out
+	HF_HUB_OFFLINE=1 PYTHONPATH=. $(GPU_PY) benchmarks/gpu_check.py --out benchmarks/out/gpu_check
 
 clean:
 	rm -rf $(VENV) $(VENV_TIMM) mpprune-demo .pytest_cache .ruff_cache

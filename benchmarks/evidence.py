@@ -18,7 +18,7 @@ per item (`benchmarks/stats.py`). Rows are written after every cell (`--resume` 
 of single draws in separate processes are combined with `--tables-only --merge FILES --out ALL`.
 
   python benchmarks/evidence.py --targets 0.5 0.6 0.7 2:4 --draws 0 1 2 \
-      --out benchmarks/results/evidence_minilm.json.gz --table benchmarks/results/evidence_minilm.md
+      --out benchmarks/out/evidence_minilm.json.gz --table benchmarks/out/evidence_minilm.md
 """
 
 import argparse

@@ -20,7 +20,8 @@ from .core.layers import LayerSet, discover_layers
 from .core.ledger import Ledger, environment
 from .core.masks import Masks
 from .core.registry import PruneContext, get_method
-from .core.validate import check_weights_finite
+from .core.snapshot import Snapshot
+from .core.validate import check_finite, check_weights_finite
 from .data.preprocess import is_raw, prepare_raw
 from .hub.checkpoint import load_pretrained, push_to_hub, save_pretrained
 from .hub.companions import saved_processor, source_dir
@@ -152,7 +153,7 @@ class MPPruner:
         if sparsity is not None:
             cfg = type(cfg).from_dict({**cfg.to_dict(), "sparsity": sparsity})
         spec = get_method(cfg.method)
-        check_weights_finite(self.layers)  # NaN/Inf weights: one check for every method, naming the layer
+        check_weights_finite(self.layers, self.model)  # NaN/Inf parameters: one check for every method, named
         if spec.needs_calibration and calibration is None:
             raise ConfigError(f"method {cfg.method!r} needs calibration data: prune(calibration=dataset)")
         if spec.needs_calibration and is_raw(calibration, self.model):
@@ -170,16 +171,12 @@ class MPPruner:
             self.analyze(progress=False)
         ctx = PruneContext(self.layers, cfg, self.model, self.spectra, calibration, self.masks, train_step)
         t0 = time.perf_counter()
-        masks = spec.fn(ctx)
-        # k:n kept slots may revive weights (free restoration); so may SER with reservoir="all_zero" (it says so)
-        self._validate(masks, allow_revive=spec.structured or bool(ctx.record.get("revives_allowed")))
-        masks.pattern = masks.pattern or cfg.pattern
-        masks.apply_(self.model)
+        masks = self._run(spec, ctx)
         self.masks = masks
         attach(self.model, masks=masks, ledger=self.ledger)  # masks travel with the model (the Trainer reads them)
         self.ledger.add_step(
             method=cfg.method,
-            config=cfg.to_dict(),
+            config=_config_record(cfg, ctx.record.get("calibration")),
             target_sparsity=cfg.sparsity,
             achieved_sparsity=masks.sparsity(),
             layer_sparsity=masks.layer_sparsity(),
@@ -189,6 +186,23 @@ class MPPruner:
             **ctx.record,
         )
         logger.info("%s: sparsity %.4f over %d layers", cfg.method, masks.sparsity(), len(masks))
+        return masks
+
+    def _run(self, spec, ctx: PruneContext) -> Masks:
+        """Run the method and apply its masks, all or nothing: what the method may write (`spec.writes`) is copied
+        first and put back on any exception, so a failed `prune()` leaves the model as it was."""
+        snapshot = Snapshot.take(self.model, self.layers, spec.writes)
+        try:
+            masks = spec.fn(ctx)
+            for layer in self.layers:  # what the method wrote must be finite (a failed solve, an overflow)
+                check_finite(layer.weight.detach(), f"weight written by method {spec.name!r} into {layer.name!r}")
+            # k:n kept slots may revive weights (free restoration); so may SER with reservoir="all_zero" (it says so)
+            self._validate(masks, allow_revive=spec.structured or bool(ctx.record.get("revives_allowed")))
+            masks.pattern = masks.pattern or ctx.config.pattern
+            masks.apply_(self.model)
+        except BaseException:
+            snapshot.restore()
+            raise
         return masks
 
     def _validate(self, masks: Masks, allow_revive: bool = False) -> None:
@@ -211,3 +225,18 @@ class MPPruner:
         if self.spectra is not None:
             out["spectra"] = {r.name: (r.fit.sigma_plus, r.fit.bulk_fraction, r.fit.n_spikes) for r in self.spectra}
         return out
+
+
+def _config_record(cfg: PruningConfig, calibration: dict | None) -> dict[str, Any]:
+    """The config as the ledger records it: what ran. Batches given as a `CalibrationBatches` are used as they are,
+    so their sample count and batch size replace the config's (the config's values are kept under
+    `calibration_config_not_applied`)."""
+    out = cfg.to_dict()
+    if calibration and calibration.get("prebuilt"):
+        given = {
+            "calibration_samples": calibration["num_samples"],
+            "calibration_batch_size": calibration["batch_size"],
+        }
+        out["calibration_config_not_applied"] = {k: out[k] for k in given if k in out} | {"seed": cfg.seed}
+        out.update((k, v) for k, v in given.items() if k in out)
+    return out

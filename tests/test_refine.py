@@ -184,7 +184,8 @@ def test_end_to_end_exact_budgets_and_ledger(kind, method, refine, tiny_bert, ti
     opts = {"method": method, "sparsity": 0.6, "refine_iters": 25}
     if method == "mp-sparsegpt":
         opts["reconstruct"] = True
-    _, base = prune(copy.deepcopy(model), kind, **{k: v for k, v in opts.items() if k != "refine_iters"})
+    base_opts = {k: v for k, v in opts.items() if k not in ("refine_iters", "reconstruct")}  # refused without refine
+    _, base = prune(copy.deepcopy(model), kind, **base_opts)
     pruner, masks = prune(model, kind, refine=refine, **opts)
     # Wanda's masks come first, so every row prunes exactly what it did without refine; SparseGPT's later layers
     # see a differently refined upstream, so there the layer counts (the method's budget) are compared

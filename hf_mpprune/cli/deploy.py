@@ -52,6 +52,8 @@ def register(sub) -> None:
     b.add_argument("--warmup", type=nonnegative_int, default=10)
     b.add_argument("--reps", type=positive_int, default=50)
     b.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    b.add_argument("--dry-run", action="store_true",
+                   help="run every check and forward of the GPU path on this device, weights dense, no claim")  # fmt: skip
     b.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     b.add_argument("--out", help="also write the JSON report to this file")
     b.set_defaults(func=_run_bench)
@@ -104,6 +106,7 @@ def _run_bench(args) -> int:
         warmup=args.warmup,
         reps=args.reps,
         device=args.device,
+        dry_run=args.dry_run,
     )
     _emit(report.to_dict(), report.to_markdown(), args)
     return 0

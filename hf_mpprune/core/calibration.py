@@ -12,6 +12,7 @@ rows are those of real tokens whatever the padding of the batch.
 
 import contextlib
 import contextvars
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import default_data_collator
 
-from .errors import ConfigError
+from .errors import ConfigError, MPPruneError
 from .layers import LayerSet, PrunableLayer
 from .validate import check_batch_inputs, check_batch_keys, check_finite
 
@@ -32,22 +33,39 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class CalibrationBatches:
+    """Calibration batches as sampled by `as_batches`, with what the ledger records about them. Passed to
+    `prune(calibration=...)` directly, they are used as they are (`prebuilt`): the config's calibration_samples /
+    calibration_batch_size / seed are not applied, and the ledger step records these batches instead."""
+
     batches: list[dict[str, torch.Tensor]]
     num_samples: int
     source: str  # "indexed" (sampled with the seed) or "stream" (taken in order)
     indices_sha256: str  # hash of the chosen row indices (indexed) or of the first batch's bytes (stream)
     seed: int
+    prebuilt: bool = False  # given to the method as a CalibrationBatches (not sampled by it)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return iter(self.batches)
 
+    @property
+    def batch_size(self) -> int:
+        """Rows of the largest batch."""
+        return max((_rows(b) for b in self.batches), default=0)
+
     def record(self) -> dict:
-        return {
+        out = {
             "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
             "source": self.source,
             "sha256": self.indices_sha256,
             "seed": self.seed,
         }
+        return out | ({"prebuilt": True} if self.prebuilt else {})
+
+
+def _rows(batch: Mapping) -> int:
+    first = next(iter(batch.values()), None)
+    return first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
 
 
 def _collate(rows: list[Mapping]) -> dict[str, torch.Tensor]:
@@ -68,7 +86,7 @@ def as_batches(
     if num_samples < 1 or batch_size < 1:
         raise ConfigError(f"num_samples={num_samples} and batch_size={batch_size} must be >= 1")
     if isinstance(calibration, CalibrationBatches):
-        return calibration
+        return dataclasses.replace(calibration, prebuilt=True)  # used as given: the ledger says so
     if isinstance(calibration, Mapping):  # one dict of batched tensors
         calibration = [calibration]
     if hasattr(calibration, "__len__") and hasattr(calibration, "__getitem__") and not isinstance(calibration, list):
@@ -93,10 +111,8 @@ def as_batches(
             raise ConfigError(f"calibration batches must be dicts of model inputs, got {type(b).__name__}")
         b = {k: v for k, v in b.items() if k not in drop_columns}
         check_batch_inputs(b, len(batches))
-        first = next(iter(b.values()), None)
-        size = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
         batches.append(b)
-        count += size
+        count += _rows(b)
         if count >= num_samples:
             break
     if not batches:
@@ -128,7 +144,10 @@ def real_tokens(mask: torch.Tensor | None):
 
 def layer_input_rows(layer: PrunableLayer, x: torch.Tensor) -> torch.Tensor:
     """A layer's input as rows of its matrix view's input space: (rows, N). Inside `real_tokens(mask)`, an input
-    laid out as (B, T, ..., N) with (B, T) = mask.shape gives the rows of the real (unmasked) positions only."""
+    laid out as (B, T, ..., N) with (B, T) = mask.shape gives the rows of the real (unmasked) positions only.
+    Every calibration statistic is built from these rows, so this is where they are checked: NaN / Inf is a
+    `DataError` naming the layer."""
+    check_finite(x, f"calibration statistics (inputs) of layer {layer.name!r}")
     mod = layer.module
     if layer.kind == "conv2d":
         padding = mod.padding
@@ -173,6 +192,8 @@ def run_batches(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) ->
             try:
                 with real_tokens(token_mask(b)):
                     model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
+            except MPPruneError:  # raised by our own hooks (e.g. non-finite layer inputs): already clear
+                raise
             except (TypeError, RuntimeError, ValueError, AttributeError, KeyError, IndexError) as e:
                 shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in b.items()}
                 raise ConfigError(f"calibration batch {shapes} does not fit {type(model).__name__}: {e}") from e
@@ -194,6 +215,4 @@ def input_sq_norms(model: nn.Module, layers: LayerSet, batches: CalibrationBatch
     missing = [la.name for la in layers if la.name not in acc]
     if missing:
         raise ConfigError(f"calibration forwards never reached layer(s) {missing[:10]}")
-    for name, t in acc.items():
-        check_finite(t, f"calibration statistics (input norms) of layer {name!r}")
     return acc

@@ -50,6 +50,16 @@ class RefitOptions:
             raise ConfigError(f"reconstruct_iters={it!r} must be an int >= 1 (default 10)")
         if not 0.0 <= float(self.percdamp) < 1.0:
             raise ConfigError(f"percdamp={self.percdamp} must be in [0, 1); the SparseGPT default is 0.01")
+        if not self.reconstruct:  # every option acts or is refused
+            defaults = {"reconstruct_solver": "cg", "reconstruct_iters": 10, "percdamp": 0.01}
+            if getattr(self, "damping_without_refit", False):
+                defaults.pop("percdamp")  # the method damps its own Hessian with it (SparseGPT)
+            unused = [f"{k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v]
+            if unused:
+                raise ConfigError(
+                    f"{', '.join(unused)} has no effect on method {getattr(self, 'method', '?')!r} without "
+                    "reconstruct=True: set reconstruct=True to re-fit the kept weights, or drop the option"
+                )
 
     def refit_kwargs(self) -> dict:
         """Keyword arguments of `obs_reconstruct` for these options."""

@@ -19,6 +19,7 @@ from .errors import ConfigError
 from .layers import LayerSet
 from .masks import Masks
 from .plugins import load_providers
+from .snapshot import SCOPES
 
 
 @dataclass
@@ -68,6 +69,7 @@ class MethodSpec:
     experimental: bool = False
     description: str = ""
     cycle: CycleHooks = field(default_factory=CycleHooks)
+    writes: str = "layers"  # what the method may write: "layers" (registered weights) or "model" (anything)
 
     def uses_spectra(self, config: PruningConfig) -> bool:
         """Whether this method with `config` reads the dense model's spectra (the pruner fits them first)."""
@@ -87,12 +89,19 @@ def register_method(
     structured: bool = False,
     experimental: bool = False,
     cycle: CycleHooks | None = None,
+    writes: str = "layers",
 ):
-    """Decorator registering a mask function under `name`. Validates eagerly: a broken method fails at import."""
+    """Decorator registering a mask function under `name`. Validates eagerly: a broken method fails at import.
+
+    `writes` says what the method may change, so that `MPPruner.prune` can put it back when anything fails
+    (`hf_mpprune.core.snapshot`): `"layers"` = the weights of the registered layers (default), `"model"` = any
+    parameter, buffer, hook or attribute of the model (methods that train, or that permute channels)."""
     if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
         raise ConfigError(f"method name {name!r} must be lowercase letters, digits, '-' or '_'")
     if name in _REGISTRY:
         raise ConfigError(f"method {name!r} is already registered")
+    if writes not in SCOPES:
+        raise ConfigError(f"writes={writes!r} of method {name!r} must be one of {SCOPES}")
     if not (isinstance(config_cls, type) and issubclass(config_cls, PruningConfig)):
         raise ConfigError(f"config class of {name!r} must subclass PruningConfig")
     if config_cls is not PruningConfig:
@@ -105,7 +114,7 @@ def register_method(
         add_config_class(name, config_cls)
         _REGISTRY[name] = MethodSpec(
             name, config_cls, fn, needs_spectra, needs_calibration, needs_training, structured, experimental,
-            doc[0] if doc else "", cycle or CycleHooks(),
+            doc[0] if doc else "", cycle or CycleHooks(), writes,
         )  # fmt: skip
         return fn
 

@@ -115,6 +115,7 @@ def dummy_inputs(
                                         **_timm_image(config))  # fmt: skip
         names = ["pixel_values"]
     elif main == "input_ids":
+        seq_len = min(seq_len, getattr(config, "max_position_embeddings", None) or seq_len)  # positions the model has
         gen = DummyTextInputGenerator(task, _normalized(config, NormalizedTextConfig), batch_size=batch_size,
                                       sequence_length=seq_len)  # fmt: skip
         names = _text_names(model, config)

@@ -36,18 +36,26 @@ class SparseGPTConfig(AllocationOptions, CalibrationOptions, PruningConfig):
         sequential (`str`, defaults to `"layer"`): `"layer"` = every layer calibrated on the model with all earlier
             layers already pruned; `"block"` = llm-compressor's convention (`sequential_targets` = the transformer
             block): all layers of a block calibrated in one forward of the block, then pruned; cheaper forwards.
-        calibration_samples, calibration_batch_size, percdamp: see `CalibrationOptions` (`reconstruct` and its
-            solver options are ignored: SparseGPT updates weights by construction — except with `refine`, which
-            starts from SparseGPT's mask and the dense weights; `refine="dsnot"` needs `reconstruct=True`, as the
-            swaps do not update weights). XᵀX products in float32 for float32 models, as the reference.
+        calibration_samples, calibration_batch_size, percdamp: see `CalibrationOptions`. `reconstruct=True` is
+            refused without `refine` (SparseGPT updates the kept weights by construction, a re-fit would do
+            nothing); `refine` starts from SparseGPT's mask and the dense weights, and `refine="dsnot"` needs
+            `reconstruct=True`, as the swaps do not update weights. XᵀX products in float32 for float32 models,
+            as the reference implementation.
     """
 
     method: str = "sparsegpt"
     blocksize: int = 128
     sequential: str = "layer"
+    damping_without_refit = True  # percdamp damps SparseGPT's own Hessian (a class attribute, not a field)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.reconstruct is True and self.refine != "dsnot":
+            raise ConfigError(
+                f"reconstruct=True has no effect on method {self.method!r}: SparseGPT already updates the kept "
+                "weights from the calibration Hessian (OBS) and refine='admm' / 'alps' end with their own re-fit; "
+                "drop reconstruct, or use wanda / mp-wanda with it (only refine='dsnot' needs it)"
+            )
         self._check_calibration_options()
         if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize < 1:
             raise ConfigError(f"blocksize={self.blocksize!r} must be an int >= 1 (the paper uses 128)")

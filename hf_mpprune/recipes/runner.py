@@ -82,6 +82,7 @@ def execute(
     processor = prepare_plan(plan, pruner.model, recipe.model.processor or source, processor)
     if processor is None and (recipe.model.processor or source):  # no data roles: still save the processor along
         processor = _optional_processor(pruner.model, recipe.model.processor or source)
+    stages.check_audit(recipe, pruner, plan)
     plan.record(pruner.ledger)
     pruner.ledger.add_timing("load", time.perf_counter() - t0)
     teacher = copy.deepcopy(pruner.model).eval() if recipe.distill is not None or "evaluation" in plan else None
@@ -91,6 +92,7 @@ def execute(
     pruner.analyze(progress=False)
     pruner.ledger.add_timing("analyze", time.perf_counter() - t1)
     stages.prune(recipe, pruner, plan, calibration)
+    stages.tome(recipe, pruner)  # audit.tome_r: merged tokens for evaluation, distillation and the MAC audit
     metrics = stages.evaluate(pruner, plan, teacher, "pruned")
     if recipe.distill is not None:
         stages.distill(recipe, pruner, teacher, plan)

@@ -57,9 +57,11 @@ class CASTConfig(RefineOptions, RefitOptions, PermuteOptions, KNMethodConfig):
             pattern get their dense value back. Needs the dense weights via `KNCalibration(data, dense_weights)`;
             without them restored slots stay 0 (a warning says so) [D: the pruner keeps no dense copy].
         alpha_ser (`float`, defaults to 0.0): Hamming prior towards the source mask (0.1 canonical 2:4 rows).
+            It needs a sparse source (an earlier unstructured step): at a dense source it is refused.
         prior_scale (`str`, defaults to `"repo"`): `"repo"` = mean candidate cost of the cell (× the layer factor
             clip(density/mean density, 0.25, 4) at 2:4, as the repo's 2:4 path); `"paper"` = mean u²·E[h²] of
-            the group [D §8.6].
+            the group [D §8.6]. Only with `alpha_ser > 0`; `permute_unfoldable` and `perm_importance` only with
+            `permute_align=True` (otherwise refused).
         cost_form (`str`, defaults to `"l2"`): `"l2"` rᵀC_g r, or `"linf"` max_x (r·h_g)² (slow, small layers).
         max_patterns (`int`, defaults to 5000), num_sampled_patterns (`int`, defaults to 1024): above
             `max_patterns` candidates, search `num_sampled_patterns` distinct seeded k-subsets (shared by all cells)
@@ -101,7 +103,17 @@ class CASTConfig(RefineOptions, RefitOptions, PermuteOptions, KNMethodConfig):
             raise ConfigError(f"max_patterns={self.max_patterns}, num_sampled_patterns must be >= 1")
         self._check_refit()
         self._check_refine()
-        self._check_permute()
+        for option, idle, needs in (  # every option acts or is refused
+            ("prior_scale", self.prior_scale != "repo" and not self.alpha_ser, "alpha_ser > 0"),
+            ("permute_unfoldable", self.permute_unfoldable and not self.permute_align, "permute_align=True"),
+            ("perm_importance", self.perm_importance != "act_sq" and not self.permute_align, "permute_align=True"),
+        ):
+            if idle:
+                raise ConfigError(
+                    f"{option}={getattr(self, option)!r} has no effect on method 'cast' without {needs}: set {needs} "
+                    "or drop the option"
+                )
+        self._check_permute()  # the values of the permutation options
 
 
 # ---- calibration statistics ---------------------------------------------------------------------------------
@@ -235,7 +247,7 @@ def _dense_table(dense, eligible, src) -> dict | None:
     return table
 
 
-@register_method("cast", CASTConfig, needs_calibration=True, structured=True, experimental=True)
+@register_method("cast", CASTConfig, needs_calibration=True, structured=True, experimental=True, writes="model")
 @torch.no_grad()
 def cast(ctx: PruneContext) -> Masks:
     """CAST: per (row, group) k:n pattern minimising the calibration cost rᵀC_g r (+ α_ser prior)."""
@@ -250,6 +262,12 @@ def cast(ctx: PruneContext) -> Masks:
     eligible, skipped = plan(ctx.layers, cfg.pattern, skip_head=cfg.skip_head, conv_grouping=cfg.conv_grouping,
                              strict_tail=cfg.strict_tail)  # fmt: skip
     src = {la.name: source_keep(la, ctx.previous) for la in ctx.layers}
+    if cfg.alpha_ser > 0 and all(bool(src[la.name].all()) for la in eligible):
+        raise ConfigError(
+            f"alpha_ser={cfg.alpha_ser} (and prior_scale) has no effect on method 'cast' here: the source is dense "
+            "(no earlier unstructured step left zeros), so there is no source mask to pull towards; set "
+            "alpha_ser=0, or prune unstructured first (e.g. a 'ser' or 'magnitude' step before 'cast')"
+        )
     dense = _dense_table(dense, eligible, src) if cfg.free_restoration else None
     perms = align(ctx, eligible, batches, src, dense) if cfg.permute_align else {}
     t0 = time.perf_counter()
