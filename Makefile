@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-all wheel lint demo bench bench-issue17 bench-gpu clean
+.PHONY: venv test test-all wheel lint demo bench bench-issue17 bench-timing bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,20 @@ bench-issue17: $(STAMP)
 		--out benchmarks/out/scaling.json
 	for s in 0 1 2; do HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 PYTHONPATH=. $(PY) benchmarks/bench_cast_vitb.py \
 		--mode full --images 32 --seed $$s --peer; done
+
+# Issue 21 (item 5): fair timing against llm-compressor's SparseGPT — both sides warm in long-lived workers, ours / peer
+# interleaved 3 times per cell (MiniLM 50/60/70 %/2:4, the peer fed one joined batch, one busy process; ViT-B/16 and
+# ViT-L/16), then the thread-use A/B of the CG re-fit and the OpenMP region counts (load-independent). Timing: run
+# it ALONE on a quiet machine. TIMING_ARGS: e.g. --corpus benchmarks/corpus/<calibration split>.
+TIMING_ARGS ?=
+bench-timing: $(STAMP)
+	mkdir -p benchmarks/out
+	PEER_VENV=$(PEER_VENV) bash benchmarks/peer_venv.sh
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/timing.py --models minilm vit-b vit-l --pairs 3 --peer-venv $(PEER_VENV) \
+		$(TIMING_ARGS) --out benchmarks/out/timing.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_threads.py --repeats 5 --out benchmarks/out/threads.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/timing.py --models minilm --extras --pairs 1 --count-regions \
+		--peer-venv $(PEER_VENV) $(TIMING_ARGS) --out benchmarks/out/timing_regions.json
 
 clean:
 	rm -rf $(VENV) mpprune-demo .pytest_cache .ruff_cache
