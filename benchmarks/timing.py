@@ -212,7 +212,8 @@ def run_cell(cell: Cell, workers: dict, specs: dict, pairs: int, warmed: dict, t
 
 
 class Burner:
-    """One other busy process: `timing.py --burn`, a 1-thread numpy matmul loop (256×256 float64), until stopped."""
+    """One other busy process: `timing.py --burn`, a 1-thread numpy matmul loop (256×256 float64 by an orthogonal
+    matrix), until stopped; `stop()` returns its matmul count and rate."""
 
     def __init__(self):
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
@@ -231,12 +232,12 @@ def burn() -> None:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((256, 256)), rng.standard_normal((256, 256))
+    a, b = rng.standard_normal((256, 256)), np.linalg.qr(rng.standard_normal((256, 256)))[0]  # b orthogonal
     state = {"n": 0, "t0": time.perf_counter(), "stop": False}
     signal.signal(signal.SIGTERM, lambda *_: state.update(stop=True))
     print("ready", flush=True)
     while not state["stop"]:
-        a = (a @ b) * 0.0625
+        a = a @ b  # norm-preserving: no overflow however long it runs
         state["n"] += 1
     secs = time.perf_counter() - state["t0"]
     print(json.dumps({"matmuls": state["n"], "seconds": round(secs, 2), "matmuls_per_s": round(state["n"] / secs, 1)}))

@@ -2,6 +2,10 @@
 counts follow the CPUs the process may use, row chunks cover every row, and the CG re-fit runs its row chunks on
 several Python threads with torch at one thread each, with the result of the unchunked solve."""
 
+import os
+import shutil
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -75,3 +79,33 @@ def test_cg_refit_runs_single_threaded_row_chunks_with_the_unchunked_result(two_
     torch.testing.assert_close(got, ref, rtol=tol, atol=tol * float(ref.abs().max()))
     assert stats["cg_max_rel_residual"] == pytest.approx(ref_stats["cg_max_rel_residual"], rel=1e-3)
     assert bool((got[~keep] == 0).all())
+
+
+COUNT = """
+import ctypes, torch
+from hf_mpprune.core.threads import parallel_map
+regions = ctypes.CDLL(None).omp_regions_multi
+regions.restype = ctypes.c_long
+torch.set_num_threads(2)
+a, h = torch.randn(768, 384), torch.randn(384, 384)
+spd = h @ h.T + 384 * torch.eye(384)
+c0 = regions()
+a @ h
+c1 = regions()
+parallel_map(lambda i: [(a @ h, torch.linalg.cholesky(spd)) for _ in range(3)], range(4))
+print(c1 - c0, regions() - c1, torch.get_num_threads())
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="the OpenMP region counter is compiled with gcc")
+def test_parallel_map_workers_start_no_openmp_team(tmp_path):
+    """Counted with benchmarks/omp_regions.c preloaded: a GEMM on the main thread at 2 threads starts a team; the
+    same GEMMs and Cholesky factorisations inside `parallel_map`'s fresh worker threads start none."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import timing
+
+    env = dict(os.environ, LD_PRELOAD=timing.build_region_counter(str(tmp_path)))
+    out = subprocess.run([sys.executable, "-c", COUNT], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    main, workers, restored = (int(v) for v in out.stdout.split())
+    assert main >= 1 and workers == 0 and restored == 2

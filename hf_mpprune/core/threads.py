@@ -33,6 +33,7 @@ __all__ = [
     "one_thread_workers",
     "parallel_map",
     "row_chunks",
+    "single_threaded_pool",
     "split",
     "usable_cpus",
     "worker_count",
@@ -80,8 +81,14 @@ def parallel_map(fn: Callable, items: Iterable, workers: int | None = None) -> l
         n = min(workers or n, len(items))
         if n <= 1:
             return [fn(x) for x in items]
-        with ThreadPoolExecutor(max_workers=n) as pool:
+        with single_threaded_pool(n) as pool:
             return list(pool.map(fn, items))
+
+
+def single_threaded_pool(n: int) -> ThreadPoolExecutor:
+    """A pool of `n` Python threads, each with torch (its OpenMP and MKL settings) at one thread. The setting is
+    per thread: a fresh thread would otherwise run MKL's GEMMs and LAPACK calls on the process default team."""
+    return ThreadPoolExecutor(max_workers=n, initializer=torch.set_num_threads, initargs=(1,))
 
 
 def split(n_items: int, parts: int) -> list[slice]:
