@@ -16,7 +16,8 @@ pieces only loses the share of the core it lost. So the package runs such work a
 - `worker_count()`: torch's intra-op thread count, capped by the CPUs this process may use (affinity mask, cgroup v2
   CPU quota).
 
-Large, few ops (GEMMs of big layers, Cholesky factorisations, calibration forwards) keep torch's own threads.
+Large, few ops (GEMMs of the calibration forwards and Hessians, the factorisation of a layer's Hessian) keep
+torch's own threads: under load such an op costs at most what one thread would.
 """
 
 import contextlib
