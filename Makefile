@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv venv-timm test test-timm test-all wheel lint demo bench bench-issue17 bench-evidence corpus bench-gpu gpu-check clean
+.PHONY: venv venv-timm test test-timm test-all wheel lint demo bench bench-issue17 bench-evidence bench-timing corpus bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -96,6 +96,20 @@ GPU_PY ?= python3
 gpu-check:
 	mkdir -p benchmarks/out
 	HF_HUB_OFFLINE=1 PYTHONPATH=. $(GPU_PY) benchmarks/gpu_check.py --out benchmarks/out/gpu_check
+
+# Issue 21 (item 5): fair timing against llm-compressor's SparseGPT — both sides warm in long-lived workers, ours / peer
+# interleaved 3 times per cell (MiniLM 50/60/70 %/2:4, the peer fed one joined batch, one busy process; ViT-B/16 and
+# ViT-L/16), then the thread-use A/B of the CG re-fit and the OpenMP region counts (load-independent). Timing: run
+# it ALONE on a quiet machine. TIMING_ARGS: e.g. --corpus benchmarks/corpus/<calibration split>.
+TIMING_ARGS ?=
+bench-timing: $(STAMP)
+	mkdir -p benchmarks/out
+	PEER_VENV=$(PEER_VENV) bash benchmarks/peer_venv.sh
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/timing.py --models minilm vit-b vit-l --pairs 3 --peer-venv $(PEER_VENV) \
+		$(TIMING_ARGS) --out benchmarks/out/timing.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_threads.py --repeats 5 --out benchmarks/out/threads.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/timing.py --models minilm --extras --pairs 1 --count-regions \
+		--peer-venv $(PEER_VENV) $(TIMING_ARGS) --out benchmarks/out/timing_regions.json
 
 clean:
 	rm -rf $(VENV) $(VENV_TIMM) mpprune-demo .pytest_cache .ruff_cache

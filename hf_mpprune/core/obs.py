@@ -17,14 +17,13 @@ dense) and return masks with True = kept; pruned entries are exactly 0.0.
 """
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from .config import KeepPattern
 from .masks import keep_top
 from .refit import SOLVERS, cg_refit
-from .threads import one_thread_workers
+from .threads import one_thread_workers, single_threaded_pool
 
 
 __all__ = [
@@ -286,7 +285,7 @@ def _solve_rows(
             jobs.append((order[i : i + take], size))
             i += take
         if workers > 1 and len(jobs) > 1:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
+            with single_threaded_pool(workers) as pool:
                 fallbacks = sum(pool.map(run, jobs))
         else:
             fallbacks = sum(run(j) for j in jobs)
