@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-all wheel lint demo bench bench-issue17 bench-gpu clean
+.PHONY: venv venv-timm test test-timm test-all wheel lint demo bench bench-issue17 bench-evidence bench-timing corpus bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,23 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# timm imports torchvision, and PyPI's x86-64 torchvision wheels are CUDA builds that fail to import beside the CPU
+# torch 2.13.0 of .venv ("operator torchvision::nms does not exist"). The timm tests (tests/test_timm.py, marker
+# `timm`) therefore run in their own venv with the matching CUDA builds (about 5.5 GB; they run on the CPU).
+VENV_TIMM ?= .venv-timm
+TIMM_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+$(VENV_TIMM)/.installed: pyproject.toml
+	test -x $(VENV_TIMM)/bin/python || $(PYTHON) -m venv $(VENV_TIMM)
+	$(VENV_TIMM)/bin/python -m pip install -q --upgrade pip
+	$(VENV_TIMM)/bin/python -m pip install -q $(TIMM_TORCH_SPEC)
+	$(VENV_TIMM)/bin/python -m pip install -q -e ".[dev,timm]"
+	touch $@
+
+venv-timm: $(VENV_TIMM)/.installed
+
+test-timm: $(VENV_TIMM)/.installed
+	HF_HUB_OFFLINE=1 $(VENV_TIMM)/bin/python -m pytest -m timm -n 2 tests/test_timm.py $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -26,7 +43,7 @@ test: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not gpu" -n 2 $(PYTEST_ARGS)
 
 # Everything CPU can run, slow tests included (local Hub server, olah mirror, full recipe runs, wheel + demo).
-test-all: lint
+test-all: lint test-timm
 	HF_HUB_OFFLINE=1 RUN_SLOW=1 $(PY) -m pytest -m "not gpu" -n 2 $(PYTEST_ARGS)
 
 # A wheel with its package data (recipes, card template, evaluate modules) under dist/.
@@ -45,6 +62,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_digits_kn.py --seeds 0 1 2 --out benchmarks/out/digits_kn.json
 	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/bench_minilm_kn.py --seeds 0 1 2 --out benchmarks/out/minilm_kn.json
 	$(MAKE) bench-issue17
+	$(MAKE) bench-evidence
 
 # Issue 17: cost and quality against llm-compressor's SparseGPT (its own pinned venv, outside the repository),
 # measured in the same run; then the scaling table. PEER_VENV defaults to ../peer-venv.
@@ -60,5 +78,38 @@ bench-issue17: $(STAMP)
 	for s in 0 1 2; do HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 PYTHONPATH=. $(PY) benchmarks/bench_cast_vitb.py \
 		--mode full --images 32 --seed $$s --peer; done
 
+# Issue 21: the natural-text MiniLM table (docstring corpus, evaluation split, 3 calibration draws, paired bootstrap
+# CIs); quality only. Long on 2 cores (hours): rows are saved after every cell and --resume skips the ones done.
+bench-evidence: $(STAMP)
+	mkdir -p benchmarks/out
+	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/evidence.py --targets 0.5 0.6 0.7 2:4 --draws 0 1 2 --resume \
+		--out benchmarks/out/evidence_minilm.json.gz --table benchmarks/out/evidence_minilm.md
+
+# Rebuild the shipped natural-text corpus from the docstrings of the installed packages (benchmarks/corpus/).
+corpus: $(STAMP)
+	$(PY) benchmarks/build_corpus.py
+
+# On a lent GPU (< 6 min): pytest -m gpu + the deploy benchmark (ViT-B/16 ± ToMe, BERT-base; batch 1/64/256; bf16
+# dense vs 2:4), JSON + Markdown under benchmarks/out/gpu_check. GPU_PY: a Python whose torch has CUDA and that can
+# import this checkout's dependencies (the CPU venv cannot drive a GPU). The CPU dry run is part of `make test`.
+GPU_PY ?= python3
+gpu-check:
+	mkdir -p benchmarks/out
+	HF_HUB_OFFLINE=1 PYTHONPATH=. $(GPU_PY) benchmarks/gpu_check.py --out benchmarks/out/gpu_check
+
+# Issue 21 (item 5): fair timing against llm-compressor's SparseGPT — both sides warm in long-lived workers, ours / peer
+# interleaved 3 times per cell (MiniLM 50/60/70 %/2:4, the peer fed one joined batch, one busy process; ViT-B/16 and
+# ViT-L/16), then the thread-use A/B of the CG re-fit and the OpenMP region counts (load-independent). Timing: run
+# it ALONE on a quiet machine. TIMING_ARGS: e.g. --corpus benchmarks/corpus/<calibration split>.
+TIMING_ARGS ?=
+bench-timing: $(STAMP)
+	mkdir -p benchmarks/out
+	PEER_VENV=$(PEER_VENV) bash benchmarks/peer_venv.sh
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/timing.py --models minilm vit-b vit-l --pairs 3 --peer-venv $(PEER_VENV) \
+		$(TIMING_ARGS) --out benchmarks/out/timing.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_threads.py --repeats 5 --out benchmarks/out/threads.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/timing.py --models minilm --extras --pairs 1 --count-regions \
+		--peer-venv $(PEER_VENV) $(TIMING_ARGS) --out benchmarks/out/timing_regions.json
+
 clean:
-	rm -rf $(VENV) mpprune-demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_TIMM) mpprune-demo .pytest_cache .ruff_cache

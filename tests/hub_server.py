@@ -1,6 +1,7 @@
-"""A tiny in-memory Hub for upload tests: stdlib `ThreadingHTTPServer` speaking the routes `huggingface_hub` uses
-(CONVENTIONS.md §7). Commits are stored per repo as {path: bytes} snapshots and served back through the
-revision / tree / resolve routes, so `snapshot_download` and `from_pretrained("org/repo")` work against it.
+"""A tiny in-memory Hub for upload tests: stdlib `ThreadingHTTPServer` speaking the routes `huggingface_hub` 2.x
+calls for create_repo, create_commit, file listings and downloads. Commits are stored per repo as {path: bytes}
+snapshots and served back through the revision / tree / resolve routes, so `snapshot_download` and
+`from_pretrained("org/repo")` work against it.
 
 Start with `with HubServer() as hub: ...` (binds 127.0.0.1 on a free port; always shut down on exit).
 """

@@ -99,14 +99,20 @@ def test_audit_detects_violations_and_negative_zero(tiny_vit):
     assert rep.rows[0].nonzeros == 128 * 32 and "FAILED" in rep.to_markdown()
 
 
-def test_alpha_ser_has_no_effect_with_dense_source(tiny_vit):
-    got = []
-    for alpha, scale in itertools.product([0.0, 0.1, 1.0], ["repo", "paper"]):
-        m = copy.deepcopy(tiny_vit)
-        _, masks = prune(m, method="cast", pattern="2:4", alpha_ser=alpha, prior_scale=scale)
-        got.append((masks.sha256(), torch.cat([p.detach().reshape(-1) for p in m.parameters()])))
-    assert len({h for h, _ in got}) == 1
-    assert all(torch.equal(got[0][1], t) for _, t in got[1:])
+def test_alpha_ser_at_a_dense_source_is_refused(tiny_vit):
+    """The Hamming prior pulls towards the source mask; a dense source has none, so alpha_ser (and prior_scale)
+    would do nothing: refused before anything is written (options act or are refused)."""
+    before = [p.detach().clone() for p in tiny_vit.parameters()]
+    for alpha, scale in itertools.product([0.1, 1.0], ["repo", "paper"]):
+        with pytest.raises(
+            ConfigError, match=r"alpha_ser=.* has no effect on method 'cast' here: the source is dense"
+        ):
+            prune(tiny_vit, method="cast", pattern="2:4", alpha_ser=alpha, prior_scale=scale)
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny_vit.parameters()))
+    with pytest.raises(ConfigError, match="prior_scale='paper' has no effect on method 'cast' without alpha_ser > 0"):
+        get_method("cast").config_cls(pattern="2:4", prior_scale="paper")
+    _, masks = prune(copy.deepcopy(tiny_vit), method="cast", pattern="2:4")  # alpha_ser=0: the plain projection
+    assert masks.pattern == KeepPattern(2, 4)
 
 
 def test_alpha_ser_pulls_towards_sparse_source():

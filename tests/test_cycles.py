@@ -322,3 +322,18 @@ def _exact_at(pruner, rec):
 def _pixel_shape(model):
     c = model.config
     return (c.num_channels, c.image_size, c.image_size)
+
+
+def test_run_cycles_fits_dense_spectra_once_for_an_allocation_that_reads_them(tiny_vit):
+    from hf_mpprune.methods.wanda import WandaConfig
+
+    calib = [{"pixel_values": torch.randn(4, *_pixel_shape(tiny_vit), generator=torch.Generator().manual_seed(i))}
+             for i in range(2)]  # fmt: skip
+    cfg = WandaConfig(sparsity=0.3, allocation="alphapruning", calibration_samples=8, calibration_batch_size=4)
+    pruner = _pruner(tiny_vit, cfg)
+    dense_top = {la.name: float(torch.linalg.svdvals(la.matrix_view().detach().double())[0]) for la in pruner.layers}
+    recs = run_cycles(pruner, GRID, train_step=StubTrainStep(), progress=False, calibration=calib)
+    fits = pruner.spectra.by_layer()  # fitted before the first cycle: the dense weights' spectra
+    assert all(fits[n].singular_values[0] == pytest.approx(v, rel=1e-9) for n, v in dense_top.items())
+    assert all(_exact_at(pruner, r) for r in recs) and len({r["mask_sha256"] for r in recs}) == len(GRID)
+    assert all(r["allocation"]["alpha"] == recs[0]["allocation"]["alpha"] for r in recs)  # static α

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import hf_mpprune.core.blockwise as bw
+import hf_mpprune.core.joined as joined_mod
 from hf_mpprune import MPPruner, PruningConfig
 from hf_mpprune.core.blockwise import block_sequential
 from hf_mpprune.core.layers import discover_layers
@@ -39,7 +40,7 @@ def _hessians(model, batches, monkeypatch, *, plain=False, joined=True):
         if plain:
             mp.setattr(bw, "find_blocks", lambda model, layers: None)
         if not joined:
-            mp.setattr(bw, "fuse_batches", lambda cache: None)
+            mp.setattr(joined_mod, "join_batches", lambda batches: None)
         timings = block_sequential(model, list(discover_layers(model)), batches, on_layer)
     return timings, hs
 
@@ -62,6 +63,28 @@ def test_cached_blocks_give_the_plain_path_hessians(kind, joined, monkeypatch, c
     assert list(h1) == list(h0) and len(h0) == len(discover_layers(model))
     for name in h0:
         torch.testing.assert_close(h1[name], h0[name], rtol=1e-5, atol=1e-7 * float(h0[name].abs().max()))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_padded_batches_of_other_lengths_are_joined_and_padding_stays_out(kind, monkeypatch):
+    """Left-padded batches of different lengths: joined into ONE batch (padded to the longest, per-kind keyword
+    inputs captured on the joined batch), with the same Hessians as the per-batch cached path and the plain path,
+    and as the same sequences with more padding (padded positions never enter a Hessian)."""
+    model = _model(kind)
+    torch.manual_seed(2)
+    batches = [tm.lm_inputs(batch=2, seq=n, vocab=model.config.vocab_size, pad_left=3) for n in (12, 9)]
+    more = [{k: torch.cat([torch.zeros_like(v[:, :4]), v], 1) for k, v in b.items()} for b in batches]
+    t0, h0 = _hessians(copy.deepcopy(model), batches, monkeypatch, plain=True)
+    t1, h1 = _hessians(copy.deepcopy(model), batches, monkeypatch)
+    t2, h2 = _hessians(copy.deepcopy(model), batches, monkeypatch, joined=False)
+    t3, h3 = _hessians(copy.deepcopy(model), more, monkeypatch)
+    assert t1.extra.get("joined_batches") == 2 == t3.extra.get("joined_batches") and "joined_batches" not in t2.extra
+    assert t1.path == t2.path == t3.path == "blocks" and t1.extra.get("block_kinds") == (
+        2 if kind == "gemma3" else None
+    )
+    for name in h0:
+        for other in (h1, h2, h3):
+            torch.testing.assert_close(other[name], h0[name], rtol=1e-5, atol=1e-6 * float(h0[name].abs().max()))
 
 
 def test_one_kind_of_inputs_for_every_block_would_be_wrong(monkeypatch):

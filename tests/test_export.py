@@ -145,7 +145,7 @@ def test_bad_arguments(pruned_vit, tmp_path):
         export(model, tmp_path / "m.pt2", format="pt2", opset=18)
     with pytest.raises(ConfigError, match="is a directory"):
         export(model, tmp_path, format="pt2")
-    with pytest.raises(ConfigError, match="ViT-family"):
+    with pytest.raises(ConfigError, match="ToMe supports transformers ViT"):
         export(BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                     intermediate_size=64)), tmp_path / "b.pt2", format="pt2", tome=2)  # fmt: skip
     with pytest.raises(FileNotFoundError, match="no directory"):

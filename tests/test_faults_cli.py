@@ -191,7 +191,9 @@ def test_unexpected_exception_is_one_line_with_a_hint(ws, capsys, monkeypatch):
     def boom(args):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(sys.modules["hf_mpprune.cli.main"], "_run_analyze", boom)
+    import hf_mpprune.cli.analyze as analyze_cli
+
+    monkeypatch.setattr(analyze_cli, "run", boom)
     assert main(["analyze", P(ws, "good")]) == 1
     err = capsys.readouterr().err.strip()
     hint = "(unexpected: rerun with -v for the traceback and report it)"

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import hf_mpprune.core.blockwise as bw
+import hf_mpprune.core.joined as joined_mod
 from hf_mpprune import MPPruner, PruningConfig
 from hf_mpprune.core.blockwise import block_sequential
 from hf_mpprune.core.config import KeepPattern
@@ -55,7 +56,7 @@ def test_block_path_equals_per_layer_forwards(kind, cfg, joined, tiny_bert, tiny
     p0 = _prune(plain_model, cfg, calib, True, monkeypatch)
     with monkeypatch.context() as mp:
         if not joined:
-            mp.setattr(bw, "fuse_batches", lambda cache: None)
+            mp.setattr(joined_mod, "join_batches", lambda batches: None)
         p1 = _prune(block_model, cfg, calib, False, monkeypatch)
     a, b = plain_model.state_dict(), block_model.state_dict()
     if joined:
@@ -73,17 +74,24 @@ def test_block_path_equals_per_layer_forwards(kind, cfg, joined, tiny_bert, tiny
     assert rec.get("joined_batches") == (len(calib) if joined else None)
 
 
-def test_joined_batches_refuse_what_does_not_line_up():
-    from hf_mpprune.core.joined import fuse_batches
+def test_joined_batches_pad_to_the_longest_and_refuse_what_does_not_line_up():
+    from hf_mpprune.core.joined import join_batches
 
+    ids = [torch.arange(1, 11).reshape(2, 5), torch.arange(1, 10).reshape(3, 3)]
+    masks = [torch.ones(2, 5, dtype=torch.long), torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]])]
+    batches = [{"input_ids": i, "attention_mask": m, "flag": True} for i, m in zip(ids, masks)]
+    out, real = join_batches(batches)
+    assert out["input_ids"].shape == out["attention_mask"].shape == (5, 5) and out["flag"] is True
+    assert torch.equal(out["input_ids"][2:, :3], ids[1]) and (out["input_ids"][2:, 3:] == 0).all()
+    assert torch.equal(out["attention_mask"][2:, :3], masks[1]) and (out["attention_mask"][2:, 3:] == 0).all()
+    assert torch.equal(real, out["attention_mask"].bool()) and int(real.sum()) == 10 + 6
     h = [torch.randn(2, 5, 4), torch.randn(3, 5, 4)]
-    masks = [torch.ones(2, 1, 5, 5), torch.ones(3, 1, 5, 5)]
-    shared = torch.randn(1, 5, 4)  # e.g. position embeddings, the same for every batch
-    args, kwargs = fuse_batches([((h[i],), {"mask": masks[i], "pos": shared, "flag": True}) for i in range(2)])
-    assert torch.equal(args[0], torch.cat(h)) and kwargs["mask"].shape == (5, 1, 5, 5) and kwargs["pos"] is shared
-    assert fuse_batches([((h[0],), {}), ((torch.randn(3, 6, 4),), {})]) is None  # other sequence length
-    assert fuse_batches([((h[0],), {"flag": True}), ((h[1],), {"flag": False})]) is None  # other flags
-    assert fuse_batches([((h[0],), {"pos": torch.randn(1, 5, 4)}), ((h[1],), {"pos": torch.randn(1, 5, 4)})]) is None
+    args = join_batches([{"x": h[0]}, {"x": h[1]}])[0]
+    assert torch.equal(args["x"], torch.cat(h))
+    assert join_batches([{"x": h[0]}, {"x": torch.randn(3, 6, 4)}]) is None  # other length and no mask to pad with
+    assert join_batches([{"x": h[0], "flag": True}, {"x": h[1], "flag": False}]) is None  # other flags
+    assert join_batches([{"x": h[0]}, {"y": h[1]}]) is None  # other keys
+    assert join_batches([batches[0], {"input_ids": ids[1]}]) is None  # a mask in one batch only
 
 
 def test_block_plan_groups_shared_inputs_and_falls_back(tiny_bert):
@@ -201,7 +209,7 @@ def test_mp_sparsegpt_budgets_exact_and_beta0_is_sparsegpt(tiny_bert):
     masks = pruner.prune(calibration=calib)
     assert masks.num_pruned == math.floor(0.6 * pruner.layers.total_params)
     rec = pruner.ledger.steps[-1]
-    spars = rec["sparsegpt"]["layer_sparsity"]
+    spars = rec["allocation"]["layer_sparsity"]
     assert max(spars.values()) - min(spars.values()) > 0.05  # the MP weights move budgets between layers
     assert {n: round(float((~masks[n]).float().mean()), 6) for n in masks.names} == {
         n: round(v, 6) for n, v in spars.items()

@@ -15,7 +15,7 @@ from hf_mpprune.core.registry import get_method
 
 PKG_DIR = os.path.dirname(hf_mpprune.__file__)
 # Pipeline stages, lowest first. A module may import only from its own stage or from a stage with a lower rank;
-# stages of equal rank (training / deploy / certify / metrics) never import each other.
+# stages of equal rank (training / deploy / certify / metrics; hub / data) never import each other.
 RANK = {
     "core": 0,
     "spectral": 1,
@@ -25,8 +25,8 @@ RANK = {
     "certify": 3,
     "metrics": 3,
     "hub": 4,
+    "data": 4,  # the pruner prepares raw datasets with the data layer (issue 25), so data sits below it
     "pruner": 5,
-    "data": 6,
     "builtins": 7,
     "recipes": 8,
     "cli": 9,

@@ -20,7 +20,7 @@ def test_refuses_fp32(tiny_vit):
     model, _ = _pruned(tiny_vit, torch.float32)
     with pytest.raises(ConfigError, match="float16 or bfloat16.*1:2"):
         to_semi_structured(model, dtype=torch.float32)
-    with pytest.raises(ConfigError, match=r"model is in torch.float32.*cast=True"):
+    with pytest.raises(ConfigError, match=r"not in torch.bfloat16.*cast=True"):
         to_semi_structured(model, dtype=torch.bfloat16)
 
 
@@ -141,17 +141,15 @@ def test_gpu_converted_matches_dense_masked(tome_r):
         model.save_pretrained("/nonexistent")
 
 
-def test_negative_zeros_are_written_as_positive_zeros(tiny_vit, monkeypatch):
+def test_negative_zeros_are_written_as_positive_zeros(tiny_vit):
     """The conversion step canonicalises −0.0 (checked on CPU with an identity stand-in for the GPU kernel)."""
-    from hf_mpprune.deploy import semi_structured
     from hf_mpprune.deploy.semi_structured import ConversionReport, _convert
 
     model, masks = _pruned(tiny_vit)
     name = block_linear_names(model)[0]
     lin = model.get_submodule(name)
     lin.weight.data[~masks[name]] = -0.0
-    monkeypatch.setattr(semi_structured, "to_sparse_semi_structured", lambda w: w)
     report = ConversionReport(backend="cusparselt", device="cpu", dtype="bf16")
-    _convert({name: lin}, "cusparselt", report)
+    _convert({name: lin}, "cusparselt", report, torch.bfloat16, lambda w, backend: w)
     assert report.converted == [name]
     assert not torch.signbit(lin.weight[~masks[name]]).any() and bool((lin.weight[~masks[name]] == 0).all())

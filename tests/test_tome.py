@@ -3,9 +3,18 @@ import copy
 import pytest
 import torch
 from transformers import DeiTConfig, DeiTForImageClassification, ViTConfig, ViTForImageClassification
+from transformers.models.deit.modeling_deit import DeiTLayer
+from transformers.models.vit.modeling_vit import ViTLayer
 
 from hf_mpprune import ConfigError, apply_tome, remove_tome
-from hf_mpprune.deploy.tome import merge_tokens, tome_state, tome_token_schedule
+from hf_mpprune.deploy.tome import (
+    block_family,
+    merge_tokens,
+    size_bias,
+    tome_state,
+    tome_token_schedule,
+    upstream_forward_sha256,
+)
 from tests.kn_helpers import two_four_masks
 from tests.tiny_models import vit_inputs
 
@@ -63,7 +72,7 @@ def test_bad_inputs(tiny_vit, tiny_bert):
             apply_tome(tiny_vit, r=bad)
     with pytest.raises(ConfigError, match="too large.*at most 32"):
         apply_tome(tiny_vit, r=33)
-    with pytest.raises(ConfigError, match="ViT-family"):
+    with pytest.raises(ConfigError, match="ToMe supports transformers ViT / DeiT models and timm vision transformers"):
         apply_tome(tiny_bert, r=2)
 
 
@@ -95,11 +104,17 @@ def test_proportional_attention_equals_duplicated_tokens(tiny_vit):
     h = torch.randn(1, 3, 64)
     dup = torch.cat([h, h[:, 2:3]], dim=1)  # token 2 twice
     with torch.no_grad():
-        state.size = None
         ref, _ = att(dup)
-        state.size = torch.tensor([[[1.0], [1.0], [2.0]]])
-        got, _ = att(h)
+        got, _ = att(h, size_bias(torch.tensor([[[1.0], [1.0], [2.0]]]), h.dtype))  # the model's own attention
     torch.testing.assert_close(got, ref[:, :3], rtol=1e-5, atol=1e-6)
+    assert state.r == 0
+
+
+@pytest.mark.parametrize("cls", [ViTLayer, DeiTLayer])
+def test_the_upstream_forward_is_the_one_the_block_forward_was_written_against(cls):
+    """ToMe replaces only the block forward (no block exposes a point between attention and MLP). If transformers
+    changes that forward, this fails: re-check `_hf_layer_forward` against it, then update the pinned SHA-256."""
+    assert upstream_forward_sha256(cls) == block_family(cls.__new__(cls)).written_against
 
 
 def test_deit_protects_cls_and_distillation_tokens():
@@ -119,3 +134,14 @@ def test_composes_with_masks_without_touching_weights(tiny_vit):
     masks.check_model(tiny_vit)
     after = tiny_vit.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_deep_copy_of_a_patched_model_runs_on_its_own_state(tiny_vit):
+    """A teacher copied after apply_tome (as the README's distillation example does) merges with its own keys."""
+    x = vit_inputs(batch=2)
+    apply_tome(tiny_vit, r=4)
+    copied = copy.deepcopy(tiny_vit)
+    torch.testing.assert_close(_run(copied, x).logits, _run(tiny_vit, x).logits, rtol=0, atol=0)
+    assert tome_state(copied) is not tome_state(tiny_vit) and tome_state(copied).token_counts == [65, 61]
+    remove_tome(copied)
+    assert tome_state(tiny_vit) is not None and not any(hasattr(m, "_mpprune_tome") for m in copied.modules())

@@ -47,10 +47,30 @@ def test_wheel_ships_its_data(installed):
     lines = _py(code, env, base).strip().splitlines()
     assert lines[0].startswith(str(target)), f"imported {lines[0]}, not the installed wheel"
     n, model_id = lines[1].split()
-    assert int(n) == len([f for f in os.listdir(os.path.join(ROOT, "hf_mpprune", "recipes", "library"))
-                          if f.endswith(".yaml")])  # fmt: skip
+    assert int(n) == len(_shipped_recipes())
     assert model_id.startswith("builtin:")
     assert lines[2] == "True True True"
+
+
+def _shipped_recipes() -> list[str]:
+    return sorted(f for f in os.listdir(os.path.join(ROOT, "recipes")) if f.endswith(".yaml"))
+
+
+def test_recipes_live_at_the_top_of_the_repository_and_travel_in_the_wheel(installed):
+    """`recipes/` is the home of the shipped YAML files; the package sees them through its `library` link, and the
+    wheel holds them as plain files (no link), each found by name from the installed package."""
+    target, env, base = installed
+    link = os.path.join(ROOT, "hf_mpprune", "recipes", "library")
+    assert os.path.islink(link) and os.path.realpath(link) == os.path.join(ROOT, "recipes")
+    names = [f[: -len(".yaml")] for f in _shipped_recipes()]
+    assert len(names) >= 10
+    shipped = os.path.join(str(target), "hf_mpprune", "recipes", "library")
+    assert not os.path.islink(shipped) and sorted(os.listdir(shipped)) == _shipped_recipes()
+    code = "from hf_mpprune.recipes.schema import recipe_path\n" + "".join(
+        f"print(recipe_path({n!r}))\n" for n in names
+    )
+    paths = _py(code, env, base).split()
+    assert [os.path.dirname(p) for p in paths] == [shipped] * len(names)
 
 
 @pytest.mark.slow

@@ -63,6 +63,27 @@ def tiny_convnext():
     return _finish(ConvNextForImageClassification(cfg), vit_inputs())
 
 
+def tiny_deit():
+    from transformers import DeiTConfig, DeiTForImageClassification
+
+    torch.manual_seed(0)
+    cfg = DeiTConfig(
+        image_size=32, patch_size=4, num_channels=3, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, num_labels=10,
+    )  # fmt: skip
+    return _finish(DeiTForImageClassification(cfg), vit_inputs())
+
+
+def tiny_swin():
+    from transformers import SwinConfig, SwinForImageClassification
+
+    torch.manual_seed(0)
+    cfg = SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4, num_labels=10
+    )
+    return _finish(SwinForImageClassification(cfg), vit_inputs())
+
+
 def tiny_gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -1,7 +1,8 @@
 """`hf-mpprune certify PRUNED_DIR --dense DENSE_DIR`: data-path budget certificates (docs/algorithms.md §9.4).
 
-Samples: `--data random` (default) draws seeded inputs from the model config (pixel_values ~ N(0, 1) for image
-models, uniform token ids of length min(16, max_position_embeddings) for text models); `--data digits` uses the first
+Samples: `--data random` (default) draws seeded dummy inputs from optimum's input generators (pixel_values of the
+model's size for image models, token ids of length min(16, max_position_embeddings) with a padded attention mask
+for text models); `--data digits` uses the first
 `--samples` scikit-learn digits images (pixels / 16, bilinearly resized to `config.image_size`, repeated over
 `config.num_channels`), with their labels when `--labels` is given. Layers default to the registered layers whose
 weights differ (only the head layers with `--lipschitz head`). Exit code 1 when a valid bound was violated.
@@ -20,11 +21,12 @@ from ..core.errors import ConfigError
 from ..core.files import write_text_atomic
 from ..core.layers import discover_layers
 from ..core.loading import load_model
+from ..core.tasks import dummy_inputs
 from .args import positive_int
 
 
 def register(sub) -> None:
-    p = sub.add_parser("certify", help="data-path budget certificates of a pruned checkpoint vs its dense source")
+    p = sub.add_parser("certify")
     p.add_argument("model", help="pruned model directory")
     p.add_argument("--dense", required=True, help="the dense model directory the pruned model was made from")
     p.add_argument("--samples", type=positive_int, default=64, help="size of the audit set T")
@@ -39,11 +41,11 @@ def register(sub) -> None:
     p.set_defaults(func=run_certify)
 
 
-def make_samples(config, n: int, data: str, seed: int = 0):
-    """(inputs dict, labels or None) for an audit set of `n` samples, from the model config (see module doc)."""
+def make_samples(model, n: int, data: str, seed: int = 0):
+    """(inputs dict, labels or None) for an audit set of `n` samples of `model` (see module doc)."""
     if n <= 0:
         raise ConfigError(f"--samples must be positive, got {n}")
-    gen = torch.Generator().manual_seed(seed)
+    config = model.config
     size, ch = getattr(config, "image_size", None), getattr(config, "num_channels", None)
     if data == "digits":
         if not size or not ch:
@@ -57,15 +59,8 @@ def make_samples(config, n: int, data: str, seed: int = 0):
         hw = (size, size) if isinstance(size, int) else tuple(size)
         img = F.interpolate(img, size=hw, mode="bilinear", align_corners=False).repeat(1, ch, 1, 1)
         return {"pixel_values": img}, torch.tensor(y[:n])
-    if size and ch:
-        hw = (size, size) if isinstance(size, int) else tuple(size)
-        return {"pixel_values": torch.randn(n, ch, *hw, generator=gen)}, None
-    vocab = getattr(config, "vocab_size", None)
-    if vocab:
-        seq = min(16, getattr(config, "max_position_embeddings", 16) or 16)
-        ids = torch.randint(0, vocab, (n, seq), generator=gen)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None
-    raise ConfigError("cannot make random inputs: the config has neither image_size/num_channels nor vocab_size")
+    seq = min(16, getattr(config, "max_position_embeddings", 16) or 16)
+    return dummy_inputs(model, n, seq, seed=seed, device="cpu", dtype=torch.float32), None
 
 
 def _default_layers(dense, pruned, estimator: str) -> list[str]:
@@ -86,7 +81,7 @@ def _default_layers(dense, pruned, estimator: str) -> list[str]:
 def run_certify(args) -> int:
 
     dense, pruned = load_model(args.dense), load_model(args.model)
-    samples, labels = make_samples(dense.config, args.samples, args.data, args.seed)
+    samples, labels = make_samples(dense, args.samples, args.data, args.seed)
     layers = args.layers or _default_layers(dense, pruned, args.lipschitz)
     report = budget_audit(
         dense, pruned, layers, samples, labels=labels if args.labels else None, lipschitz=args.lipschitz,

@@ -1,4 +1,4 @@
-"""`make demo` / `python -m hf_mpprune.demo`: run the offline recipes shipped in `hf_mpprune/recipes/library` through
+"""`make demo` / `python -m hf_mpprune.demo`: run the offline recipes shipped in `recipes/` through
 the same recipe runner and data layer as a user's recipe, print a before/after table row by row, and write
 checkpoints with ledgers, cards and spectra plots under `./mpprune-demo/`.
 
@@ -20,7 +20,8 @@ import torch
 
 from ..core.errors import ConfigError
 from ..recipes.runner import run_recipe
-from ..recipes.schema import LIBRARY, load_recipe
+from ..recipes.schema import LIBRARY, load_recipe, recipe_path
+from .args import nonnegative_int
 
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,25 @@ def _row(name: str, result: dict) -> str:
     before, after = result.get("base_accuracy"), result.get("accuracy")
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "–"  # noqa: E731
     return f"| {name} | {fmt(before)} | {fmt(after)} | {fmt(result.get('sparsity'))} | {macs} | {result['status']} |"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo")
+    p.add_argument("--out", default="mpprune-demo", help="folder for the demo checkpoints")
+    p.add_argument("--epochs", type=nonnegative_int, default=20, help="dense training epochs of the digits ViT")
+    p.add_argument(
+        "--recipes", nargs="*", default=None, help="recipe files or shipped recipe names (default: the offline ones)"
+    )
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    argv = ["--out", args.out, "--epochs", str(args.epochs)]
+    if args.recipes is not None:
+        for r in args.recipes:  # a file, or a shipped recipe by name; ConfigError lists the shipped ones
+            recipe_path(r)
+        argv += ["--recipes", *args.recipes]
+    return main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ PACKAGES = (
 
 
 def register(sub) -> None:
-    p = sub.add_parser("env", help="print versions, devices and available sparse kernels (for bug reports)")
+    p = sub.add_parser("env")
     p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     p.set_defaults(func=_run)
 

@@ -24,7 +24,7 @@ METRIC_TASKS = {
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a saved model on a dataset (top-1/top-5, or embedding agreement)")
+    p = sub.add_parser("eval")
     p.add_argument("model", help="saved model directory (or Hub id)")
     p.add_argument("--dataset", required=True, help="dataset spec: Hub id, folder, data file or builtin:...")
     p.add_argument("--split", default="validation", help="split expression, e.g. 'validation' or 'test[:10%%]'")

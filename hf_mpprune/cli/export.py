@@ -12,7 +12,7 @@ from ..deploy.export import DEFAULT_OPSET, FORMATS, export
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="export a saved model to ONNX or a torch.export program (.pt2)")
+    p = sub.add_parser("export")
     p.add_argument("model", help="saved model directory")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (torch.onnx dynamo) or pt2 (torch.export)")
     p.add_argument("--output", "-o", required=True, help="file to write, e.g. model.onnx")

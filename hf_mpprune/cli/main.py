@@ -1,5 +1,6 @@
-"""`hf-mpprune` console script. Each subcommand is a `register(subparsers)` function; the parser it adds sets
-`func(args) -> int`. Feature modules add their own subcommand by appending to `_COMMANDS`.
+"""`hf-mpprune` console script. Each verb's module has a `register(subparsers)` function; the parser it adds sets
+`func(args) -> int`. `COMMANDS` names each verb's module and one-line help: only the module of the verb being run
+is imported, so `hf-mpprune --version` and `--help` import neither torch nor transformers.
 
 Error policy (README "Errors and recovery"): a failure prints ONE line on stderr, `hf-mpprune CMD: error: ...`,
 naming the bad value or file (the traceback only with `-v`). Exit codes: 0 success; 2 usage errors (argparse
@@ -10,108 +11,72 @@ non-finite data, Hub/network errors, anything unexpected); 130 interrupted. Outp
 
 import argparse
 import importlib
-import json
 import logging
-import os
 import sys
 import traceback
+from collections.abc import Collection
+from importlib.metadata import PackageNotFoundError, version
 
-import torch
-import transformers
-
-from ..core.config import PruningConfig, SpectralConfig
-from ..core.constants import EVERY_ROLE, __version__
+from ..core.constants import __version__
 from ..core.errors import ConfigError, MPPruneError, NoPrunableLayersError
-from ..core.files import write_text_atomic
-from ..pruner import MPPruner
-from ..recipes.schema import recipe_path
-from . import demo as demo_cli
-from .args import nonnegative_int
 
 
 # A value the user gave is wrong (a bad flag value, a path or model id that does not exist): exit 2.
 USAGE_ERRORS = (ConfigError, NoPrunableLayersError, FileNotFoundError)
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-
-def _register_analyze(sub) -> None:
-    p = sub.add_parser("analyze", help="MP-fit every prunable layer of a model (spectra, plots)")
-    p.add_argument("model", help="local model directory or Hub id (offline: must be in the HF cache)")
-    p.add_argument("--out", help="directory for spectra.json, spectra.md and plots")
-    p.add_argument("--plot", action="store_true", help="write overview.png and per-layer ESD plots under --out")
-    p.add_argument("--json", action="store_true", help="print the JSON report instead of a markdown table")
-    p.add_argument("--view", choices=["per_module", "fused_qkv"], default="per_module")
-    p.add_argument("--compat", choices=["exact", "repo"], default="exact")
-    p.add_argument("--device", default=None, help="device for the eigen work, e.g. cuda (results are float64)")
-    p.add_argument("--targets", nargs="*", default=None, help="layer patterns: Linear, role:mlp, re:<regex>")
-    p.add_argument("--ignore", nargs="*", default=[], help="layer patterns to exclude")
-    p.set_defaults(func=_run_analyze)
-
-
-def _run_analyze(args) -> int:
-
-    if args.plot and not args.out:
-        raise ConfigError("--plot needs --out DIR")
-    spectral = SpectralConfig(compat=args.compat, view=args.view, device=args.device)
-    targets = args.targets or list(EVERY_ROLE)  # analysis covers every prunable layer unless narrowed
-    cfg = PruningConfig(targets=targets, ignore=args.ignore, spectral=spectral)
-    pruner = MPPruner.from_pretrained(args.model)
-    pruner = type(pruner)(pruner.model, cfg)
-    report = pruner.analyze()
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        write_text_atomic(os.path.join(args.out, "spectra.json"), report.to_json() + "\n")
-        write_text_atomic(os.path.join(args.out, "spectra.md"), report.to_markdown() + "\n")
-        if args.plot:
-            report.plot(args.out)
-    sys.stdout.write((json.dumps(report.to_dict(), indent=2) if args.json else report.to_markdown()) + "\n")
-    return 0
+# verb -> (module whose `register(subparsers)` adds it, one-line help), in help order. A new verb is one line here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "analyze": ("hf_mpprune.cli.analyze", "MP-fit every prunable layer of a model (spectra, plots)"),
+    "prune": ("hf_mpprune.cli.prune", "prune a model one-shot with a registered method and save it"),
+    "audit": ("hf_mpprune.cli.deploy", "k:n legality audit + exact MAC report of a saved model"),
+    "bench": ("hf_mpprune.cli.deploy", "speed audit: dense-masked vs 2:4 over a batch sweep (median, IQR)"),
+    "certify": ("hf_mpprune.cli.certify", "data-path budget certificates of a pruned checkpoint vs its dense source"),
+    "eval": ("hf_mpprune.cli.eval", "evaluate a saved model on a dataset (top-1/top-5, or embedding agreement)"),
+    "run": ("hf_mpprune.recipes.runner", "run a recipe: analyze → prune → distill → audit → save (→ push)"),
+    "push": ("hf_mpprune.recipes.runner", "push a saved checkpoint directory to the Hub in one commit"),
+    "export": ("hf_mpprune.cli.export", "export a saved model to ONNX or a torch.export program (.pt2)"),
+    "env": ("hf_mpprune.cli.env", "print versions, devices and available sparse kernels (for bug reports)"),
+    "demo": ("hf_mpprune.cli.demo", "offline demo: train a digits ViT, run the shipped recipes, print a table"),
+}
 
 
-# Modules that expose `register(subparsers)`, in help order.
-_COMMANDS: tuple[str, ...] = (
-    "hf_mpprune.cli.prune",
-    "hf_mpprune.cli.deploy",
-    "hf_mpprune.cli.certify",
-    "hf_mpprune.cli.eval",
-    "hf_mpprune.recipes.runner",
-    "hf_mpprune.cli.export",
-    "hf_mpprune.cli.env",
-)
+class _Verbs:
+    """The subparsers action as a verb module sees it: `add_parser(verb)` gets the verb's help from `COMMANDS`."""
+
+    def __init__(self, sub):
+        self._sub = sub
+
+    def add_parser(self, name: str, **kwargs):
+        return self._sub.add_parser(name, help=COMMANDS[name][1], **kwargs)
 
 
-def _register_demo(sub) -> None:
-    p = sub.add_parser("demo", help="offline demo: train a digits ViT, run the shipped recipes, print a table")
-    p.add_argument("--out", default="mpprune-demo", help="folder for the demo checkpoints")
-    p.add_argument("--epochs", type=nonnegative_int, default=20, help="dense training epochs of the digits ViT")
-    p.add_argument(
-        "--recipes", nargs="*", default=None, help="recipe files or shipped recipe names (default: the offline ones)"
-    )
-    p.set_defaults(func=_run_demo)
-
-
-def _run_demo(args) -> int:
-    argv = ["--out", args.out, "--epochs", str(args.epochs)]
-    if args.recipes is not None:
-        for r in args.recipes:  # a file, or a shipped recipe by name; ConfigError lists the shipped ones
-            recipe_path(r)
-        argv += ["--recipes", *args.recipes]
-    return demo_cli.main(argv)
+def _installed(dist: str) -> str:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def _version() -> str:
-    return f"hf-mpprune {__version__} (torch {torch.__version__}, transformers {transformers.__version__})"
+    return f"hf-mpprune {__version__} (torch {_installed('torch')}, transformers {_installed('transformers')})"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verbs: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with the full arguments of `verbs` (every verb when None); the other verbs are listed with their
+    help only, and their modules are not imported."""
     parser = argparse.ArgumentParser(prog="hf-mpprune", description="Marchenko–Pastur pruning for HF models")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level and show tracebacks")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
-    _register_analyze(sub)
-    for mod in _COMMANDS:
-        importlib.import_module(mod).register(sub)
-    _register_demo(sub)
+    wanted = {COMMANDS[v][0] for v in (COMMANDS if verbs is None else verbs) if v in COMMANDS}
+    registered = set()
+    for name, (module, text) in COMMANDS.items():
+        if module in wanted and module not in registered:
+            registered.add(module)
+            importlib.import_module(module).register(_Verbs(sub))
+        elif module not in wanted:
+            sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -127,7 +92,9 @@ def exit_code(e: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (argparse's own exits, e.g. `--help`, `--version`, usage, too)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)  # top-level options take no values
+    parser = build_parser([verb] if verb else [])
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # usage error (2), --help / --version (0): argparse already printed

@@ -30,7 +30,7 @@ CALIBRATION_SOURCES = ("digits", "minilm-sentences", "random")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("prune", help="prune a model one-shot with a registered method and save it")
+    p = sub.add_parser("prune")
     p.add_argument("model", help="local model directory or Hub id (offline: must be in the HF cache)")
     p.add_argument("--method", required=True, help="registered method name (see hf_mpprune.list_methods())")
     p.add_argument("--sparsity", type=float, default=0.5, help="target fraction of zero weights in [0, 1)")

@@ -5,7 +5,8 @@ no `masks=` is given, freezes exactly those, and appends its fine-tuning step to
 weak references: a model that is garbage-collected takes its entry with it, and `copy.deepcopy(model)` gives a
 model with nothing attached (a dense teacher copied before pruning stays dense).
 
-Wrappers are looked through: `DistributedDataParallel` (`.module`) and PEFT models (`.get_base_model()`).
+Wrappers are looked through: `DistributedDataParallel` (`.module`), PEFT models (`.get_base_model()`) and
+`SentenceTransformer` (`.transformers_model`).
 """
 
 import weakref
@@ -20,7 +21,8 @@ _TABLE: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKey
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model under DDP / accelerate (`.module`) and PEFT (`.get_base_model()`) wrappers."""
+    """The model under DDP / accelerate (`.module`), PEFT (`.get_base_model()`) and sentence-transformers
+    (`.transformers_model`) wrappers."""
     seen = set()
     while id(model) not in seen:
         seen.add(id(model))
@@ -28,6 +30,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.get_base_model()
         elif isinstance(getattr(model, "module", None), nn.Module):
             model = model.module
+        elif isinstance(getattr(model, "transformers_model", None), nn.Module):
+            model = model.transformers_model
     return model
 
 

@@ -7,21 +7,23 @@ Re-running the model up to every layer costs O(L²) layer forwards; here the inp
 blocks (the `nn.ModuleList` holding most registered layers) are cached once and the model advances one block at a
 time on the cache, like llm-compressor's sequential pipeline:
 
-* block inputs `(args, kwargs)` of every calibration batch are captured at block 0, then each block's output (on
-  the already modified block) becomes the next block's first argument; batches that line up are joined into one
-  (`joined.fuse_batches`), and then each block costs ONE forward, the layers being re-fitted inside it by hooks;
+* the block inputs `(args, kwargs)` of every calibration batch are captured once per kind of block (`replay`: rotary
+  embeddings, attention masks, `position_ids` are shared by the blocks of one kind; Gemma-style models alternate
+  kinds with their own masks); each block's output (on the already modified block) is replayed with its kind's
+  keyword inputs as the next block's input. The batches are joined into one where they can be
+  (`joined.join_batches`: padded text batches of different lengths are padded to the longest, the added positions
+  masked), and then each block costs ONE forward, the layers being re-fitted inside it by hooks;
 * otherwise layers fed the very same tensor (e.g. query / key / value) form one group with ONE Hessian, and each
   group costs one partial block forward that stops at its first layer;
 * registered layers before / after the blocks (patch embedding, pooler, head) use the plain path.
 
-Keyword inputs of the blocks (rotary position embeddings, attention masks, `position_ids`, `cache_position`) are
-captured and replayed per kind of block (`replay`: Gemma-style models alternate layer kinds with their own masks);
-calibration forwards run with `use_cache=False`, so no KV cache is built. Equivalence is checked before anything is
-modified: on the first batch the cached chain of dense blocks must reproduce the inputs the real forward hands to
-every block (`torch.allclose`, rtol 1e-4). A model whose blocks take non-tensor state, whose forward order
-interleaves blocks, or that fails the check is processed by the plain path; the path taken and why is logged
-(INFO) and kept in `Timings.path`, which the methods write into the ledger. Hessians: float64 sums of `XᵀX`
-products computed in `hessian_dtype`.
+Forwards run with `use_cache=False` (`calibration.model_inputs`): no KV cache. Equivalence is checked before
+anything is modified: on the first batch the cached chain of dense blocks must reproduce the inputs the real
+forward hands to every block (`torch.allclose`, rtol 1e-4). A model whose blocks take non-tensor state, whose
+forward order interleaves blocks, or that fails the check is processed by the plain path; the path taken and why
+is logged (INFO) and kept in `Timings.path` (the methods write it into the ledger). Hessians: float64 sums of `XᵀX`
+products computed in `hessian_dtype`, over real-token rows only (every forward runs inside `calibration.real_tokens`
+with its batch's mask).
 """
 
 import logging
@@ -32,11 +34,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .calibration import layer_input_rows, model_inputs, run_batches
+from .calibration import layer_input_rows, real_tokens, run_batches
 from .errors import ConfigError
-from .joined import block_index, find_blocks, first_tensor, fuse_batches, fused_matches, hidden_of
+from .joined import (
+    StopForward,
+    block_index,
+    cache_block_inputs,
+    find_blocks,
+    first_tensor,
+    forward_until_stop,
+    hidden_of,
+)
 from .layers import PrunableLayer
-from .replay import StopForward, block_kinds, call_for, capture_calls, simple_state
+from .replay import block_kinds, call_for, simple_state
 from .validate import check_finite
 
 
@@ -197,10 +207,17 @@ class _Hessian:
         return 2.0 * self.xtx.cpu() / max(1, self.rows)
 
 
-def _refit_inside_forward(tm: Timings, blk: nn.Module, groups, cache: list[tuple], dtype, call) -> torch.Tensor:
+def _run(blk: nn.Module, entry: tuple):
+    """`blk` on one cache entry (args, kwargs, token mask): padded positions stay out of the statistics."""
+    args, kwargs, mask = entry
+    with real_tokens(mask):
+        return blk(*args, **kwargs)
+
+
+def _refit_inside_forward(tm: Timings, blk: nn.Module, groups, cache: list[tuple], dtype, call) -> list:
     """One forward of `blk` on the single cached batch; each group is handled by a pre-hook on its first layer
     (Hessian of the input it receives, then `call` for every layer of the group) before the forward goes on.
-    Returns the block's output hidden state."""
+    Returns the block's output hidden state (a one-element list, one per cache entry)."""
     done: set[int] = set()
 
     def make(i, group):
@@ -219,8 +236,7 @@ def _refit_inside_forward(tm: Timings, blk: nn.Module, groups, cache: list[tuple
     handles = [g[0].module.register_forward_pre_hook(make(i, g)) for i, g in enumerate(groups)]
     t0, h0, s0 = time.perf_counter(), tm.hessian_s, tm.solve_s
     try:
-        args, kwargs = cache[0]
-        out = blk(*args, **kwargs)
+        out = _run(blk, cache[0])
     finally:
         for hd in handles:
             hd.remove()
@@ -228,7 +244,7 @@ def _refit_inside_forward(tm: Timings, blk: nn.Module, groups, cache: list[tuple
     if len(done) != len(groups):
         missing = [g[0].name for i, g in enumerate(groups) if i not in done]
         raise ConfigError(f"calibration forwards never reached layer(s) {missing[:10]}")
-    return hidden_of(out)
+    return [hidden_of(out)]
 
 
 def _partial(tm: Timings, layer: PrunableLayer, acc: _Hessian, forwards: Callable[[], None]) -> None:
@@ -245,6 +261,55 @@ def _partial(tm: Timings, layer: PrunableLayer, acc: _Hessian, forwards: Callabl
     finally:
         handle.remove()
     tm.forward_s += time.perf_counter() - t0 - (tm.hessian_s - h0)
+
+
+def _block_hessians(tm: Timings, blk: nn.Module, groups, cache: list[tuple], dtype, call, granularity: str) -> None:
+    """`call` every layer of `blk` with its group's Hessian: from ONE forward of the block as reached
+    (`granularity="block"`), or group by group, each from a partial block forward on the already rewritten
+    earlier groups."""
+    if granularity == "block":
+        accs = [_Hessian(dtype, tm) for _ in groups]
+        handles = [
+            g[0].module.register_forward_pre_hook(
+                lambda mod, args, acc=acc, la=g[0]: acc.add(layer_input_rows(la, args[0].detach()))
+            )
+            for g, acc in zip(groups, accs)
+        ]
+        t0, h0 = time.perf_counter(), tm.hessian_s
+        try:
+            for entry in cache:
+                _run(blk, entry)
+        finally:
+            for hd in handles:
+                hd.remove()
+        tm.forward_s += time.perf_counter() - t0 - (tm.hessian_s - h0)
+        hs = [acc.value(g[0].name) for g, acc in zip(groups, accs)]
+        for group, h in zip(groups, hs):
+            for la in group:
+                call(la, h)
+        return
+    for group in groups:
+        acc = _Hessian(dtype, tm)
+
+        def forwards():
+            for entry in cache:
+                try:
+                    _run(blk, entry)
+                except StopForward:
+                    pass
+
+        _partial(tm, group[0], acc, forwards)
+        h = acc.value(group[0].name)
+        for la in group:
+            call(la, h)
+
+
+def _outputs(tm: Timings, blk: nn.Module, cache: list[tuple]) -> list[torch.Tensor]:
+    """The hidden state `blk` outputs on every cache entry (the next block's input)."""
+    t0 = time.perf_counter()
+    out = [hidden_of(_run(blk, entry)) for entry in cache]
+    tm.forward_s += time.perf_counter() - t0
+    return out
 
 
 @torch.no_grad()
@@ -266,11 +331,13 @@ def block_sequential(
     forward of the block as it was when the block was reached (earlier blocks already rewritten), so a block costs
     2 block forwards instead of (groups + 1); results differ from the layer-sequential default.
 
-    Joined batches: when the cached block inputs line up (`fuse_batches`) and the dense first block gives the same
-    rows on the joined batch as on its first and last batch, all batches run as ONE, and the layer-sequential
-    default costs ONE forward per block: a pre-hook on each group's first layer builds the group's Hessian from
-    the input it receives and re-fits the group before the forward goes on (later groups see the rewritten earlier
-    ones; the output is the next block's input). Same results up to float rounding; `Timings.extra` records it.
+    Joined batches: when the batches can be joined (`joined.join_batches`, padded text batches of any lengths
+    included) and the dense first block gives the same real-token rows on the joined batch as on its first and last
+    batch, all batches run as ONE, and the layer-sequential default costs ONE forward per block: a pre-hook on each
+    group's first layer builds the group's Hessian from the input it receives and re-fits the group before the
+    forward goes on (later groups see the rewritten earlier ones; the output is the next block's input). Same
+    results up to float rounding; `Timings.extra` records it (and `block_kinds` when blocks take more than one
+    kind of keyword inputs).
     """
     tm = timings if timings is not None else Timings()
     batches = list(batches)
@@ -286,15 +353,7 @@ def block_sequential(
 
     def plain(layer):
         acc = _Hessian(hessian_dtype, tm)
-
-        def forwards():
-            for b in batches:
-                try:
-                    model(**model_inputs(model, b, device))
-                except StopForward:
-                    pass
-
-        _partial(tm, layer, acc, forwards)
+        _partial(tm, layer, acc, lambda: forward_until_stop(model, batches, device))
         call(layer, acc.value(layer.name))
 
     try:
@@ -311,69 +370,23 @@ def block_sequential(
         for la in pl.pre:
             plain(la)
         t0 = time.perf_counter()
-        calls = capture_calls(model, pl.blocks, pl.kinds, batches, lambda b: model(**model_inputs(model, b, device)))
-        if len(batches) > 1:
-            fused = {k: fuse_batches(c) for k, c in calls.items()}
-            if all(f is not None and fused_matches(pl.blocks[k], calls[k], f) for k, f in fused.items()):
-                tm.extra["joined_batches"] = len(batches)
-                calls = {k: [f] for k, f in fused.items()}
+        calls, joined = cache_block_inputs(model, pl.blocks, pl.kinds, batches)
+        tm.extra.update({"joined_batches": joined} if joined else {})
+        tm.extra.update({"block_kinds": len(calls)} if len(calls) > 1 else {})
         cache = list(calls[0])
         tm.forward_s += time.perf_counter() - t0
-        kinds = len(set(pl.kinds))
         logger.info(
             "sequential calibration: cached block inputs, %d blocks (%d kind(s) of keyword inputs), %d batch(es)%s",
-            len(pl.blocks), kinds, len(cache), " joined" if "joined_batches" in tm.extra else "",
+            len(pl.blocks), len(calls), len(cache), " joined" if joined else "",
         )  # fmt: skip
-        if kinds > 1:
-            tm.extra["block_kinds"] = kinds
         for i, (blk, groups) in enumerate(zip(pl.blocks, pl.groups)):
+            last = i + 1 == len(pl.blocks)
             if granularity == "layer" and len(cache) == 1:
                 hidden = _refit_inside_forward(tm, blk, groups, cache, hessian_dtype, call)
-                if i + 1 < len(pl.blocks):
-                    cache[0] = call_for(calls, pl.kinds, i + 1, 0, hidden)
-                continue
-            if granularity == "block":
-                accs = [_Hessian(hessian_dtype, tm) for _ in groups]
-                handles = [
-                    g[0].module.register_forward_pre_hook(
-                        lambda mod, args, acc=acc, la=g[0]: acc.add(layer_input_rows(la, args[0].detach()))
-                    )
-                    for g, acc in zip(groups, accs)
-                ]
-                t0, h0 = time.perf_counter(), tm.hessian_s
-                try:
-                    for args, kwargs in cache:
-                        blk(*args, **kwargs)
-                finally:
-                    for hd in handles:
-                        hd.remove()
-                tm.forward_s += time.perf_counter() - t0 - (tm.hessian_s - h0)
-                hs = [acc.value(g[0].name) for g, acc in zip(groups, accs)]
-                for group, h in zip(groups, hs):
-                    for la in group:
-                        call(la, h)
-                groups = []
-            for group in groups:
-                acc = _Hessian(hessian_dtype, tm)
-
-                def forwards(blk=blk, cache=cache):
-                    for args, kwargs in cache:
-                        try:
-                            blk(*args, **kwargs)
-                        except StopForward:
-                            pass
-
-                _partial(tm, group[0], acc, forwards)
-                h = acc.value(group[0].name)
-                for la in group:
-                    call(la, h)
-            if i + 1 < len(pl.blocks):
-                t0 = time.perf_counter()
-                cache = [
-                    call_for(calls, pl.kinds, i + 1, b, hidden_of(blk(*a, **k))) for b, (a, k) in enumerate(cache)
-                ]
-                tm.forward_s += time.perf_counter() - t0
-        cache.clear()
+            else:
+                _block_hessians(tm, blk, groups, cache, hessian_dtype, call, granularity)
+                hidden = [] if last else _outputs(tm, blk, cache)
+            cache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(hidden)]
         calls.clear()
         for la in pl.post:
             plain(la)

@@ -19,6 +19,7 @@ import yaml
 from .constants import CONFIG_NAME, __version__
 from .errors import ConfigError, InvalidPatternError, MPPruneWarning
 from .files import read_json
+from .plugins import load_providers
 from .validate import check_field_types, nested_config
 
 
@@ -134,6 +135,7 @@ _CONFIG_CLASSES: dict[str, type] = {}
 
 def config_class(method: str) -> type:
     """The config class registered for `method` (`ConfigError` naming the registered methods otherwise)."""
+    load_providers()
     try:
         return _CONFIG_CLASSES[method]
     except (KeyError, TypeError):
@@ -157,7 +159,8 @@ class PruningConfig:
             in [0, 1). For k:n methods it is implied by the pattern.
         pattern (`KeepPattern` or `str`, *optional*): k:n pattern, "k:n" = k kept of every n along the input dim.
         targets (`list[str]`, *optional*): module type names (`"Linear"`), exact module names, `"role:mlp"`, or
-            `"re:<regex>"` (searched in the module's qualified name). Default: every Linear/Conv2d/Conv1D.
+            `"re:<regex>"` (searched in the module's qualified name). Default: every Linear/Conv2d/Conv1D except the
+            task head and the input embeddings (roles "head" / "embed"; add `"role:head"` to prune them).
         ignore (`list[str]`, defaults to `[]`): same forms; matching layers are excluded.
         seed (`int`, defaults to 0): seed of every random choice (calibration sampling, tie-free ordering).
         spectral (`SpectralConfig`): MP fit settings.

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import transformers
+from transformers.utils.generic import is_timm_config_dict
 
 from .constants import MASKS_NAME
 from .errors import CheckpointError, MPPruneError
@@ -128,7 +129,7 @@ def check_no_remote_code(config: dict[str, Any], path: str) -> None:
 def check_model_dir(path: str | os.PathLike) -> dict[str, Any]:
     """Check a local model folder before transformers touches it; returns its parsed config.json.
 
-    Raises `CheckpointError` for: not a folder, no or damaged config.json, no `model_type`, remote code, only
+    Raises `CheckpointError` for: not a folder, no or damaged config.json, no `model_type` (timm's Hub layout, detected as transformers does, needs none), remote code, only
     pickled weights (`pytorch_model.bin`), and damaged or truncated safetensors weights (each named).
     """
     path = os.fspath(path)
@@ -143,7 +144,7 @@ def check_model_dir(path: str | os.PathLike) -> dict[str, Any]:
         )
     cfg = read_json(os.path.join(path, "config.json"), what="model config", recover="re-save the model or restore "
                     "config.json from the original model")  # fmt: skip
-    if not isinstance(cfg.get("model_type"), str) or not cfg["model_type"]:
+    if (not isinstance(cfg.get("model_type"), str) or not cfg["model_type"]) and not is_timm_config_dict(cfg):
         raise CheckpointError(
             f"{os.path.join(path, 'config.json')!r} has no 'model_type' key, so the architecture is unknown; "
             "restore config.json from the original model"

@@ -1,21 +1,29 @@
-"""Transformer-block calls for `blockwise`: finding the repeated blocks, the hidden state of a block call, and
-joining the cached block inputs of several calibration batches into one batch (one block forward per block)."""
+"""Transformer-block calls for `blockwise`: finding the repeated blocks, the hidden state of a block call,
+capturing the blocks' inputs per kind of block (`capture_calls`, each call with its batch's token mask), and
+joining several calibration batches, padded text batches of different lengths included, into one batch (one
+block forward per block)."""
 
 import torch
 from torch import nn
 
+from .calibration import model_inputs, real_tokens, token_mask
 from .layers import PrunableLayer
 
 
 __all__ = [
     "FUSE_MAX_ROWS",
     "FUSE_MAX_SCORES",
+    "StopForward",
     "block_index",
+    "cache_block_inputs",
+    "capture_calls",
     "find_blocks",
     "first_tensor",
-    "fuse_batches",
-    "fused_matches",
+    "fits_joined",
+    "forward_until_stop",
     "hidden_of",
+    "join_batches",
+    "joined_matches",
     "with_hidden",
 ]
 
@@ -57,56 +65,121 @@ def with_hidden(args, kwargs, hidden):
     return args, {**kwargs, "hidden_states": hidden}
 
 
-class _NoFuse(Exception):
-    """The cached batches cannot be joined into one."""
-
-
 FUSE_MAX_ROWS = 2**25  # hidden-state elements of the joined batch (128 MiB in float32)
 FUSE_MAX_SCORES = 2**27  # batch x tokens² (attention scores per head of the joined batch)
 
 
-def _merge(vals: list, sizes: list[int]):
-    first = vals[0]
-    if isinstance(first, torch.Tensor):
-        if not all(isinstance(v, torch.Tensor) for v in vals):
-            raise _NoFuse
-        if first.dim() > 0 and all(
-            v.dim() == first.dim() and v.shape[0] == b and v.shape[1:] == first.shape[1:] for v, b in zip(vals, sizes)
-        ):
-            return torch.cat(vals, 0)  # batch-major: joined along the batch
-        if all(v.shape == first.shape and torch.equal(v, first) for v in vals[1:]):
-            return first  # shared by every batch (e.g. a broadcast mask)
-        raise _NoFuse
-    if isinstance(first, (tuple, list)):
-        if not all(type(v) is type(first) and len(v) == len(first) for v in vals):
-            raise _NoFuse
-        return type(first)(_merge([v[i] for v in vals], sizes) for i in range(len(first)))
-    if all(type(v) is type(first) and v == first for v in vals[1:]):
-        return first
-    raise _NoFuse
+def _batch_size(batch: dict, mask: torch.Tensor | None) -> int | None:
+    if mask is not None:
+        return mask.shape[0]
+    first = next((v for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+    return None if first is None else first.shape[0]
 
 
-def fuse_batches(cache: list[tuple]) -> tuple | None:
-    """The cached block inputs of every calibration batch joined into ONE batch (tensors with the batch size as
-    dim 0 concatenated, tensors identical in every batch kept once, equal plain values kept), or None when they
-    do not line up (different sequence lengths, different flags) or the joined batch would exceed
-    `FUSE_MAX_ROWS` / `FUSE_MAX_SCORES`."""
-    if len(cache) < 2:
-        return cache[0] if cache else None
-    hidden = [first_tensor(a, k) for a, k in cache]
-    sizes = [h.shape[0] for h in hidden]
-    total = sum(h.numel() for h in hidden)
-    tokens = hidden[0].shape[1] if hidden[0].dim() >= 3 else 1
-    if total > FUSE_MAX_ROWS or sum(sizes) * tokens * tokens > FUSE_MAX_SCORES:
+def _pad_tokens(v: torch.Tensor, length: int) -> torch.Tensor:
+    """`v` (B, T, ...) padded with zeros to (B, length, ...)."""
+    return torch.cat([v, v.new_zeros((v.shape[0], length - v.shape[1], *v.shape[2:]))], 1)
+
+
+def join_batches(batches: list[dict]) -> tuple[dict, torch.Tensor | None] | None:
+    """Every calibration batch as ONE model input, and its real-token mask, or None when they cannot be joined.
+
+    Tensors are concatenated along the batch. Padded text batches of different lengths are first padded to the
+    longest: every tensor laid out like the batch's 2-D `attention_mask` (B, T) (input ids, token types, the mask
+    itself) gets zeros on the right, so the added positions are masked; the model builds its attention mask from
+    the joined `attention_mask`, and the hooks drop masked positions from every statistic (`real_tokens`).
+    Non-tensor values must be equal in every batch. None when the keys differ, a tensor does not carry the batch
+    as dim 0, shapes still differ after padding (no mask to pad with), or values differ."""
+    if len(batches) < 2 or any(set(b) != set(batches[0]) for b in batches):
         return None
-    if any(len(a) != len(cache[0][0]) or set(k) != set(cache[0][1]) for a, k in cache):
+    masks = [token_mask(b) for b in batches]
+    if any((m is None) != (masks[0] is None) for m in masks):
         return None
+    length = max(m.shape[1] for m in masks) if masks[0] is not None else None
+    sizes = [_batch_size(b, m) for b, m in zip(batches, masks)]
+    out = {}
+    for key, first in batches[0].items():
+        vals = [b[key] for b in batches]
+        if not isinstance(first, torch.Tensor):
+            if any(isinstance(v, torch.Tensor) or type(v) is not type(first) or v != first for v in vals):
+                return None
+            out[key] = first
+            continue
+        if not all(isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n for v, n in zip(vals, sizes)):
+            return None
+        if length is not None:
+            vals = [
+                _pad_tokens(v, length) if v.dim() >= 2 and v.shape[:2] == m.shape else v for v, m in zip(vals, masks)
+            ]
+        if any(v.shape[1:] != vals[0].shape[1:] for v in vals):
+            return None
+        out[key] = torch.cat(vals)
+    return out, token_mask(out)
+
+
+def fits_joined(hidden: list[torch.Tensor]) -> bool:
+    """The joined batch of these per-batch hidden states (padded to the longest) stays within `FUSE_MAX_ROWS`
+    hidden elements and `FUSE_MAX_SCORES` attention scores per head."""
+    rows = sum(h.shape[0] for h in hidden)
+    tokens = max(h.shape[1] for h in hidden) if hidden[0].dim() >= 3 else 1
+    width = hidden[0][0, 0].numel() if hidden[0].dim() >= 3 else hidden[0][0].numel()
+    return rows * tokens * width <= FUSE_MAX_ROWS and rows * tokens * tokens <= FUSE_MAX_SCORES
+
+
+class StopForward(Exception):
+    """Raised from a hook to end a forward early."""
+
+
+def forward_until_stop(model: nn.Module, batches: list[dict], device) -> None:
+    """Forward every batch (`calibration.model_inputs`: on `device`, no KV cache; padding masked out of the
+    statistics), each until a hook raises `StopForward` or to the end."""
+    for batch in batches:
+        try:
+            with real_tokens(token_mask(batch)):
+                model(**model_inputs(model, batch, device))
+        except StopForward:
+            pass
+
+
+def capture_calls(model: nn.Module, blocks: list[nn.Module], kinds: list[int], batches: list[dict]) -> dict:
+    """{kind: [(args, kwargs, token mask or None) of the kind's first block, one per batch]}: every forward ends at
+    the first block of the last kind (`replay.block_kinds`; blocks before it run on the dense model)."""
+    device = next(model.parameters()).device
+    reps = sorted(set(kinds))
+    calls: dict[int, list[tuple]] = {k: [] for k in reps}
+
+    def grab(k):
+        def hook(mod, args, kwargs):
+            calls[k].append((args, kwargs))
+            if k == reps[-1]:
+                raise StopForward
+
+        return hook
+
+    handles = [blocks[k].register_forward_pre_hook(grab(k), with_kwargs=True) for k in reps]
     try:
-        args = tuple(_merge([a[i] for a, _ in cache], sizes) for i in range(len(cache[0][0])))
-        kwargs = {key: _merge([k[key] for _, k in cache], sizes) for key in cache[0][1]}
-    except _NoFuse:
-        return None
-    return args, kwargs
+        forward_until_stop(model, batches, device)
+    finally:
+        for h in handles:
+            h.remove()
+    masks = [token_mask(b) for b in batches]
+    return {k: [(a, kw, m) for (a, kw), m in zip(c, masks)] for k, c in calls.items()}
+
+
+def cache_block_inputs(
+    model: nn.Module, blocks: list[nn.Module], kinds: list[int], batches: list[dict]
+) -> tuple[dict[int, list[tuple]], int]:
+    """`capture_calls` of every batch, and how many batches were joined into ONE call per kind (0: one call per
+    batch). Joined when `join_batches` can, the joined batch `fits_joined`, and `joined_matches` holds for the
+    first block of every kind."""
+    calls = capture_calls(model, blocks, kinds, batches)
+    joined = join_batches(batches) if len(batches) > 1 else None
+    if joined is None or not fits_joined([first_tensor(a, k) for a, k, _ in calls[0]]):
+        return calls, 0
+    one = capture_calls(model, blocks, kinds, [joined[0]])
+    if not all(joined_matches(blocks[k], calls[k], one[k][0]) for k in calls):
+        return calls, 0
+    return one, len(batches)
 
 
 def hidden_of(out):
@@ -114,13 +187,26 @@ def hidden_of(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def fused_matches(blk: nn.Module, cache: list[tuple], fused: tuple) -> bool:
-    """The dense block on the joined batch must give, row for row, what it gives on the first and the last batch."""
-    got = hidden_of(blk(*fused[0], **fused[1]))
-    first, last = hidden_of(blk(*cache[0][0], **cache[0][1])), hidden_of(blk(*cache[-1][0], **cache[-1][1]))
-    if not all(isinstance(t, torch.Tensor) for t in (got, first, last)):
+def joined_matches(blk: nn.Module, cache: list[tuple], joined: tuple) -> bool:
+    """The dense block on the joined batch must give, at every real-token position, what it gives on the first and
+    the last batch. Cache entries are (args, kwargs, token mask or None)."""
+    outs = []
+    for args, kwargs, mask in (joined, cache[0], cache[-1]):
+        with real_tokens(mask):
+            outs.append(hidden_of(blk(*args, **kwargs)))
+    got, first, last = outs
+    if not all(isinstance(t, torch.Tensor) for t in outs):
         return False
-    if got.shape[0] != sum(first_tensor(a, k).shape[0] for a, k in cache) or got.shape[1:] != first.shape[1:]:
+    if got.shape[0] != sum(first_tensor(a, k).shape[0] for a, k, _ in cache) or got.shape[2:] != first.shape[2:]:
         return False
-    ok = torch.allclose(got[: first.shape[0]], first, rtol=1e-4, atol=1e-5)
-    return ok and torch.allclose(got[got.shape[0] - last.shape[0] :], last, rtol=1e-4, atol=1e-5)
+    for ref, (_, _, mask), start in ((first, cache[0], 0), (last, cache[-1], got.shape[0] - last.shape[0])):
+        part = got[start : start + ref.shape[0]]
+        if ref.dim() >= 2 and ref.shape[1] != part.shape[1]:
+            if ref.shape[1] > part.shape[1]:
+                return False
+            part = part[:, : ref.shape[1]]
+        if mask is not None:
+            part, ref = part[mask.to(part.device)], ref[mask.to(ref.device)]
+        if part.shape != ref.shape or not torch.allclose(part, ref, rtol=1e-4, atol=1e-5):
+            return False
+    return True

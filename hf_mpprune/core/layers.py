@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.sparse import SparseSemiStructuredTensor
 
 from .constants import ROLES
 from .errors import ConfigError, MPPruneWarning, NoPrunableLayersError
@@ -65,6 +66,12 @@ def classify_role(name: str) -> str:
         if p == "output" and parts[i - 1].isdigit():
             return "mlp"
     return "other"
+
+
+def dense_view(weight: torch.Tensor) -> torch.Tensor:
+    """A weight as an ordinary tensor: 2:4 semi-structured weights (`to_semi_structured`) support only their kernels'
+    inference ops, so every reader that compares, counts or reshapes goes through their dense copy."""
+    return weight.to_dense() if isinstance(weight, SparseSemiStructuredTensor) else weight
 
 
 def module_kind(module: nn.Module) -> str | None:

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModel
 
 from .errors import CheckpointError, MPPruneError
 from .files import check_model_dir, check_no_remote_code
+from .tasks import folder_task, task_model_class
 
 
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download")
@@ -54,7 +55,8 @@ def resolve_local(name_or_path: str | os.PathLike, hub: dict[str, Any]) -> tuple
 
 
 def load_model(name_or_path: str | os.PathLike, **kwargs: Any) -> nn.Module:
-    """Load a model with the architecture class named in its `config.json` (falls back to `AutoModel`)."""
+    """Load a model with the architecture class named in its `config.json`; a config that names none (a timm
+    checkpoint folder) gets the `AutoModelFor*` class of its task from optimum's `TasksManager` (else `AutoModel`)."""
     path = str(name_or_path)
     if looks_local(path) and not os.path.isdir(os.path.expanduser(path)):
         raise FileNotFoundError(f"no model directory at {path!r}")
@@ -71,12 +73,15 @@ def load_model(name_or_path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     check_no_remote_code(cfg.to_dict(), path)
     archs = getattr(cfg, "architectures", None) or []
     model_cls = getattr(transformers, archs[0], None) if archs else None
-    if model_cls is None:
-        model_cls = AutoModel
+    if model_cls is None:  # no class named (e.g. a timm checkpoint): the AutoModelFor* class of its task
+        model_cls = task_model_class(folder_task(local)) if os.path.isdir(local) else AutoModel
     try:
         model = model_cls.from_pretrained(path, config=cfg, **hub, **kwargs)
     except MPPruneError:
         raise
+    except ImportError as e:  # e.g. a timm checkpoint without timm installed
+        raise ImportError(f"{model_cls.__name__} cannot load {path!r}: {e} (timm checkpoints: pip install "
+                          "'hf-mpprune[timm]')") from e  # fmt: skip
     except (OSError, ValueError, RuntimeError) as e:  # damaged weights the header check cannot see, shape mismatch
         raise CheckpointError(f"cannot load the weights of {path!r} into {model_cls.__name__}: {e}") from e
     model.eval()

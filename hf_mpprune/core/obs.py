@@ -17,14 +17,13 @@ dense) and return masks with True = kept; pruned entries are exactly 0.0.
 """
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from .config import KeepPattern
 from .masks import keep_top
 from .refit import SOLVERS, cg_refit
-from .threads import one_thread_workers
+from .threads import one_thread_workers, single_threaded_pool
 
 
 __all__ = [
@@ -34,6 +33,7 @@ __all__ = [
     "kn_block_keep",
     "obs_reconstruct",
     "sparsegpt_prune",
+    "spd_inverse",
     "sweep_factor",
 ]
 
@@ -68,7 +68,7 @@ def _inv_chol_upper(h: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
 
 
-def _spd_inverse(h: torch.Tensor) -> torch.Tensor:
+def spd_inverse(h: torch.Tensor) -> torch.Tensor:
     """H⁻¹ = UᵀU from `_inv_chol_upper` (one Cholesky, one triangular inverse, one GEMM)."""
     u = _inv_chol_upper(h)
     return u.T @ u
@@ -285,7 +285,7 @@ def _solve_rows(
             jobs.append((order[i : i + take], size))
             i += take
         if workers > 1 and len(jobs) > 1:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
+            with single_threaded_pool(workers) as pool:
                 fallbacks = sum(pool.map(run, jobs))
         else:
             fallbacks = sum(run(j) for j in jobs)
@@ -342,7 +342,7 @@ def obs_reconstruct(
         full[kept_rows] = hw
         out[kept_rows] = _solve_rows(h, keep, full, kept_rows, max_chunk_elems, stats, fast)
     if len(p_rows):
-        g = _spd_inverse(h)  # one factorisation per layer, shared by the rows
+        g = spd_inverse(h)  # one factorisation per layer, shared by the rows
         y = _solve_rows(g, ~keep, w, p_rows, max_chunk_elems, stats, fast)
         out[p_rows] = w[p_rows] - y @ g
     out[~keep] = 0.0

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ConfigError
+from .threads import parallel_map, row_chunks
 
 
 __all__ = ["SOLVERS", "RefitOptions", "cg_refit", "hessian_dtype", "refit_record"]
@@ -50,6 +51,16 @@ class RefitOptions:
             raise ConfigError(f"reconstruct_iters={it!r} must be an int >= 1 (default 10)")
         if not 0.0 <= float(self.percdamp) < 1.0:
             raise ConfigError(f"percdamp={self.percdamp} must be in [0, 1); the SparseGPT default is 0.01")
+        if not self.reconstruct:  # every option acts or is refused
+            defaults = {"reconstruct_solver": "cg", "reconstruct_iters": 10, "percdamp": 0.01}
+            if getattr(self, "damping_without_refit", False):
+                defaults.pop("percdamp")  # the method damps its own Hessian with it (SparseGPT)
+            unused = [f"{k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v]
+            if unused:
+                raise ConfigError(
+                    f"{', '.join(unused)} has no effect on method {getattr(self, 'method', '?')!r} without "
+                    "reconstruct=True: set reconstruct=True to re-fit the kept weights, or drop the option"
+                )
 
     def refit_kwargs(self) -> dict:
         """Keyword arguments of `obs_reconstruct` for these options."""
@@ -68,11 +79,27 @@ def cg_refit(
     be damped. CG minimises the error in the H_KK norm, which IS the layer's reconstruction loss, so every step
     lowers the loss (in exact arithmetic) and step 0 is the masked original W ⊙ M. The final relative residual
     ‖r‖/‖b‖ (worst row) goes to `stats["cg_max_rel_residual"]`.
+
+    Rows are independent, so they run as row chunks spread over the cores, each single-threaded
+    (`threads.row_chunks`, `threads.parallel_map`): a step's many mid-sized ops then wait at no thread barrier,
+    which keeps the re-fit from stalling when other work holds a core (docs/algorithms.md §18.9).
     """
     work = torch.float64 if W.dtype == torch.float64 else torch.float32
     m = keep.cpu().to(work)
     h = H.cpu().to(work)
     w = W.detach().cpu().to(work)
+    parts = parallel_map(lambda sl: _cg_rows(w[sl], m[sl], h, int(iters)), row_chunks(*w.shape))
+    x = torch.cat([p[0] for p in parts]) if parts else torch.zeros_like(w)
+    if stats is not None:
+        rel = max((p[1] for p in parts), default=0.0)
+        stats["cg_max_rel_residual"] = max(stats.get("cg_max_rel_residual", 0.0), rel)
+    out = (w * m + x).double()
+    out[~keep.cpu().bool()] = 0.0
+    return out
+
+
+def _cg_rows(w: torch.Tensor, m: torch.Tensor, h: torch.Tensor, iters: int) -> tuple[torch.Tensor, float]:
+    """`cg_refit` on a block of rows: (the correction D of these rows, their worst final relative residual)."""
     b = m * ((w * (1.0 - m)) @ h)
     x = torch.zeros_like(w)
     r = b.clone()
@@ -80,28 +107,24 @@ def cg_refit(
     z = r * dinv
     p = z.clone()
     rz = (r * z).sum(1)
-    tiny = torch.finfo(work).tiny
-    floor = rz * torch.finfo(work).eps ** 2  # a row whose residual fell below this has converged: frozen
-    for _ in range(int(iters)):
-        ap = m * (p @ h)
+    tiny = torch.finfo(w.dtype).tiny
+    floor = rz * torch.finfo(w.dtype).eps ** 2  # a row whose residual fell below this has converged: frozen
+    for _ in range(iters):
+        ap = torch.mm(p, h).mul_(m)
         pap = (p * ap).sum(1)
         live = (rz > floor) & (pap > 0)
         if not bool(live.any()):
             break
-        alpha = torch.where(live, rz / pap.clamp_min(tiny), 0.0)
-        x.add_(alpha.unsqueeze(1) * p)
-        r.sub_(alpha.unsqueeze(1) * ap)
+        alpha = torch.where(live, rz / pap.clamp_min(tiny), 0.0).unsqueeze(1)
+        x.addcmul_(alpha, p)
+        r.addcmul_(alpha, ap, value=-1.0)
         z = r * dinv
         rz_new = (r * z).sum(1)
-        beta = torch.where(live, rz_new / rz.clamp_min(tiny), 0.0)
-        p = z + beta.unsqueeze(1) * p
+        beta = torch.where(live, rz_new / rz.clamp_min(tiny), 0.0).unsqueeze(1)
+        p = torch.addcmul(z, beta, p)
         rz = torch.where(live, rz_new, rz)
-    if stats is not None:
-        rel = float((r.norm(dim=1) / b.norm(dim=1).clamp_min(tiny)).max()) if r.numel() else 0.0
-        stats["cg_max_rel_residual"] = max(stats.get("cg_max_rel_residual", 0.0), rel)
-    out = (w * m + x).double()
-    out[~keep.cpu().bool()] = 0.0
-    return out
+    rel = float((r.norm(dim=1) / b.norm(dim=1).clamp_min(tiny)).max()) if r.numel() else 0.0
+    return x, rel
 
 
 def hessian_dtype(layers) -> torch.dtype:

@@ -6,27 +6,21 @@ models hand every block the same keyword inputs; some do not (Gemma 2 / 3 altern
 layers, each kind with its own mask and, for Gemma 3, its own rotary table). Blocks are therefore grouped into
 **kinds**: two blocks share a kind when their inputs on the first calibration batch are equal apart from the hidden
 state, and the model's `config.layer_types` (where it has one) names the same layer type. For every calibration
-batch one call per kind is captured (a forward that stops at the first block of the last kind), and block i is
-replayed with the captured inputs of its kind and the hidden state the previous block produced.
+batch one call per kind is captured (`joined.capture_calls`: a forward that stops at the first block of the last
+kind), and block i is replayed with the captured inputs of its kind, its batch's token mask, and the hidden state
+the previous block produced.
 
 Calibration forwards never build a KV cache (`calibration.model_inputs` adds `use_cache=False`).
 """
 
-from collections.abc import Callable
-
 import torch
-from torch import nn
 
 from .joined import with_hidden
 
 
-__all__ = ["StopForward", "block_kinds", "call_for", "capture_calls", "simple_state"]
+__all__ = ["block_kinds", "call_for", "simple_state"]
 
 _SIMPLE = (type(None), bool, int, float, str, torch.dtype, torch.device)
-
-
-class StopForward(Exception):
-    """Raised from a hook to end a forward early."""
 
 
 def simple_state(obj) -> bool:
@@ -69,37 +63,8 @@ def block_kinds(block_inputs: list[tuple], layer_types=None) -> list[int]:
     return kinds
 
 
-def capture_calls(
-    model: nn.Module, blocks: list[nn.Module], kinds: list[int], batches: list[dict],
-    forward: Callable[[dict], None],
-) -> dict[int, list[tuple]]:  # fmt: skip
-    """{kind: [(args, kwargs) of the kind's first block, one per batch]}: `forward(batch)` runs the model, ended
-    by `StopForward` at the first block of the last kind (blocks before it run once, on the dense model)."""
-    reps = sorted(set(kinds))
-    calls: dict[int, list[tuple]] = {k: [] for k in reps}
-
-    def grab(k):
-        def hook(mod, args, kwargs):
-            calls[k].append((args, kwargs))
-            if k == reps[-1]:
-                raise StopForward
-
-        return hook
-
-    handles = [blocks[k].register_forward_pre_hook(grab(k), with_kwargs=True) for k in reps]
-    try:
-        for b in batches:
-            try:
-                forward(b)
-            except StopForward:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
-    return calls
-
-
 def call_for(calls: dict[int, list[tuple]], kinds: list[int], i: int, b: int, hidden: torch.Tensor) -> tuple:
-    """The call of block `i` on batch `b`: the captured inputs of its kind with `hidden` as the hidden state."""
-    args, kwargs = calls[kinds[i]][b]
-    return with_hidden(args, kwargs, hidden)
+    """The call of block `i` on batch `b` (args, kwargs, token mask): the captured inputs of its kind
+    (`joined.capture_calls`) with `hidden` as the hidden state."""
+    args, kwargs, mask = calls[kinds[i]][b]
+    return (*with_hidden(args, kwargs, hidden), mask)

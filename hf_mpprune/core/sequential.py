@@ -4,7 +4,8 @@ inputs produced by the already pruned / re-fitted earlier layers.
 Cost: the calibration batches run once up to the first transformer block, then one block at a time on cached block
 inputs (`hf_mpprune.core.blockwise`; one partial block forward per group of layers sharing an input), so O(L) layer
 forwards; models that cannot be chained fall back to one partial forward per layer. Memory: one (N, N) float64
-Hessian at a time plus the cached block inputs. If anything fails midway, every registered weight is restored, so the model is unmodified.
+Hessian at a time plus the cached block inputs. If anything fails midway, `MPPruner.prune` restores what the method
+wrote (`hf_mpprune.core.snapshot`), so the model is unmodified.
 """
 
 import logging
@@ -16,6 +17,7 @@ from torch import nn
 
 from .blockwise import Timings, block_sequential
 from .layers import LayerSet, PrunableLayer
+from .validate import check_finite
 
 
 logger = logging.getLogger(__name__)
@@ -45,17 +47,18 @@ def sequential_apply(
     granularity: str = "layer",
 ) -> "Timings":
     """For each layer in forward order: H from the current model, `new = fn(layer, H)` ((out, in) matrix), write
-    it into the layer's weight. All registered weights are restored if any step raises.
+    it into the layer's weight. Nothing is restored here if a step raises: `MPPruner.prune` puts back every weight a
+    method may write (`hf_mpprune.core.snapshot`), whichever helper it used.
 
     Runs on cached transformer-block inputs (`hf_mpprune.core.blockwise`: same result, O(L) instead of O(L²) layer
     forwards; layers fed the same tensor share one Hessian) and falls back to one partial forward per layer for
     models it cannot chain. Returns the phase timings."""
     layer_list = list(layers)
-    backup = {la.name: la.weight.detach().clone() for la in layer_list}
     bar = tqdm(total=len(layer_list), desc=desc, disable=len(layer_list) < 8)
 
     def step(layer: PrunableLayer, h: torch.Tensor) -> None:
         new = fn(layer, h)
+        check_finite(new, f"weights computed by {desc} for layer {layer.name!r}")  # before later layers see them
         with torch.no_grad():
             layer.weight.copy_(layer.from_matrix(new.to(layer.weight.dtype)))
         bar.update(1)
@@ -64,11 +67,6 @@ def sequential_apply(
         return block_sequential(
             model, layer_list, batches, step, hessian_dtype=hessian_dtype, timings=timings, granularity=granularity
         )
-    except BaseException:
-        with torch.no_grad():
-            for la in layer_list:
-                la.weight.copy_(backup[la.name])
-        raise
     finally:
         bar.close()
 

@@ -5,7 +5,9 @@
   method's config is checked the same way; the message names the class, the field, the value and the allowed type.
 - `nested_config(cls, value, owner)`: build a nested config from a dict, listing its allowed keys on a typo.
 - `check_finite` / `check_weights_finite`: NaN/Inf in weights or calibration statistics, named by layer
-  (`DataError`). `MPPruner.prune` checks weights before any method runs; calibration capture checks statistics.
+  (`DataError`). `MPPruner.prune` checks every parameter before any method runs and the registered weights after
+  it; every statistic a method computes (input norms, Hessians, CAST's moments, permutation importances) is built
+  from layer inputs, which are checked where they are captured (`calibration.layer_input_rows`).
 - `check_batch_keys(model, batch)`: calibration batches must carry the model's main input (`ConfigError`
   naming the keys given and the keys the model's forward expects).
 """
@@ -112,13 +114,22 @@ def check_finite(t: torch.Tensor, what: str) -> None:
     )
 
 
-def check_weights_finite(layers: Iterable[Any]) -> None:
-    """Every registered layer's weight must be finite (`DataError` naming the layer and how to proceed)."""
+def check_weights_finite(layers: Iterable[Any], model: nn.Module | None = None) -> None:
+    """Every registered layer's weight, then every other parameter of `model`, must be finite (`DataError` naming
+    the layer or parameter and how to proceed). A non-finite norm or bias poisons every statistic after it."""
+    seen = set()
     for layer in layers:
+        seen.add(id(layer.weight))
         try:
             check_finite(layer.weight.detach(), f"weight of layer {layer.name!r}")
         except DataError as e:
             raise DataError(f"{e}: repair or reload the weights, or exclude the layer with ignore=[...]") from None
+    for name, p in model.named_parameters() if model is not None else ():
+        if id(p) not in seen:
+            try:
+                check_finite(p.detach(), f"parameter {name!r}")
+            except DataError as e:
+                raise DataError(f"{e}: repair or reload the model before pruning") from None
 
 
 def check_batch_inputs(batch: Mapping, index: int) -> None:

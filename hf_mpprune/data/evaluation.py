@@ -1,9 +1,9 @@
 """Evaluation as users expect it: top-1 / top-5 for image and text classifiers, perplexity for decoder language
-models, embedding agreement with the dense model for encoders. The numbers come from the packaged `evaluate` modules when `evaluate` is installed (the same
-arithmetic as `hf_mpprune.metrics`, which is used otherwise) and go into the ledger with the dataset's id, config,
-split and revision, which is what the model card's model-index is built from."""
+models, embedding agreement with the dense model for encoders. The numbers come from `hf_mpprune.metrics` (the one
+implementation; the packaged `evaluate` modules wrap the same functions for users of `evaluate.load`) and go into
+the ledger with the dataset's id, config, split and revision, which is what the model card's model-index is built
+from."""
 
-import functools
 import logging
 from typing import Any
 
@@ -14,7 +14,8 @@ from torch import nn
 from ..core.errors import ConfigError
 from ..core.ledger import Ledger
 from ..core.outputs import is_causal_lm
-from ..metrics import EMBEDDING_AGREEMENT, TOPK_ACCURACY, compute_topk, embedding_agreement
+from ..core.tasks import infer_task
+from ..metrics import compute_topk, embedding_agreement
 from ..metrics.perplexity import perplexity, window_nll
 from ..training.trainer import mean_pool
 from .preprocess import Prepared
@@ -27,29 +28,13 @@ TASKS = {"image": "image-classification", "text": "text-classification"}
 
 def task_of(model: nn.Module, prepared: Prepared) -> str:
     """`text-generation` (perplexity) for decoder language models, `image-classification` /
-    `text-classification` for models with a classification head and labelled data, `feature-extraction`
-    (embedding agreement) for encoders."""
+    `text-classification` for classifiers (their task from optimum's `TasksManager`) with labelled data,
+    `feature-extraction` (embedding agreement) for encoders."""
     if is_causal_lm(model):
         return "text-generation"
-    arch = (getattr(getattr(model, "config", None), "architectures", None) or [type(model).__name__])[0]
-    if ("ForImageClassification" in arch or "ForSequenceClassification" in arch) and prepared.has_labels:
-        return TASKS[prepared.modality]
-    if "Classification" in type(model).__name__ and prepared.has_labels:
+    if infer_task(model) in TASKS.values() and prepared.has_labels:
         return TASKS[prepared.modality]
     return "feature-extraction"
-
-
-@functools.lru_cache(maxsize=4)
-def _load_module(path: str):
-    try:
-        import evaluate
-    except ImportError:
-        return None
-    try:
-        return evaluate.load(path)
-    except Exception as e:  # an evaluate release that cannot load local modules: same numbers without it
-        logger.warning("evaluate.load(%s) failed (%s); computing the metric directly", path, e)
-        return None
 
 
 @torch.no_grad()
@@ -77,9 +62,7 @@ def evaluate_model(
                 labels.append(b["labels"])
             z, y = torch.cat(logits).numpy(), torch.cat(labels).numpy()
             k = [1, 5] if z.shape[-1] > 5 else [1]
-            mod = _load_module(TOPK_ACCURACY)
-            out = mod.compute(predictions=z, references=y, k=k) if mod is not None else compute_topk(z, y, k)
-            return {key: float(v) for key, v in out.items()}
+            return {key: float(v) for key, v in compute_topk(z, y, k).items()}
         if teacher is None:
             raise ConfigError("embedding agreement needs the dense model as a reference (teacher)")
         teacher.eval()
@@ -89,10 +72,7 @@ def evaluate_model(
             s.append(mean_pool(_outputs(model, b).last_hidden_state, mask).float().cpu())
             t.append(mean_pool(_outputs(teacher, b).last_hidden_state, mask).float().cpu())
         s_all, t_all = torch.cat(s).numpy(), torch.cat(t).numpy()
-        mod = _load_module(EMBEDDING_AGREEMENT)
-        res = (
-            mod.compute(predictions=s_all, references=t_all) if mod is not None else embedding_agreement(s_all, t_all)
-        )
+        res = embedding_agreement(s_all, t_all)
         return {"embedding_agreement": float(res["mean_cosine"]), "embedding_agreement_min": float(res["min_cosine"])}
     finally:
         model.train(was)

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, DataCollatorWithPadding, default_data_collator
 
 from ..core.errors import ConfigError
-from .columns import Columns
+from .columns import Columns, detect_columns
 
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ class Prepared:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.dataset[i]
 
     def batch(self, start: int, stop: int) -> dict[str, torch.Tensor]:
         raw = self.dataset[start:stop]
@@ -153,3 +156,43 @@ def probe(model: nn.Module, prepared: Prepared, raw: datasets.Dataset, source: s
         raise ConfigError(f"inputs {shapes} made from {source} do not fit {type(model).__name__}: {e}") from e
     finally:
         model.train(was_training)
+
+
+def is_raw(data: Any, model: nn.Module) -> bool:
+    """A `datasets.Dataset` (or `DatasetDict`) whose rows are not model inputs yet: no column named like the model's
+    main input and no transform attached (`with_transform` / `set_format`)."""
+    if isinstance(data, datasets.DatasetDict):
+        return True
+    if not isinstance(data, datasets.Dataset) or data.format.get("type") is not None:
+        return False
+    return getattr(model, "main_input_name", "input_ids") not in data.column_names
+
+
+def prepare_raw(
+    data: datasets.Dataset, model: nn.Module, processor, source: str = "the calibration dataset"
+) -> Prepared:
+    """Raw image or text rows prepared with the model's own processor, the way the recipes, the CLI and `oneshot`
+    prepare theirs (`detect_columns`, `prepare`, `probe`); `ConfigError` naming the column and the fix otherwise."""
+    if isinstance(data, datasets.DatasetDict):
+        raise ConfigError(
+            f"{source} is a DatasetDict with splits {sorted(data)}: pass one split, e.g. dataset['train']"
+        )
+    kind = modality(model)
+    try:
+        cols = detect_columns(data.features, kind, source=source)
+    except ConfigError as e:
+        raise ConfigError(f"{e}; or rename it with dataset.rename_column(old, 'text' / 'image'), or pass rows that "
+                          "are already model inputs (dataset.with_transform(...))") from e  # fmt: skip
+    if processor is None:
+        col = cols.image if kind == "image" else cols.text
+        what = "AutoImageProcessor" if kind == "image" else "AutoTokenizer"
+        raise ConfigError(
+            f"{source} has a raw {kind} column {col!r} but {type(model).__name__} came without a processor to turn it "
+            f"into model inputs: load the model from a folder that has one (MPPruner.from_pretrained), pass "
+            f"MPPruner(model, config, processor={what}.from_pretrained(...)), or map the rows yourself "
+            "(dataset.with_transform(...))"
+        )
+    channels = getattr(getattr(model, "config", None), "num_channels", None)
+    prepared = prepare(data, processor, cols, kind, channels=channels, with_labels=False)
+    probe(model, prepared, data, source, processor)
+    return prepared

@@ -10,13 +10,12 @@ A `DatasetSpec.dataset` is one of:
 * a name registered with `register_dataset_source` (the builtins: `builtin:digits`, `builtin:minilm-text`);
 * an in-memory `datasets.Dataset` or `DatasetDict` (Python only).
 
-Split expressions follow `datasets`: `train`, `train[:2%]`, `train[100:]`, `validation[-500:]`. Row indices are
-always kept relative to the whole base split, so slices of one split can be checked for overlap.
+Split expressions are `datasets.ReadInstruction` specs: `train`, `train[:2%]`, `train[100:]`, `validation[-500:]`.
+Row indices are always kept relative to the whole base split, so slices of one split can be checked for overlap.
 """
 
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 BUILDER_PREFIXES = ("imagefolder", "audiofolder", "json", "csv", "parquet", "text")
-_SPLIT = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\[\s*(-?\d+(?:\.\d+)?%?)?\s*:\s*(-?\d+(?:\.\d+)?%?)?\s*\])?\s*$")
 _DATASET_SOURCES: dict[str, Callable[["DatasetSpec"], datasets.DatasetDict]] = {}
 _MODEL_SOURCES: dict[str, Callable[..., str]] = {}
 
@@ -108,34 +106,28 @@ def resolve_model(model_id: str, *, cache_dir: str | None = None, seed: int = 0,
 
 
 # ---- split expressions ----------------------------------------------------------------------------------------------
-def _bound(text: str | None, n: int, default: int) -> int:
-    if text is None:
-        return default
-    if text.endswith("%"):
-        v = int(round(float(text[:-1]) * n / 100.0))
-    else:
-        if "." in text:
-            raise ConfigError(f"split bound {text!r}: absolute bounds are integers (use a % for fractions)")
-        v = int(text)
-    v = v + n if v < 0 else v
-    return min(max(v, 0), n)
-
-
-def parse_split(expr: str) -> tuple[str, str | None, str | None]:
-    """`"train[:2%]"` → `("train", None, "2%")`; `ConfigError` for anything else."""
-    m = _SPLIT.match(expr or "")
-    if not m:
+def parse_split(expr: str) -> tuple[str, datasets.ReadInstruction]:
+    """`"train[:2%]"` → `("train", ReadInstruction)`, parsed by `datasets.ReadInstruction` (one split, no `+`);
+    `ConfigError` for anything else."""
+    names = [part.split("[")[0].strip() for part in (expr or "").split("+")]
+    try:
+        instruction = datasets.ReadInstruction.from_spec((expr or "").strip())
+        instruction.to_absolute(dict.fromkeys(names, 1))
+    except (ValueError, AssertionError) as e:
         raise ConfigError(
-            f"split {expr!r} is not a split expression; write e.g. 'train', 'train[:2%]', 'train[100:200]' or "
-            "'validation[-500:]'"
-        )
-    return m.group(1), m.group(2), m.group(3)
+            f"split {expr!r} is not a split expression ({e}); write e.g. 'train', 'train[:2%]', 'train[100:200]' or "
+            "'validation[-500:]' (bounds are integers, percentages integers followed by %)"
+        ) from None
+    if len(names) != 1:
+        raise ConfigError(f"split {expr!r} joins several splits ({' + '.join(names)}); name one split per role")
+    return names[0], instruction
 
 
 def slice_indices(expr: str, n: int) -> np.ndarray:
     """Row indices (into the base split of `n` rows) selected by the split expression."""
-    _, lo, hi = parse_split(expr)
-    return np.arange(_bound(lo, n, 0), _bound(hi, n, n), dtype=np.int64)
+    base, instruction = parse_split(expr)
+    (rows,) = instruction.to_absolute({base: n})
+    return np.arange(rows.from_, rows.to, dtype=np.int64)
 
 
 # ---- loading --------------------------------------------------------------------------------------------------------
@@ -199,7 +191,7 @@ def _load_all(spec: DatasetSpec, base: str) -> datasets.Dataset | datasets.Datas
 
 def load_split(spec: DatasetSpec, split: str, cache: dict | None = None) -> SplitData:
     """Load the base split of `split` (e.g. `train` for `train[:2%]`) and the rows the expression selects."""
-    base, _, _ = parse_split(split)
+    base, _ = parse_split(split)
     ckey = (spec.dataset_id(), spec.config, spec.revision, base)
     if cache is not None and ckey in cache:
         ds = cache[ckey]

@@ -2,7 +2,8 @@
 
 Both formats go through PyTorch's own exporters: `torch.export.export` for `.pt2`, and
 `torch.onnx.export(..., dynamo=True)` (the same `torch.export` graph, translated by onnxscript) for ONNX. No
-optimum release importable with transformers 5 ships an ONNX exporter (docs/deploy.md lists the versions checked).
+optimum release importable with transformers 5 ships an ONNX exporter (docs/deploy.md lists the versions checked);
+optimum's input generators build the example inputs.
 
 Guarantees, checked after every export unless `verify=False`:
 
@@ -32,6 +33,7 @@ from ..core.constants import MASKS_NAME
 from ..core.errors import ConfigError, LedgerMismatchError
 from ..core.loading import load_model
 from ..core.masks import Masks
+from ..core.tasks import dummy_inputs
 from .tome import apply_tome, remove_tome, tome_state
 
 
@@ -64,33 +66,11 @@ class ExportReport:
 
 # ---- inputs --------------------------------------------------------------------------------------------------
 def example_inputs(model: nn.Module, batch_size: int = 2, seq_len: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random inputs of the right names, shapes and dtypes for a vision (`pixel_values`) or text (`input_ids`) model.
+    """Dummy inputs of the right names, shapes and dtypes from optimum's input generators (`core.tasks`).
 
-    Text inputs carry an attention mask with padding in the last row, so masking is exercised by the checks.
+    Text inputs carry an attention mask with right padding, so masking is exercised by the checks.
     """
-    cfg = getattr(model, "config", None)
-    main = getattr(model, "main_input_name", None)
-    g = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
-    if main == "pixel_values":
-        size = getattr(cfg, "image_size", None)
-        channels = getattr(cfg, "num_channels", 3)
-        if not isinstance(size, int):
-            raise ConfigError(f"cannot build example images for {type(model).__name__}: config.image_size={size!r}")
-        x = torch.randn(batch_size, channels, size, size, generator=g)
-        return {"pixel_values": x.to(device=device, dtype=next(model.parameters()).dtype)}
-    if main == "input_ids":
-        vocab = int(getattr(cfg, "vocab_size", 2))
-        ids = torch.randint(0, vocab, (batch_size, seq_len), generator=g)
-        mask = torch.ones(batch_size, seq_len, dtype=torch.long)
-        mask[-1, seq_len // 2 :] = 0
-        out = {"input_ids": ids, "attention_mask": mask}
-        if int(getattr(cfg, "type_vocab_size", 0) or 0) > 1:
-            out["token_type_ids"] = torch.zeros(batch_size, seq_len, dtype=torch.long)
-        return {k: v.to(device) for k, v in out.items()}
-    raise ConfigError(
-        f"cannot build example inputs for {type(model).__name__} (main input {main!r}); pass inputs={{name: tensor}}"
-    )
+    return dummy_inputs(model, batch_size, seq_len, seed=seed)
 
 
 def _dynamic_shapes(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[dict, dict[str, dict[int, str]]]:

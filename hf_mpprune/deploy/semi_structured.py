@@ -1,32 +1,46 @@
-"""2:4 semi-structured conversion of audited Linears for GPU inference (docs/algorithms.md §13.2/§13.4, CONVENTIONS §5).
+"""2:4 semi-structured conversion of audited Linears for GPU inference (docs/algorithms.md §13.2/§13.4; the rules
+in docs/deploy.md, "2:4 conversion on a GPU").
 
 Order of checks (each refusal names what is wrong and how to fix it):
 
-1. dtype: 2:4 kernels need fp16/bf16 (fp32 semi-structured is 1:2, so a 2:4 mask is not valid there);
+1. dtype: 2:4 kernels need fp16/bf16 (fp32 semi-structured is 1:2, so a 2:4 mask is not valid there); every
+   floating parameter must already be in that dtype (or `cast=True`);
 2. audit: every target Linear must be **exact 2:4 along the input dimension** (`legality_audit`); a target that is
-   not is refused by name (`PatternError`). Targets are the masked Linears when `masks` is given, else every
-   Linear with at least 25% zeros ([D]: "pruned"; a 2:4 layer has >= 50%, so a damaged one is still caught and
-   refused); denser Linears (e.g. an unpruned head) are skipped with a reason. A model
-   with no target at all is "unaudited" and refused. −0.0 is counted and canonicalised to +0.0 before converting;
+   not is refused by name (`PatternError`). Targets are the masked plain `nn.Linear`s when `masks` is given, else
+   every plain `nn.Linear` with at least 25% zeros ([D]: "pruned"; a 2:4 layer has >= 50%, so a damaged one is
+   still caught and refused). Every other weight layer is listed in `report.skipped` with its reason (denser
+   Linears, Linear subclasses, convolutions, GPT-2 Conv1D: PyTorch's 2:4 kernels replace plain Linear weights
+   only). A model with no target at all is "unaudited" and refused. −0.0 is counted and written as +0.0;
 3. hardware: CUDA only; cuSPARSELt on sm90+ (CUTLASS runs only on sm8x), on sm8x CUTLASS or cuSPARSELt chosen by
-   a micro-benchmark (`backend="auto"`). CPU / other GPUs: `UnsupportedHardwareError` (or a logged no-op with
-   `strict=False`): on CPU the dense-masked model is the deployment and no speedup exists;
-4. shape table per backend (weight rows/cols multiples: CUTLASS 32/64, cuSPARSELt 16/16); misfits are skipped;
-5. conversion with `torch.sparse.to_sparse_semi_structured`, optional logit comparison against the dense model.
+   a micro-benchmark on the largest target both accept (`backend="auto"`). CPU / other GPUs:
+   `UnsupportedHardwareError` (or a logged no-op with `strict=False`): on CPU no speedup exists;
+4. shape table per backend and dtype, read from torch's own constraints (`_DTYPE_SHAPE_CONSTRAINTS` of the
+   backend's `SparseSemiStructuredTensor` subclass); misfits are skipped with the rule they break;
+5. conversion by the backend's subclass (`from_dense`: no process-wide flag is touched), optional logit comparison.
 
-The converted model must never be saved: its `save_pretrained` is replaced by one that raises.
+A converted weight supports only the inference ops of its kernels. The converted model therefore refuses, with a
+`ConfigError` before anything changes, `save_pretrained` and any `.to()` / `.half()` / `.float()` / `.cuda()` ...
+that would cast or move a converted weight; `legality_audit` and `mac_report` read converted weights through their
+dense view. `dry_run=True` runs every check on any device (CPU included) and round-trips each target through
+PyTorch's pure-Python CUTLASS pack / unpack (the real 2:4 metadata layout), leaving the weights dense.
 """
 
 import logging
 import time
+import types
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
+from torch.sparse._semi_structured_conversions import (
+    sparse_semi_structured_from_dense_cutlass,
+    sparse_semi_structured_to_dense_cutlass,
+)
 
 from ..core.config import KeepPattern
 from ..core.errors import ConfigError, PatternError, UnsupportedHardwareError
+from ..core.layers import module_kind
 from ..core.masks import Masks
 from ..core.outputs import logits_of
 from ..methods.kn.legality import audit_matrix
@@ -35,8 +49,8 @@ from ..methods.kn.legality import audit_matrix
 logger = logging.getLogger(__name__)
 
 TWO_FOUR = KeepPattern(2, 4)
-# (weight rows multiple, weight cols multiple) for fp16/bf16 (docs/deploy.md, "2:4 shape rules")
-SHAPE_RULES = {"cutlass": (32, 64), "cusparselt": (16, 16)}
+# The backends' tensor subclasses; their `_DTYPE_SHAPE_CONSTRAINTS` are the shape table (docs/deploy.md)
+SUBCLASSES = {"cutlass": SparseSemiStructuredTensorCUTLASS, "cusparselt": SparseSemiStructuredTensorCUSPARSELT}
 _BACKENDS = ("auto", "cutlass", "cusparselt")
 _HALF = (torch.float16, torch.bfloat16)
 _PRUNED_ZEROS = 0.25  # [D] a Linear with at least this fraction of zeros counts as pruned (a 2:4 target)
@@ -70,11 +84,20 @@ class ConversionReport:
 
 
 # ---- pure decisions --------------------------------------------------------------------------------------------
-def shape_reason(rows: int, cols: int, backend: str) -> str | None:
-    """None when a `(rows=out, cols=in)` fp16/bf16 weight fits `backend`'s shape rules, else the reason."""
-    mr, mc = SHAPE_RULES[backend]
+def shape_rule(backend: str, dtype: torch.dtype = torch.bfloat16) -> tuple[int, int]:
+    """(rows multiple, cols multiple) of a 2:4 weight for `backend` in `dtype`, from torch's constraint table."""
+    table = SUBCLASSES[backend]._DTYPE_SHAPE_CONSTRAINTS
+    if dtype not in table:
+        raise ConfigError(f"{backend} has no 2:4 kernel for {dtype} (torch supports {sorted(map(str, table))})")
+    rule = table[dtype]
+    return rule.sparse_min_rows, rule.sparse_min_cols
+
+
+def shape_reason(rows: int, cols: int, backend: str, dtype: torch.dtype = torch.bfloat16) -> str | None:
+    """None when a `(rows=out, cols=in)` weight fits `backend`'s shape rule for `dtype`, else the reason."""
+    mr, mc = shape_rule(backend, dtype)
     if rows % mr or cols % mc or rows < mr or cols < mc:
-        return f"shape {rows}x{cols}: {backend} needs rows % {mr} == 0 and cols % {mc} == 0"
+        return f"shape {rows}x{cols}: {backend} ({dtype}) needs rows % {mr} == 0 and cols % {mc} == 0"
     return None
 
 
@@ -122,19 +145,26 @@ def _versions() -> dict[str, str]:
 
 
 def _targets(model: nn.Module, masks: Masks | None) -> tuple[dict[str, nn.Linear], dict[str, str]]:
-    linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
+    """Plain Linears to convert, and every other weight layer with the reason it stays dense."""
     if masks is not None:
         masks.check_model(model)
-        targets = {n: linears[n] for n in masks.names if n in linears}
-        skipped = {n: "no mask" for n in linears if n not in targets}
-        return targets, skipped
     targets, skipped = {}, {}
-    for n, m in linears.items():
-        zeros = float((m.weight == 0).float().mean())
-        if zeros >= _PRUNED_ZEROS:
-            targets[n] = m
+    for name, mod in model.named_modules():
+        kind = module_kind(mod)
+        if kind is None or (masks is not None and name not in masks):
+            if kind is not None:
+                skipped[name] = "no mask"
+            continue
+        if type(mod) is not nn.Linear:
+            skipped[name] = (
+                f"{type(mod).__name__} ({kind}): PyTorch's 2:4 kernels replace plain nn.Linear weights only"
+            )
+            continue
+        zeros = float((mod.weight == 0).float().mean())
+        if masks is None and zeros < _PRUNED_ZEROS:
+            skipped[name] = f"dense ({100 * zeros:.1f}% zeros): not pruned"
         else:
-            skipped[n] = f"dense ({100 * zeros:.1f}% zeros): not pruned"
+            targets[name] = mod
     return targets, skipped
 
 
@@ -155,10 +185,35 @@ def _audit(targets: dict[str, nn.Linear], masks: Masks | None) -> int:
     return neg
 
 
-def _bench(backend: str, weight: torch.Tensor, reps: int = 20) -> float:
+def _check_dtype(model: nn.Module, dtype: torch.dtype, cast: bool) -> None:
+    """Every floating parameter must be in `dtype` (or `cast=True` casts the model)."""
+    other = {n: p.dtype for n, p in model.named_parameters() if p.is_floating_point() and p.dtype != dtype}
+    if other and not cast:
+        shown = ", ".join(f"{n} ({d})" for n, d in list(other.items())[:5])
+        raise ConfigError(
+            f"{len(other)} parameter(s) of the model are not in {dtype}, which 2:4 needs: {shown}. Cast the model "
+            f"first (model.to({dtype})) or pass cast=True; compare speed against dense in the same dtype"
+        )
+    if other:
+        model.to(dtype)
 
-    SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
-    w = to_sparse_semi_structured(weight)
+
+def compress(weight: torch.Tensor, backend: str) -> torch.Tensor:
+    """`weight` as the backend's semi-structured tensor (CUDA), through the backend's own subclass."""
+    return SUBCLASSES[backend].from_dense(weight)
+
+
+def layout_round_trip(weight: torch.Tensor, backend: str) -> torch.Tensor:
+    """Dry run: pack `weight` into CUTLASS 2:4 values + metadata with PyTorch's pure-Python helper (any device) and
+    unpack it; the result must equal `weight` bit for bit (PatternError otherwise). Returns `weight` (dense)."""
+    packed, meta = sparse_semi_structured_from_dense_cutlass(weight)
+    if not torch.equal(sparse_semi_structured_to_dense_cutlass(packed, meta), weight):
+        raise PatternError("the CUTLASS 2:4 pack / unpack round trip changed the weight (a layout bug)")
+    return weight
+
+
+def _bench(backend: str, weight: torch.Tensor, reps: int = 20) -> float:
+    w = compress(weight, backend)
     x = torch.randn(4096, weight.shape[1], dtype=weight.dtype, device=weight.device)
     for _ in range(3):
         torch.nn.functional.linear(x, w)
@@ -170,7 +225,22 @@ def _bench(backend: str, weight: torch.Tensor, reps: int = 20) -> float:
     return 1e3 * (time.perf_counter() - t) / reps
 
 
-def _forbid_save(model: nn.Module) -> None:
+def _pick_by_benchmark(targets: dict[str, nn.Linear], dtype: torch.dtype, report: ConversionReport) -> str:
+    """sm8x with both backends: time the largest target that both shape rules accept; none = cuSPARSELt."""
+    fits = [m.weight for m in targets.values() if not any(shape_reason(*m.weight.shape, b, dtype) for b in SUBCLASSES)]
+    if not fits:
+        report.decisions["backend"] = "no target fits both backends' shape rules: cuSPARSELt, not benchmarked"
+        return "cusparselt"
+    big = max(fits, key=lambda w: w.numel()).detach().contiguous()
+    report.backend_timings_ms = {b: _bench(b, big) for b in SUBCLASSES}
+    return min(report.backend_timings_ms, key=report.backend_timings_ms.get)
+
+
+# ---- the converted model: no save, no cast or move that would touch a converted weight --------------------------
+_MOVES = ("to", "half", "float", "double", "bfloat16", "cuda", "cpu", "type")
+
+
+def _guard(model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
     def save_pretrained(*_a, **_k):
         raise ConfigError(
             "this model holds 2:4 semi-structured kernels and must not be saved; save the dense-masked model "
@@ -178,6 +248,39 @@ def _forbid_save(model: nn.Module) -> None:
         )
 
     model.save_pretrained = save_pretrained
+    for name in _MOVES:  # bound methods of the instance: a deepcopy rebinds them to the copy
+        setattr(model, name, types.MethodType(_guarded(name, dtype, device), model))
+
+
+_DTYPE_OF = {"half": torch.float16, "float": torch.float32, "double": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def _destination(name: str, args, kwargs) -> tuple[torch.device | None, torch.dtype | None]:
+    """(device, dtype) a `Module.<name>(*args, **kwargs)` call would move / cast to (None = unchanged)."""
+    if name == "to":
+        device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
+        return device, dtype
+    if name == "cpu":
+        return torch.device("cpu"), None
+    if name == "cuda":
+        d = args[0] if args else kwargs.get("device")
+        return (torch.device("cuda", d) if isinstance(d, int) else torch.device(d or "cuda")), None
+    return None, _DTYPE_OF.get(name)
+
+
+def _guarded(name: str, dtype: torch.dtype, device: torch.device):
+    def call(self, *args, **kwargs):
+        to_device, to_dtype = _destination(name, args, kwargs)
+        moves = to_device is not None and (to_device.type, to_device.index or 0) != (device.type, device.index or 0)
+        if name == "type" or moves or (to_dtype is not None and to_dtype != dtype):
+            raise ConfigError(
+                f"model.{name}(...) would cast or move 2:4 semi-structured weights, which support only the inference "
+                f"ops of their kernels ({dtype} on {device}); nothing was changed. Cast / move the dense-masked "
+                "model, then call to_semi_structured again"
+            )
+        return getattr(type(self), name)(self, *args, **kwargs)
+
+    return call
 
 
 @torch.no_grad()
@@ -196,6 +299,7 @@ def to_semi_structured(
     masks: Masks | None = None,
     example_inputs=None,
     cast: bool = False,
+    dry_run: bool = False,
 ) -> ConversionReport:
     """Convert audited exact-2:4 Linears of `model` (in place) to `torch.sparse` semi-structured weights.
 
@@ -207,6 +311,9 @@ def to_semi_structured(
         masks (`Masks`, *optional*): the layers to convert (each must be exact 2:4 and applied).
         example_inputs (*optional*): inputs for a dense-vs-converted logit check (`max_logit_diff`).
         cast (`bool`, defaults to `False`): cast the model to `dtype` first instead of refusing another dtype.
+        dry_run (`bool`, defaults to `False`): every check on any device, the shape rules of `backend` (cuSPARSELt
+            for "auto"), and a CUTLASS pack / unpack round trip per target instead of the conversion: the weights
+            stay dense and the model is not guarded (`report.backend` = "dry-run:<backend>").
 
     Raises:
         ConfigError: fp32 / unknown dtype or backend, or a model in another dtype without `cast=True`.
@@ -218,14 +325,7 @@ def to_semi_structured(
             f"2:4 semi-structured kernels need dtype float16 or bfloat16, got {dtype}; fp32 semi-structured uses "
             "a 1:2 pattern, so a 2:4 mask is not valid there. Use dtype=torch.bfloat16."
         )
-    w0 = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if w0 is not None and w0.dtype != dtype:
-        if not cast:
-            raise ConfigError(
-                f"the model is in {w0.dtype} but 2:4 needs {dtype}: cast it first (model.to({dtype})) or pass "
-                "cast=True; compare speed against dense in the same dtype"
-            )
-        model.to(dtype)
+    _check_dtype(model, dtype, cast)
     targets, skipped = _targets(model, masks)
     if not targets:
         raise PatternError(
@@ -237,39 +337,41 @@ def to_semi_structured(
     report = ConversionReport(backend="none", device=str(device), dtype=str(dtype), versions=_versions())
     report.skipped.update(skipped)
     report.negative_zeros = neg
-    try:
-        cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-        chosen = choose_backend(cap, backend, cusparselt=torch.backends.cusparselt.is_available())
-    except UnsupportedHardwareError as e:
-        if strict:
-            logger.error("%s", e)
-            raise
-        logger.warning("to_semi_structured: no-op (strict=False): %s", e)
-        report.skipped.update(dict.fromkeys(targets, f"not converted: {e}"))
-        return report
-    report.device = torch.cuda.get_device_name(device)
-    if chosen == "benchmark":
-        big = max(targets.values(), key=lambda m: m.weight.numel()).weight
-        report.backend_timings_ms = {b: _bench(b, big.contiguous()) for b in ("cutlass", "cusparselt")}
-        chosen = min(report.backend_timings_ms, key=report.backend_timings_ms.get)
-    report.backend = chosen
+    if dry_run:
+        chosen = "cusparselt" if backend == "auto" else choose_backend((8, 0), backend)
+    else:
+        try:
+            cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+            chosen = choose_backend(cap, backend, cusparselt=torch.backends.cusparselt.is_available())
+        except UnsupportedHardwareError as e:
+            if strict:
+                logger.error("%s", e)
+                raise
+            logger.warning("to_semi_structured: no-op (strict=False): %s", e)
+            report.skipped.update(dict.fromkeys(targets, f"not converted: {e}"))
+            return report
+        report.device = torch.cuda.get_device_name(device)
+        if chosen == "benchmark":
+            chosen = _pick_by_benchmark(targets, dtype, report)
+    report.backend = f"dry-run:{chosen}" if dry_run else chosen
     ref = _logits(model, example_inputs) if example_inputs is not None else None
-    _convert(targets, chosen, report)
+    _convert(targets, chosen, report, dtype, layout_round_trip if dry_run else compress)
     if ref is not None:
         report.max_logit_diff = float((_logits(model, example_inputs) - ref).abs().max())
-    _forbid_save(model)
-    logger.info("2:4 (%s): converted %d Linears, skipped %d", chosen, len(report.converted), len(report.skipped))
+    if not dry_run:
+        _guard(model, dtype, device)
+    logger.info(
+        "2:4 (%s): converted %d Linears, skipped %d", report.backend, len(report.converted), len(report.skipped)
+    )
     return report
 
 
-def _convert(targets: dict[str, nn.Linear], backend: str, report: ConversionReport) -> None:
-
-    SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
+def _convert(targets: dict[str, nn.Linear], backend: str, report: ConversionReport, dtype, fn=compress) -> None:
     for name, lin in targets.items():
-        reason = shape_reason(*lin.weight.shape, backend)
+        reason = shape_reason(*lin.weight.shape, backend, dtype)
         if reason is not None:
             report.skipped[name] = reason
             continue
         w = (lin.weight.detach() + 0.0).contiguous()  # −0.0 + 0.0 = +0.0: canonical zeros
-        lin.weight = nn.Parameter(to_sparse_semi_structured(w), requires_grad=False)
+        lin.weight = nn.Parameter(fn(w, backend), requires_grad=False)
         report.converted.append(name)

@@ -4,8 +4,15 @@ Variants, each optionally with the same ToMe `r`:
 * `dense_bf16` (primary denominator), `dense_fp32_autocast` (the paper's headline denominator, §13.2), and
   `dense_bf16_compiled` when `torch.compile` works (compiled only at `compile_batches`, to bound compile time);
 * `sparse_bf16` (`to_semi_structured`) and `sparse_bf16_compiled`.
-Every variant is timed per forward (CUDA events on GPU) after warm-up; median and IQR are reported. On CPU only the
+Every variant is timed per forward with `torch.utils.benchmark.Timer` after warm-up; median and IQR are reported. On CPU only the
 dense-masked model is timed, and no speedup is claimed: PyTorch has no CPU 2:4 kernel.
+
+Inputs keep their dtypes (only floating inputs such as `pixel_values` are cast; `input_ids` stay integer) and
+outputs are read through `core.outputs.logits_of` (headless encoders compare `last_hidden_state`), so text and
+sentence-encoder checkpoints run the same path as classifiers. A variant that fails (out of memory, a
+`torch.compile` error) is recorded in `errors` and appears in the ratio table as failed, never silently dropped.
+`dry_run=True` runs the GPU path on any device (CPU included) with `to_semi_structured(dry_run=True)` (every check,
+weights left dense), no `torch.compile`, and no claim: its timings only prove the code path runs.
 """
 
 import copy
@@ -13,14 +20,16 @@ import logging
 import platform
 import statistics
 import subprocess
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.utils.benchmark as benchmark
 import transformers
 from torch import nn
 
 from ..core.masks import Masks
+from ..core.outputs import logits_of
+from ..core.tasks import dummy_inputs
 from .semi_structured import to_semi_structured
 from .tome import apply_tome
 
@@ -56,15 +65,29 @@ class SpeedReport:
     notes: list[str] = field(default_factory=list)
 
     def ratios(self) -> list[dict]:
-        """Speedup of `sparse_bf16*` over each dense denominator at each batch (t_dense / t_sparse)."""
+        """Speedup of `sparse_bf16*` over each dense denominator at each batch (t_dense / t_sparse); a pair where
+        either side failed has `speedup` None and the error (`errors["<variant>@<batch>"]`); every pair of a dry run
+        has `speedup` None and a note (no claim)."""
         by = {(t.variant, t.batch): t.median_ms for t in self.timings}
+        failed = {}
+        for key, msg in self.errors.items():
+            name, _, b = key.rpartition("@")
+            if b.isdigit():
+                failed[(name, int(b))] = msg
         out = []
-        for (v, b), t in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            if not v.startswith("sparse"):
-                continue
-            for d in ("dense_bf16", "dense_fp32_autocast", "dense_bf16_compiled"):
-                if (d, b) in by:
-                    out.append({"batch": b, "sparse": v, "dense": d, "speedup": by[(d, b)] / t})
+        for v, b in sorted(set(by) | set(failed), key=lambda vb: (vb[1], vb[0])):
+            for d in ("dense_bf16", "dense_fp32_autocast", "dense_bf16_compiled") if v.startswith("sparse") else ():
+                if (d, b) not in by and (d, b) not in failed:
+                    continue
+                err = failed.get((v, b)) or failed.get((d, b))
+                row = {"batch": b, "sparse": v, "dense": d, "speedup": None}
+                if err:
+                    row["error"] = err
+                elif self.stamps.get("dry_run"):
+                    row["note"] = "dry run: no timing claim"
+                else:
+                    row["speedup"] = by[(d, b)] / by[(v, b)]
+                out.append(row)
         return out
 
     def to_dict(self) -> dict:
@@ -81,9 +104,15 @@ class SpeedReport:
             lines.append(f"| {t.variant} | {t.batch} | {t.median_ms:.3f} | {t.iqr_ms:.3f} | {t.items_per_s:.1f} |")
         if self.ratios():
             lines += ["", "| batch | sparse | vs dense | speedup |", "|---:|---|---|---:|"]
-            lines += [f"| {r['batch']} | {r['sparse']} | {r['dense']} | {r['speedup']:.3f}x |" for r in self.ratios()]
+            lines += [f"| {r['batch']} | {r['sparse']} | {r['dense']} | {_cell(r)} |" for r in self.ratios()]
         lines += [f"- {n}" for n in self.notes] + [f"- error {k}: {v}" for k, v in self.errors.items()]
         return "\n".join(lines)
+
+
+def _cell(row: dict) -> str:
+    if row["speedup"] is not None:
+        return f"{row['speedup']:.3f}x"
+    return row["note"] if "note" in row else f"failed: {row['error'][:80]}"
 
 
 # ---- pure helpers ------------------------------------------------------------------------------------------------
@@ -94,37 +123,28 @@ def summarize(times_ms: list[float]) -> tuple[float, float, float]:
 
 
 def make_inputs(model: nn.Module, batch: int, device, dtype=None, seq_len: int = 128) -> dict:
-    """Random inputs of the model's native size: pixel_values for vision configs, else input_ids."""
-    cfg = model.config
-    if hasattr(cfg, "image_size") and hasattr(cfg, "num_channels"):
-        size = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
-        x = torch.randn(batch, cfg.num_channels, size, size, device=device)
-        return {"pixel_values": x.to(dtype) if dtype is not None else x}
-    return {"input_ids": torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)}
+    """Dummy inputs of the model's native size from optimum's generators (`core.tasks.dummy_inputs`)."""
+    return dummy_inputs(model, batch, seq_len, device=device, dtype=dtype)
+
+
+def cast_floats(inputs: dict, dtype) -> dict:
+    """`inputs` with floating tensors cast to `dtype` (None: unchanged); integer tensors keep their dtype."""
+    if dtype is None:
+        return inputs
+    return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
 
 
 # ---- timing ------------------------------------------------------------------------------------------------------
 @torch.inference_mode()
 def time_forward(fn, inputs: dict, warmup: int = 10, reps: int = 50) -> list[float]:
-    """Per-call times in ms: CUDA events on GPU, perf_counter on CPU."""
-    cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in inputs.values())
-    for _ in range(warmup):
-        fn(**inputs)
-    if not cuda:
-        out = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn(**inputs)
-            out.append(1e3 * (time.perf_counter() - t))
-        return out
-    torch.cuda.synchronize()
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for a, b in ev:
-        a.record()
-        fn(**inputs)
-        b.record()
-    torch.cuda.synchronize()
-    return [a.elapsed_time(b) for a, b in ev]
+    """Per-call times in ms from `torch.utils.benchmark.Timer` (it synchronises CUDA around every measurement):
+    `warmup` calls, then `reps` single-call measurements."""
+    timer = benchmark.Timer(
+        stmt="fn(**inputs)", globals={"fn": fn, "inputs": inputs}, num_threads=torch.get_num_threads()
+    )  # Timer defaults to one thread
+    if warmup:
+        timer.timeit(warmup)
+    return [1e3 * timer.timeit(1).mean for _ in range(reps)]
 
 
 def stamps(device: torch.device) -> dict:
@@ -144,28 +164,42 @@ def stamps(device: torch.device) -> dict:
     return s
 
 
-def _variants(model, masks, device, tome_r, compile_ok, report) -> dict:
-    """Build the GPU variants: name -> (callable, input dtype)."""
+def _compiled(model: nn.Module):
+    """`torch.compile(model)`, or a stand-in that raises the compile error when timed (so the failure is recorded
+    per batch and shows in the ratio table like any other failure; most compile errors only surface there)."""
+    try:
+        return torch.compile(model)
+    except Exception as e:  # noqa: BLE001
+        msg = f"torch.compile failed: {type(e).__name__}: {str(e)[:200]}"
+
+        def failed(**_kw):
+            raise RuntimeError(msg)
+
+        return failed
+
+
+def _variants(model, masks, device, tome_r, compile_ok, report, dry_run=False) -> dict:
+    """Build the variants of the GPU path (name -> callable); the 2:4 conversion and the equivalence check."""
     bf16 = copy.deepcopy(model).to(device=device, dtype=torch.bfloat16).eval()
     fp32 = copy.deepcopy(model).to(device).float().eval()
     sparse = copy.deepcopy(model).to(device=device, dtype=torch.bfloat16).eval()
     for m in (bf16, fp32, sparse) if tome_r else ():
         apply_tome(m, r=tome_r)
     eq_in = make_inputs(model, 2, device, torch.bfloat16)
-    conv = to_semi_structured(sparse, masks=masks, example_inputs=eq_in)
+    conv = to_semi_structured(sparse, masks=masks, example_inputs=eq_in, dry_run=dry_run)
     report.conversion = conv.to_dict()
 
     def autocast(**kw):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return fp32(**{k: v.float() for k, v in kw.items()})
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return fp32(**cast_floats(kw, torch.float32))
 
     v = {"dense_bf16": bf16, "dense_fp32_autocast": autocast, "sparse_bf16": sparse}
     if compile_ok:
-        v["dense_bf16_compiled"] = torch.compile(bf16)
-        v["sparse_bf16_compiled"] = torch.compile(sparse)
+        v["dense_bf16_compiled"], v["sparse_bf16_compiled"] = _compiled(bf16), _compiled(sparse)
     with torch.inference_mode():
-        ref, out = bf16(**eq_in).logits.float(), sparse(**eq_in).logits.float()
-        r32 = autocast(**eq_in).logits.float()
+        ref, out = logits_of(bf16(**eq_in), hidden_fallback=True), logits_of(sparse(**eq_in), hidden_fallback=True)
+        ref, out = ref.float(), out.float()
+        r32 = logits_of(autocast(**eq_in), hidden_fallback=True).float()
     report.equivalence = {
         "batch": 2,
         "max_abs_diff_sparse_vs_dense_bf16": float((out - ref).abs().max()),
@@ -186,11 +220,15 @@ def speed_audit(
     warmup: int = 10,
     reps: int = 50,
     device: str | None = None,
+    dry_run: bool = False,
 ) -> SpeedReport:
-    """Time dense-masked vs 2:4 variants over a batch sweep (see the module docstring)."""
+    """Time dense-masked vs 2:4 variants over a batch sweep (see the module docstring; `dry_run`: the GPU path
+    on any device, weights left dense, nothing compiled, no claim)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    report = SpeedReport(stamps={**stamps(dev), "tome_r": tome_r})
-    if dev.type != "cuda":
+    report = SpeedReport(stamps={**stamps(dev), "tome_r": tome_r, "dry_run": dry_run})
+    if dry_run:
+        report.notes.append("dry run: every check and forward of the GPU path, weights dense, timings meaningless")
+    elif dev.type != "cuda":
         report.notes.append("CPU: no 2:4 kernel exists; timing the dense-masked model only, no speedup claimed")
         m = copy.deepcopy(model).eval()
         if tome_r:
@@ -199,7 +237,7 @@ def speed_audit(
             med, q25, q75 = summarize(time_forward(m, make_inputs(m, b, dev), warmup, reps))
             report.timings.append(Timing("dense_fp32", b, med, q25, q75, reps))
         return report
-    variants = _variants(model, masks, dev, tome_r, compile, report)
+    variants = _variants(model, masks, dev, tome_r, compile and not dry_run, report, dry_run)
     for b in batches:
         x = make_inputs(model, b, dev, torch.bfloat16)
         for name, fn in variants.items():
@@ -209,7 +247,8 @@ def speed_audit(
                 med, q25, q75 = summarize(time_forward(fn, x, warmup, reps))
             except Exception as e:  # noqa: BLE001 - OOM / compile failures are recorded, not fatal
                 report.errors[f"{name}@{b}"] = f"{type(e).__name__}: {str(e)[:200]}"
-                torch.cuda.empty_cache()
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
                 continue
             report.timings.append(Timing(name, b, med, q25, q75, reps))
             logger.info("%s b=%d: %.3f ms", name, b, med)

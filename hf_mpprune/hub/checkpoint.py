@@ -14,6 +14,7 @@ is written (`target.py`); every save lists the files it wrote in `mpprune_files.
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from typing import Any
@@ -34,8 +35,9 @@ from ..core.masks import Masks
 from ..spectral.fit import SpectralReport
 from .atomic import atomic_directory
 from .card import make_card
+from .companions import copy_module_stack
 from .config_block import recover_from_config, write_config_block
-from .network import hub_errors
+from .network import hub_errors, read_or_none
 from .target import check_save_target, entries
 
 
@@ -78,7 +80,9 @@ def save_pretrained(
     existing_card: str | None = None, model_name: str | None = None, max_shard_size: str | int | None = None,
 ) -> str:  # fmt: skip
     """Write the checkpoint atomically; returns the directory. Nothing is written when the masks do not match
-    the weights (`LedgerMismatchError`) or the model is not a transformers `PreTrainedModel` (`ConfigError`)."""
+    the weights (`LedgerMismatchError`) or the model is not a transformers `PreTrainedModel` (`ConfigError`).
+    `processor=None` saves the processor the model came with (`pruner.processor`), `False` none; a
+    sentence-transformers module stack of the source folder is kept (`companions`)."""
 
     model = pruner.model
     if not isinstance(model, PreTrainedModel):
@@ -96,8 +100,10 @@ def save_pretrained(
     with atomic_directory(target) as tmp:
         kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
         model.save_pretrained(tmp, **kwargs)
-        if processor is not None:
+        processor = getattr(pruner, "processor", None) if processor is None else processor
+        if processor:  # by default the processor the model came with; False: none
             processor.save_pretrained(tmp)
+        copy_module_stack(getattr(pruner, "source", None), tmp)
         _write_sidecars(pruner, tmp)
         write_config_block(pruner, tmp)
         if card:
@@ -250,12 +256,12 @@ def push_to_hub(
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision and not create_pr:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
+    card = read_or_none(repo_id, "reading the model card (README.md) of",
+                        lambda: hf_hub_download(repo_id, "README.md", revision=revision, token=token))  # fmt: skip
     existing = None
-    try:
-        with open(hf_hub_download(repo_id, "README.md", revision=revision, token=token), encoding="utf-8") as f:
+    if card is not None:  # merged with ours (their text and metadata kept), never replaced
+        with open(card, encoding="utf-8") as f:
             existing = f.read()
-    except Exception as e:  # no card yet (404) is the normal case
-        logger.info("no existing card in %s (%s)", repo_id, type(e).__name__)
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_pretrained(
             pruner, os.path.join(tmp, "ckpt"), processor=processor, existing_card=existing,
@@ -269,8 +275,17 @@ def push_to_hub(
         )
 
 
+# transformers' weight files (either layout: one file, or shards + index). A push deletes the ones it does not
+# upload, so a stale `model.safetensors` (which transformers prefers) never shadows a new sharded upload or vice versa.
+_WEIGHT_FILE = re.compile(
+    r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)"  # one file, or one shard
+    r"|(model\.safetensors|pytorch_model\.bin)\.index\.json"  # the shard index
+)
+
+
 def _operations(api, repo_id: str, revision: str | None, folder: str) -> list:
-    """Add every file of the checkpoint; delete stale weight shards left in the repo by an earlier push."""
+    """Add every file of the checkpoint; in the same commit, delete the repo's transformers weight files that this
+    checkpoint does not have (the other shard layout, surplus shards). Other files in the repo are left alone."""
 
     ops: list = []
     for dirpath, _, files in os.walk(folder):
@@ -282,13 +297,8 @@ def _operations(api, repo_id: str, revision: str | None, folder: str) -> list:
                 )
             )
     ours = {op.path_in_repo for op in ops}
-    try:
-        remote = api.list_repo_files(repo_id, revision=revision)
-    except Exception as e:  # a new repo or branch: nothing to delete
-        logger.info("cannot list %s (%s): no stale files removed", repo_id, type(e).__name__)
-        remote = []
-    weights = (".safetensors", "model.safetensors.index.json")
-    stale = [f for f in remote if f not in ours and f.endswith(weights)]
+    remote = read_or_none(repo_id, "listing the files of", lambda: api.list_repo_files(repo_id, revision=revision))
+    stale = [f for f in remote or [] if f not in ours and _WEIGHT_FILE.fullmatch(f)]
     ops += [CommitOperationDelete(path_in_repo=f) for f in stale]
     return ops
 

@@ -10,6 +10,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from huggingface_hub import constants
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from ..core.errors import HubError, MPPruneError
 
@@ -30,6 +37,47 @@ def endpoint() -> str:
     return str(constants.ENDPOINT)
 
 
+def is_not_found(e: BaseException) -> bool:
+    """True only when the Hub said "not found" (HTTP 404: no such repo, revision or file). A gated repo, a 401, a
+    5xx, a dropped connection or a file missing from an offline cache are failures, not an empty repo."""
+    if isinstance(e, GatedRepoError | LocalEntryNotFoundError):
+        return False
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status is not None:
+        return status == 404
+    return isinstance(e, RepositoryNotFoundError | RevisionNotFoundError | EntryNotFoundError)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _describe(e: BaseException) -> str:
+    """`Type: first line`, plus the underlying HTTP error a wrapper hides (e.g. LocalEntryNotFoundError ← 403)."""
+    out = f"{type(e).__name__}: {_first_line(e)}"
+    cause = e.__cause__
+    return out + (f" (caused by {type(cause).__name__}: {_first_line(cause)})" if cause is not None else "")
+
+
+def read_or_none(repo_id: str, what: str, fn: Callable[[], Any]) -> Any:
+    """`fn()`, or None when the Hub answers "not found" (`is_not_found`); any other failure is a `HubError` naming
+    the repo, `what` was being done and the endpoint, so nothing is decided on an answer that never came."""
+    try:
+        return fn()
+    except MPPruneError:
+        raise
+    except Exception as e:
+        if is_not_found(e):
+            logger.info("%s %s: not found (%s)", what, repo_id, type(e).__name__)
+            return None
+        raise HubError(
+            f"{what} {repo_id!r} at {endpoint()} failed: {_describe(e)}. Nothing was uploaded "
+            "(a push decides what to delete and how to merge the card from this answer); check the network, the "
+            "token's access to the repo and HF_ENDPOINT, then push again"
+        ) from e
+
+
 def hub_errors(fn: F) -> F:
     """Decorate `fn(pruner, repo_id, ...)`: network / Hub failures become `HubError`; our own errors pass."""
 
@@ -42,9 +90,8 @@ def hub_errors(fn: F) -> F:
         except Exception as e:
             if not is_network_error(e):
                 raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise HubError(
-                f"push to {repo_id!r} at {endpoint()} failed: {type(e).__name__}: {first[:300]}. A Hub commit is "
+                f"push to {repo_id!r} at {endpoint()} failed: {type(e).__name__}: {_first_line(e)}. A Hub commit is "
                 "all-or-nothing, so no partial commit was made, and nothing local was changed; check the network, "
                 "HF_ENDPOINT and the token, then push again"
             ) from e

@@ -18,6 +18,7 @@ from ..core.errors import ConfigError
 from ..core.layers import LayerSet
 from ..core.masks import Masks, keep_top
 from ..core.obs import obs_reconstruct
+from ..core.refine import LayerRefiner, RefineOptions
 from ..core.refit import RefitOptions, hessian_dtype, refit_record
 from ..core.registry import PruneContext
 from ..core.sequential import sequential_apply
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class CalibrationOptions(RefitOptions):
+class CalibrationOptions(RefineOptions, RefitOptions):
     """Calibration settings (mixed into the one-shot method configs).
 
     Args:
@@ -35,6 +36,8 @@ class CalibrationOptions(RefitOptions):
         calibration_batch_size (`int`, defaults to 16): samples per forward.
         reconstruct, reconstruct_solver, reconstruct_iters, percdamp: the re-fit of the kept weights, see
             `hf_mpprune.core.refit.RefitOptions` (percdamp is also SparseGPT's damping).
+        refine, refine_iters: mask refinement on the calibration Hessian after the method chose its mask
+            (`"admm"`, `"alps"`, `"dsnot"`), see `hf_mpprune.core.refine.RefineOptions`.
     """
 
     calibration_samples: int = 128
@@ -46,6 +49,7 @@ class CalibrationOptions(RefitOptions):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name}={v!r} must be an int >= 1 (default 128 samples, batch 16)")
         self._check_refit()
+        self._check_refine()
 
 
 def calibration_batches(ctx: PruneContext) -> CalibrationBatches:
@@ -61,18 +65,30 @@ def calibration_batches(ctx: PruneContext) -> CalibrationBatches:
 
 
 def reconstruct_(ctx: PruneContext, masks: Masks, batches: CalibrationBatches) -> None:
-    """Re-fit the kept weights of every layer by `obs_reconstruct`, sequentially (model modified in place)."""
-    kwargs = ctx.config.refit_kwargs()
+    """Re-fit the kept weights of every layer by `obs_reconstruct`, sequentially (model modified in place). With
+    `refine`, each layer's mask is refined first (`LayerRefiner`) and `masks` is updated in place."""
+    cfg = ctx.config
+    kwargs = cfg.refit_kwargs()
     stats: dict = {}
+    refiner = LayerRefiner(cfg, kwargs, stats) if cfg.refine is not None else None
 
     def fit(layer, h: torch.Tensor) -> torch.Tensor:
         keep = layer.matrix_view(masks[layer.name].cpu())
-        return obs_reconstruct(layer.matrix_view().detach().cpu(), h, keep, stats=stats, **kwargs)
+        w = layer.matrix_view().detach().cpu()
+        if refiner is None:
+            return obs_reconstruct(w, h, keep, stats=stats, **kwargs)
+        new, keep = refiner(layer.name, w, h, keep, pattern=cfg.pattern, forced=previous_matrix(ctx, layer))
+        masks[layer.name].copy_(layer.from_matrix(keep).to(masks[layer.name].device))
+        return new
 
     tm = sequential_apply(
-        ctx.model, ctx.layers, batches.batches, fit, desc="obs-reconstruct", hessian_dtype=hessian_dtype(ctx.layers)
-    )
-    ctx.record["reconstruct"] = refit_record(kwargs, stats) | {"time_split": tm.record()}
+        ctx.model, ctx.layers, batches.batches, fit, desc=f"refine ({cfg.refine})" if refiner else "obs-reconstruct",
+        hessian_dtype=hessian_dtype(ctx.layers),
+    )  # fmt: skip
+    if refiner is None or refiner.refits:
+        ctx.record["reconstruct"] = refit_record(kwargs, stats) | {"time_split": tm.record()}
+    if refiner is not None:
+        ctx.record["refine"] = refiner.record() | {"pass": tm.record()}
     return tm
 
 
@@ -121,11 +137,13 @@ def select(ctx: PruneContext, raw: dict[str, torch.Tensor], scope: str = "global
 def wanda_scores(ctx: PruneContext, batches) -> dict[str, torch.Tensor]:
     """|W| · ‖x_j‖₂ per layer as (out, in) float64 matrices (CPU)."""
     sq = input_sq_norms(ctx.model, ctx.layers, batches)
-    out = {}
-    for layer in ctx.layers:
-        check_rows(layer, sq[layer.name])
-        out[layer.name] = layer.matrix_view().detach().cpu().double().abs() * sq[layer.name].sqrt().unsqueeze(0)
-    return out
+    return {layer.name: wanda_score(layer, sq[layer.name]) for layer in ctx.layers}
+
+
+def wanda_score(layer, sq_norms: torch.Tensor) -> torch.Tensor:
+    """|W| · ‖x_j‖₂ of one layer as an (out, in) float64 matrix (CPU), from its inputs' squared column norms."""
+    check_rows(layer, sq_norms)
+    return layer.matrix_view().detach().cpu().double().abs() * sq_norms.sqrt().unsqueeze(0)
 
 
 def row_prune(scores: torch.Tensor, counts: torch.Tensor, forced: torch.Tensor | None = None) -> torch.Tensor:
@@ -366,9 +384,10 @@ class MPBudgetOptions:
             raise ConfigError(f"max_layer_sparsity={self.max_layer_sparsity} must be in [sparsity={self.sparsity}, 1)")
 
 
-def layer_weights(ctx: PruneContext) -> dict[str, float]:
-    """w_ℓ from the oriented, z-scored signal of the dense model's spectra."""
-    cfg = ctx.config
+def layer_weights(ctx: PruneContext, opts: MPBudgetOptions | None = None) -> dict[str, float]:
+    """w_ℓ from the oriented, z-scored signal of the dense model's spectra, with the MP budget settings `opts`
+    (default: the config's own)."""
+    cfg = opts or ctx.config
     fits = ctx.spectra.by_layer() if ctx.spectra is not None else {}
     fn, sign = SIGNALS[cfg.signal]
     signal = {}
@@ -376,4 +395,4 @@ def layer_weights(ctx: PruneContext) -> dict[str, float]:
         v = fn(fits[la.name], la.shape) if la.name in fits else None
         signal[la.name] = sign * v if v is not None and math.isfinite(v) else None
     regime = SEBRegime(cfg.signal, cfg.beta, cfg.decay_end or math.inf, cfg.decay_power)
-    return seb_weights(signal, {la.name: la.role for la in ctx.layers}, cfg.sparsity, regime)
+    return seb_weights(signal, {la.name: la.role for la in ctx.layers}, ctx.config.sparsity, regime)

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+import torch
+
 from ..core.config import PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
@@ -37,11 +39,15 @@ class MagnitudeConfig(CalibrationOptions, PruningConfig):
 @register_method("magnitude", MagnitudeConfig)
 def magnitude(ctx: PruneContext) -> Masks:
     """Global (or per-layer) unstructured magnitude pruning, cumulative across cycles; k:n with `pattern`."""
-    batches = calibration_batches(ctx) if ctx.config.reconstruct else None  # fail before any work if missing
+    batches = calibration_batches(ctx) if ctx.config.sequential_pass else None  # fail before any work if missing
     if ctx.config.pattern is not None:  # k largest |W| per (row, group), head skipped (docs/algorithms.md §8.10)
-        masks = magnitude_kn(ctx)
+        dense = [la.weight.detach().clone() for la in ctx.layers] if ctx.config.sequential_pass else []
+        masks = magnitude_kn(ctx)  # applies the masks (for its legality audit); the re-fit targets the dense weights
+        with torch.no_grad():
+            for la, w in zip(ctx.layers, dense):
+                la.weight.copy_(w)
     else:
         masks = select(ctx, {layer.name: layer.weight.abs() for layer in ctx.layers}, ctx.config.scope)
-    if ctx.config.reconstruct:
+    if ctx.config.sequential_pass:
         reconstruct_(ctx, masks, batches)
     return masks

@@ -106,6 +106,6 @@ def mp_wanda(ctx: PruneContext) -> Masks:
         )  # fmt: skip
     ctx.record["mp_wanda"] = record
     t2 = time.perf_counter()
-    tm = reconstruct_(ctx, masks, batches) if cfg.reconstruct else None
+    tm = reconstruct_(ctx, masks, batches) if cfg.sequential_pass else None
     time_split(ctx, t1 - t0, t2 - t1, tm)
     return masks

@@ -79,7 +79,7 @@ def layer_signal(ctx: PruneContext, signal: str) -> dict[str, float | None]:
 def seb(ctx: PruneContext) -> Masks:
     """Spectral Edge Budgeting: global magnitude on |W|/w_ℓ with MP-edge layer weights (four-regime table)."""
     cfg = ctx.config
-    batches = calibration_batches(ctx) if cfg.reconstruct else None  # fail before any work if missing
+    batches = calibration_batches(ctx) if cfg.sequential_pass else None  # fail before any work if missing
     regime = cfg.seb_regime()
     weights = seb_weights(
         layer_signal(ctx, regime.signal), {la.name: la.role for la in ctx.layers}, cfg.sparsity, regime
@@ -92,6 +92,6 @@ def seb(ctx: PruneContext) -> Masks:
         "layer_weights": weights,
         "spectra": "dense model, fitted once (static)",
     }
-    if cfg.reconstruct:
+    if cfg.sequential_pass:
         reconstruct_(ctx, masks, batches)
     return masks

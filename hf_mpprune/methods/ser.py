@@ -242,7 +242,7 @@ def _hybrid_after(cfg, s: float, post_sel: dict | None, state: dict):
 
 
 @register_method(
-    "ser", SERConfig, needs_spectra=True, needs_training=True, experimental=True,
+    "ser", SERConfig, needs_spectra=True, needs_training=True, experimental=True, writes="model",
     cycle=CycleHooks(finetune=_keep_finetune),
 )  # fmt: skip
 def ser(ctx: PruneContext) -> Masks:
@@ -302,7 +302,7 @@ def uses_magnitude(cfg: HybridConfig, sparsity: float) -> bool:
 
 
 @register_method(
-    "hybrid", HybridConfig, needs_spectra=True, needs_training=True, experimental=True,
+    "hybrid", HybridConfig, needs_spectra=True, needs_training=True, experimental=True, writes="model",
     cycle=CycleHooks(start=_hybrid_start, finetune=_keep_finetune, after=_hybrid_after),
 )  # fmt: skip
 def hybrid(ctx: PruneContext) -> Masks:

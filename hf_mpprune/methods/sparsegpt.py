@@ -2,6 +2,7 @@
 layers calibrated sequentially on the already pruned model. Math in `hf_mpprune.core.obs`."""
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -9,22 +10,16 @@ from ..core.config import PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.obs import sparsegpt_prune, sweep_factor
+from ..core.refine import LayerRefiner
 from ..core.refit import hessian_dtype
 from ..core.registry import PruneContext, register_method
 from ..core.sequential import sequential_apply
-from .common import (
-    CalibrationOptions,
-    MPBudgetOptions,
-    calibration_batches,
-    layer_budgets,
-    layer_weights,
-    previous_matrix,
-    skips_grouped_convs,
-)
+from .allocation import AllocationOptions, layer_counts, uses_spectra
+from .common import CalibrationOptions, MPBudgetOptions, calibration_batches, previous_matrix, skips_grouped_convs
 
 
 @dataclass
-class SparseGPTConfig(CalibrationOptions, PruningConfig):
+class SparseGPTConfig(AllocationOptions, CalibrationOptions, PruningConfig):
     """SparseGPT: per layer H = 2XᵀX/rows (+ percdamp·mean diag), column blocks with lazy Cholesky(H⁻¹) updates.
 
     Rounding [D]: exactly floor(s·P) entries overall, like every unstructured method: layer ℓ prunes floor(s·numel_ℓ)
@@ -34,54 +29,71 @@ class SparseGPTConfig(CalibrationOptions, PruningConfig):
     layer (forward order) plus one N×N Cholesky and O(M·N²) updates per layer.
 
     Args:
+        allocation, owl_m, owl_lambda, alpha_epsilon, alpha_xmin: the split of floor(s·P) over layers, see
+            `AllocationOptions` (default `"uniform"`, the paper's rule; OWL's outlier ratios come from one extra
+            forward of the dense model).
         blocksize (`int`, defaults to 128): columns per lazy-update block (multiple of n for k:n).
         sequential (`str`, defaults to `"layer"`): `"layer"` = every layer calibrated on the model with all earlier
             layers already pruned; `"block"` = llm-compressor's convention (`sequential_targets` = the transformer
             block): all layers of a block calibrated in one forward of the block, then pruned; cheaper forwards.
-        calibration_samples, calibration_batch_size, percdamp: see `CalibrationOptions` (`reconstruct` and its
-            solver options are ignored: SparseGPT updates weights by construction). XᵀX products in float32 for
-            float32 models, as the reference implementation.
+        calibration_samples, calibration_batch_size, percdamp: see `CalibrationOptions`. `reconstruct=True` is
+            refused without `refine` (SparseGPT updates the kept weights by construction, a re-fit would do
+            nothing); `refine` starts from SparseGPT's mask and the dense weights, and `refine="dsnot"` needs
+            `reconstruct=True`, as the swaps do not update weights. XᵀX products in float32 for float32 models,
+            as the reference implementation.
     """
 
     method: str = "sparsegpt"
     blocksize: int = 128
     sequential: str = "layer"
+    damping_without_refit = True  # percdamp damps SparseGPT's own Hessian (a class attribute, not a field)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.reconstruct is True and self.refine != "dsnot":
+            raise ConfigError(
+                f"reconstruct=True has no effect on method {self.method!r}: SparseGPT already updates the kept "
+                "weights from the calibration Hessian (OBS) and refine='admm' / 'alps' end with their own re-fit; "
+                "drop reconstruct, or use wanda / mp-wanda with it (only refine='dsnot' needs it)"
+            )
         self._check_calibration_options()
         if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize < 1:
             raise ConfigError(f"blocksize={self.blocksize!r} must be an int >= 1 (the paper uses 128)")
         if self.sequential not in ("layer", "block"):
             raise ConfigError(f"sequential={self.sequential!r} must be 'layer' or 'block'")
+        self._check_allocation()
+        if self.refine == "dsnot" and not self.reconstruct:
+            raise ConfigError(
+                "refine='dsnot' on SparseGPT needs reconstruct=True: the swaps keep the dense weights of the new mask "
+                "and would discard SparseGPT's updates"
+            )
 
 
-@register_method("sparsegpt", SparseGPTConfig, needs_calibration=True)
+@register_method("sparsegpt", SparseGPTConfig, needs_spectra=uses_spectra, needs_calibration=True)
 @skips_grouped_convs
 def sparsegpt(ctx: PruneContext) -> Masks:
     """SparseGPT: OBS mask selection + weight updates from the calibration Hessian, sequential over layers."""
-    cfg = ctx.config
-    counts = {}
-    if cfg.pattern is None:
-        counts = layer_budgets(
-            {la.name: la.numel for la in ctx.layers}, dict.fromkeys(ctx.layers.names, 1.0), cfg.sparsity, 1.0
-        )
-    return run_sparsegpt(ctx, counts)
+    return run_sparsegpt(ctx)
 
 
-def run_sparsegpt(ctx: PruneContext, counts: dict[str, int]) -> Masks:
-    """SparseGPT over the registered layers with per-layer prune `counts` (unused with a k:n pattern)."""
+def run_sparsegpt(ctx: PruneContext) -> Masks:
+    """SparseGPT over the registered layers, each pruning its count under the config's allocation (or the k:n
+    pattern)."""
     cfg = ctx.config
     batches = calibration_batches(ctx)
+    counts = layer_counts(ctx, batches=batches) if cfg.pattern is None else {}
     target = cfg.pattern if cfg.pattern is not None else cfg.sparsity
     keeps: dict[str, torch.Tensor] = {}
     shared: list = [None, None]  # (H, its factor): layers fed one tensor (q / k / v) get the same H object
 
+    refiner = LayerRefiner(cfg, cfg.refit_kwargs(), {}) if cfg.refine is not None else None
+
     def prune_layer(layer, h: torch.Tensor) -> torch.Tensor:
         if shared[0] is not h:
             shared[:] = [h, sweep_factor(h, cfg.percdamp, layer.weight.dtype)]
+        w = layer.matrix_view().detach().cpu()
         w_new, keep = sparsegpt_prune(
-            layer.matrix_view().detach().cpu(),
+            w,
             h,
             target,
             cfg.blocksize,
@@ -90,6 +102,8 @@ def run_sparsegpt(ctx: PruneContext, counts: dict[str, int]) -> Masks:
             count=counts[layer.name] if cfg.pattern is None else None,
             factor=shared[1],
         )
+        if refiner is not None:  # from SparseGPT's mask and the dense weights
+            w_new, keep = refiner(layer.name, w, h, keep, pattern=cfg.pattern, forced=previous_matrix(ctx, layer))
         keeps[layer.name] = layer.from_matrix(keep)
         return w_new
 
@@ -117,13 +131,15 @@ def run_sparsegpt(ctx: PruneContext, counts: dict[str, int]) -> Masks:
             "order": f"forward, sequential on the pruned model (granularity: {cfg.sequential})",
         }
     )
+    if refiner is not None:
+        ctx.record["refine"] = refiner.record()
     return Masks({la.name: keeps[la.name] for la in ctx.layers}, cfg.pattern)
 
 
 # ---- mp-sparsegpt: SparseGPT with MP layer budgets (same file: it is SparseGPT with other counts) ----------
 @dataclass
 class MPSparseGPTConfig(MPBudgetOptions, SparseGPTConfig):
-    """SparseGPT with MP layer budgets.
+    """SparseGPT with MP layer budgets: `sparsegpt` with `allocation="mp"` and its MP settings.
 
     Args:
         signal, beta, decay_end, decay_power, max_layer_sparsity: see `MPBudgetOptions` (as `MPWandaConfig`).
@@ -131,6 +147,9 @@ class MPSparseGPTConfig(MPBudgetOptions, SparseGPTConfig):
     """
 
     method: str = "mp-sparsegpt"
+    allocation: str = "mp"
+
+    _fixed_allocation: ClassVar[str | None] = "mp"
 
     def __post_init__(self):
         super().__post_init__()
@@ -140,14 +159,4 @@ class MPSparseGPTConfig(MPBudgetOptions, SparseGPTConfig):
 @register_method("mp-sparsegpt", MPSparseGPTConfig, needs_spectra=True, needs_calibration=True)
 def mp_sparsegpt(ctx: PruneContext) -> Masks:
     """SparseGPT (OBS masks + updates, sequential) with per-layer budgets from the dense model's MP spectra."""
-    cfg = ctx.config
-    counts = {}
-    if cfg.pattern is None:
-        weights = layer_weights(ctx)
-        numel = {la.name: la.numel for la in ctx.layers}
-        counts = layer_budgets(numel, weights, cfg.sparsity, cfg.max_layer_sparsity)
-        ctx.record["sparsegpt"] = {
-            "budgets": "mp", "signal": cfg.signal, "beta": cfg.beta, "layer_weights": weights,
-            "layer_sparsity": {n: counts[n] / numel[n] for n in counts},
-        }  # fmt: skip
-    return run_sparsegpt(ctx, counts)
+    return run_sparsegpt(ctx)

@@ -96,6 +96,7 @@ def execute(
     processor = prepare_plan(plan, pruner.model, recipe.model.processor or source, processor)
     if processor is None and (recipe.model.processor or source):  # no data roles: still save the processor along
         processor = _optional_processor(pruner.model, recipe.model.processor or source)
+    stages.check_audit(recipe, pruner, plan)
     plan.record(pruner.ledger)
     pruner.ledger.add_timing("load", time.perf_counter() - t0)
     teacher = copy.deepcopy(pruner.model).eval() if recipe.distill is not None or "evaluation" in plan else None
@@ -105,6 +106,7 @@ def execute(
     pruner.analyze(progress=False)
     pruner.ledger.add_timing("analyze", time.perf_counter() - t1)
     stages.prune(recipe, pruner, plan, calibration)
+    stages.tome(recipe, pruner)  # audit.tome_r: merged tokens for evaluation, distillation and the MAC audit
     metrics = stages.evaluate(pruner, plan, teacher, "pruned")
     if recipe.distill is not None:
         stages.distill(recipe, pruner, teacher, plan)
@@ -140,8 +142,8 @@ def run_recipe(
 
 # ---- CLI ------------------------------------------------------------------------------------------------------------
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run a recipe: analyze → prune → distill → audit → save (→ push)")
-    p.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe (hf_mpprune/recipes/library)")
+    p = sub.add_parser("run")
+    p.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe (recipes/ in the repository)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a recipe key before validation, e.g. --set model.id=./my-vit --set calibration.dataset=./data "
@@ -151,7 +153,7 @@ def register(sub) -> None:
     p.add_argument("--push-to-hub", action="store_true", help="push to push.repo_id after saving")
     p.add_argument("--cache-dir", default=None, help="cache of builtin models (default ~/.cache/hf_mpprune)")
     p.set_defaults(func=_run)
-    q = sub.add_parser("push", help="push a saved checkpoint directory to the Hub in one commit")
+    q = sub.add_parser("push")
     q.add_argument("dir", help="checkpoint directory written by save_pretrained / hf-mpprune run")
     q.add_argument("--repo-id", required=True, help="org/name on the Hub (token from HF_TOKEN or `hf auth login`)")
     q.add_argument("--private", action="store_true", default=None)

@@ -19,7 +19,7 @@ Sections (all but `model` and `pruning` optional)::
     evaluation: {dataset: imagenet-1k, split: validation, size: null, batch_size: 64}
     finetune: {epochs: 1.0, lr: 3.0e-5, optimizer: sgd}   # per-cycle fine-tune between schedule steps (§11.1)
     distill: {kd_alpha: 0.5, kd_temperature: 2.0, num_train_epochs: 3, ...}   # MPDistillationArguments fields
-    audit: {legality: true, macs: true, tome_r: 8}
+    audit: {legality: true, macs: true, tome_r: 8}    # AuditSpec: tome_r applies ToMe after pruning
     output: {dir: vit-b16-hybrid-s050, plots: true}
     push: {repo_id: org/name, private: true, revision: null, create_pr: false, commit_message: null}
 
@@ -103,6 +103,30 @@ class PushSpec:
 
 
 @dataclass
+class AuditSpec:
+    """The `audit` section: what is checked and counted after pruning (and distillation).
+
+    Args:
+        legality (`bool`, defaults to True): k:n legality of every layer the last step sparsified, and the exact
+            zero count, into `ledger.audits`.
+        macs (`bool`, defaults to True): exact MACs of one input row (dense vs sparse) into `ledger.audits`; the
+            run's `macs_ratio`. Needs an evaluation, calibration or training section (one row is counted).
+        tome_r (`int`, *optional*): token merging (ToMe, `hf_mpprune.apply_tome`) with `r` tokens merged per block
+            on a ViT / DeiT model. Applied right after pruning, so the pruned evaluation, distillation, the
+            distilled evaluation and the MAC audit run with it; recorded as a ledger step. It patches forwards,
+            not weights: the saved checkpoint holds none (apply it again at inference: `apply_tome(model, r)`).
+    """
+
+    legality: bool = True
+    macs: bool = True
+    tome_r: int | None = None
+
+    def __post_init__(self):
+        if self.tome_r is not None and (isinstance(self.tome_r, bool) or self.tome_r < 1):
+            raise ConfigError(f"audit.tome_r = {self.tome_r!r} must be an int >= 1 (tokens merged per block) or null")
+
+
+@dataclass
 class PruningStep:
     config: dict[str, Any]  # a PruningConfig mapping (validated), without `schedule`
     schedule: list[float] | None = None  # cumulative targets, last == config["sparsity"]
@@ -135,7 +159,7 @@ class Recipe:
     evaluation: DataSpec | None = None
     finetune: Any = None  # hf_mpprune.training.cycles.CycleFinetune
     distill: dict[str, Any] | None = None
-    audit: dict[str, Any] | None = None
+    audit: AuditSpec | None = None
     output: OutputSpec = field(default_factory=OutputSpec)
     push: PushSpec = field(default_factory=PushSpec)
     source: str = ""  # path the recipe was read from
@@ -149,6 +173,7 @@ _SECTIONS = {
     "evaluation": DataSpec,
     "output": OutputSpec,
     "push": PushSpec,
+    "audit": AuditSpec,
 }
 _TOP = {"name": str, "description": str, "hardware": str, "seed": int, "model": dict, "pruning": (dict, list),
         "train": dict, "calibration": dict, "evaluation": dict, "finetune": dict, "distill": dict, "audit": dict, "output": dict, "push": dict}  # fmt: skip
@@ -221,7 +246,7 @@ def recipe_from_dict(data: Any, source: str = "") -> Recipe:
         raise ConfigError("recipe 'pruning' is an empty list; give at least one step")
     kw["pruning"] = [_step(s, f"pruning[{i}]") for i, s in enumerate(steps)]
     _check_steps_share_layers(kw["pruning"])
-    for key in ("name", "description", "hardware", "seed", "distill", "audit"):
+    for key in ("name", "description", "hardware", "seed", "distill"):
         if key in data:
             kw[key] = data[key]
     if not kw["model"].id.strip():

@@ -15,7 +15,9 @@ from ..core.errors import ConfigError
 from ..core.registry import get_method
 from ..data.evaluation import evaluate_model, record_metrics
 from ..data.splits import DataPlan
-from ..deploy.macs import mac_report
+from ..deploy.macs import macs_vs_dense
+from ..deploy.tome import apply_tome, remove_tome
+from ..methods.kn.geometry import KNCalibration
 from ..methods.kn.legality import legality_audit
 from ..training.cycles import CycleFinetune, run_cycles
 from ..training.steps import make_train_step
@@ -59,10 +61,15 @@ def prune(recipe: Recipe, pruner, plan: DataPlan, calibration) -> None:
     """Each pruning step along its targets. A step that trains between targets (SER, Hybrid) or has a schedule
     runs through `run_cycles` when there are training rows: fine-tune after every target (`recipe.finetune`,
     SER steps with their `keep_ft_*` settings), selection accuracy on the selection rows (carved from training
-    data), reported accuracy on the evaluation rows."""
+    data), reported accuracy on the evaluation rows. A later step with `free_restoration` (CAST) is handed the
+    dense weights from before the first step (`KNCalibration`), so slots an earlier step zeroed and the k:n
+    pattern keeps get their dense values back."""
+    restores = [getattr(s.build(), "free_restoration", False) for s in recipe.pruning[1:]]
+    dense = {la.name: la.weight.detach().clone() for la in pruner.layers} if any(restores) else None
     for step in recipe.pruning:
         cfg = step.build().resolve()
         pruner.config = cfg
+        data = KNCalibration(calibration, dense) if dense and getattr(cfg, "free_restoration", False) else calibration
         targets = step.targets()
         t0 = time.perf_counter()
         if is_cyclic(step) and "train" in plan:
@@ -84,7 +91,7 @@ def prune(recipe: Recipe, pruner, plan: DataPlan, calibration) -> None:
             if get_method(cfg.method).needs_training:
                 raise ConfigError(f"method {cfg.method!r} trains between steps: add a 'train' section")
             for s in targets:
-                pruner.prune(calibration, sparsity=None if cfg.pattern is not None else s)
+                pruner.prune(data, sparsity=None if cfg.pattern is not None else s)
         pruner.ledger.add_timing("prune", time.perf_counter() - t0)
 
 
@@ -117,12 +124,51 @@ def distill(recipe: Recipe, pruner, teacher, plan: DataPlan) -> None:
     pruner.ledger.add_timing("distill", time.perf_counter() - t0)
 
 
+def check_audit(recipe: Recipe, pruner, plan: DataPlan) -> None:
+    """Refuse, before any work, an audit option that cannot act: `macs` without an input row, `tome_r` on a model
+    ToMe does not support or with an `r` too large for its token count (applied once and removed: bit-identical)."""
+    spec = recipe.audit
+    if spec is None:
+        return
+    if spec.macs and one_input(plan) is None:
+        raise ConfigError("audit.macs counts MACs on one input row, but the recipe has no evaluation, calibration "
+                          "or train section: add one, or set audit.macs: false")  # fmt: skip
+    if spec.tome_r is not None:
+        apply_tome(pruner.model, r=spec.tome_r)
+        remove_tome(pruner.model)
+
+
+def tome(recipe: Recipe, pruner) -> None:
+    """Apply ToMe (`audit.tome_r`) to the pruned model for evaluation, distillation and the MAC audit; record it."""
+    if recipe.audit is None or recipe.audit.tome_r is None:
+        return
+    record = apply_tome(pruner.model, r=recipe.audit.tome_r)
+    pruner.ledger.add_step(kind="tome", **record, applied_to=["evaluation", "distillation", "mac audit"],
+                           saved="no (forward patches, not weights): apply_tome(model, r) again at inference")  # fmt: skip
+
+
 def audit(recipe: Recipe, pruner, teacher, plan: DataPlan) -> float | None:
-    """Legality (k:n) + exact MAC report (one input row) and, for classifiers whose head was pruned, the exact
-    head certificate on up to 256 evaluation rows. Records go to `ledger.audits`; returns sparse/dense MACs."""
-    if recipe.audit is None or pruner.masks is None:
+    """Legality (k:n) + exact MACs (one input row): sparse MACs of the deployed graph (with ToMe when `audit.tome_r`
+    is set) over the dense MACs without ToMe, and, for classifiers whose head was pruned, the exact head
+    certificate on up to 256 evaluation rows (of the pruning alone). ToMe is removed here, as it is before saving.
+    Records go to `ledger.audits`; returns the MAC ratio."""
+    spec = recipe.audit
+    if spec is None or pruner.masks is None:
         return None
     pattern = pruner.masks.pattern
+    if spec.legality:
+        pruner.ledger.audits.append(_legality(pruner, pattern))
+    remove_tome(pruner.model)  # counted with ToMe below; the certificate bounds the pruning alone
+    ratio = None
+    if spec.macs:
+        macs = macs_vs_dense(pruner.model, one_input(plan), pruner.masks, pattern, tome_r=spec.tome_r or 0)
+        pruner.ledger.audits.append({"kind": "macs", **macs})
+        ratio = macs["ratio"]
+    _certificate(pruner, teacher, plan)
+    return ratio
+
+
+def _legality(pruner, pattern) -> dict[str, Any]:
     record: dict[str, Any] = {"kind": "legality", "pattern": str(pattern) if pattern else "unstructured"}
     if pattern is not None:  # layers a k:n method left dense (task head, ineligible convs) are not k:n layers
         sparse = [n for n in pruner.layers.names if not bool(pruner.masks[n].all())]
@@ -130,13 +176,10 @@ def audit(recipe: Recipe, pruner, teacher, plan: DataPlan) -> float | None:
         record.update(bad_groups=rep.totals()["bad_groups"], bad_layers=[r.name for r in rep.rows if r.bad_groups],
                       dense_layers=[n for n in pruner.layers.names if n not in sparse])  # fmt: skip
     zeros = sum(int((la.weight == 0).sum()) for la in pruner.layers)
-    record.update(sparsity=pruner.masks.sparsity(), exact_zeros=zeros, pruned=pruner.masks.num_pruned)
-    pruner.ledger.audits.append(record)
-    x = one_input(plan)
-    if x is None:
-        return None
-    macs = mac_report(pruner.model, x, masks=pruner.masks, pattern=pattern)
-    pruner.ledger.audits.append({"kind": "macs", "dense_macs": macs.dense_macs, "sparse_macs": macs.sparse_macs})
+    return record | {"sparsity": pruner.masks.sparsity(), "exact_zeros": zeros, "pruned": pruner.masks.num_pruned}
+
+
+def _certificate(pruner, teacher, plan: DataPlan) -> None:
     head = [la.name for la in pruner.layers if la.role == "head"]
     rows = audit_rows(plan)
     task = eval_task(pruner.model, plan)
@@ -144,4 +187,3 @@ def audit(recipe: Recipe, pruner, teacher, plan: DataPlan) -> float | None:
         if (pruner.masks[head[0]] == 0).any():
             cert = budget_audit(teacher, pruner.model, head, rows, lipschitz="head")
             pruner.ledger.audits.append({"kind": "certificate", **cert.to_ledger()})
-    return macs.sparse_macs / macs.dense_macs

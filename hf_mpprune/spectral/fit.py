@@ -20,7 +20,7 @@ from huggingface_hub.utils import tqdm
 from ..core.config import SpectralConfig
 from ..core.constants import __version__
 from ..core.errors import SpectralError
-from ..core.threads import parallel_map, split
+from ..core.threads import parallel_map, split, worker_count
 from .law import mp_cdf, mp_quantile, tw1_quantile
 from .plots import plot_report
 
@@ -101,7 +101,7 @@ def gram_eigvals(mats: torch.Tensor, device: str | None = None) -> np.ndarray:
     g = x @ x.mT if x.shape[1] <= x.shape[2] else x.mT @ x  # (B, p, p)
     del x
     if g.device.type == "cpu":  # single-threaded calls spread over the cores (see hf_mpprune.core.threads)
-        parts = split(g.shape[0], torch.get_num_threads())
+        parts = split(g.shape[0], 2 * worker_count())  # two per worker: a worker slowed by other work takes fewer
         ev = torch.cat(parallel_map(lambda sl: torch.linalg.eigvalsh(g[sl]), parts))
     else:
         ev = torch.linalg.eigvalsh(g)  # (B, p) ascending

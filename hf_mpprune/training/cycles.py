@@ -122,7 +122,7 @@ def run_cycles(
     start = get_method(pruner.config.method).cycle.start
     if start is not None:
         start(pruner.config, selection_eval, pruner.model, state)
-    if pruner.spectra is None and any(get_method(m).needs_spectra for m in _methods(pruner, grid, method_for)):
+    if pruner.spectra is None and any(get_method(c.method).uses_spectra(c) for c in _configs(state, grid, method_for)):
         pruner.analyze(progress=False)  # dense-model spectra, computed once (the paper's static cache)
     records = []
     for s in tqdm(grid, desc="cycles", disable=not progress):
@@ -132,8 +132,9 @@ def run_cycles(
     return records
 
 
-def _methods(pruner, grid, method_for) -> set[str]:
-    return {method_for(s) for s in grid} if method_for else {pruner.config.method}
+def _configs(state, grid, method_for) -> list:
+    """The config of every step (the base config, or each step's method with the base's fields)."""
+    return [_config_for(state["base"], method_for(s)) for s in grid] if method_for else [state["base"]]
 
 
 def _one_cycle(pruner, s, grid, train_step, evaluate, selection_eval, method_for, finetune, calibration, state):

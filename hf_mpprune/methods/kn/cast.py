@@ -14,6 +14,7 @@ from ...core.errors import ConfigError, MPPruneWarning, PatternError
 from ...core.layers import LayerSet
 from ...core.masks import Masks
 from ...core.obs import obs_reconstruct
+from ...core.refine import LayerRefiner, RefineOptions
 from ...core.refit import RefitOptions, hessian_dtype, refit_record
 from ...core.registry import PruneContext, register_method
 from ...core.sequential import sequential_hessians
@@ -32,7 +33,7 @@ from .geometry import (
 )  # fmt: skip
 from .legality import legality_audit
 from .permute import (
-    IMPORTANCE_FORMS,
+    PermuteOptions,
     bucket_permutation,
     channel_importance,
     fold,
@@ -48,7 +49,7 @@ ROW_CAP = 4096
 
 
 @dataclass
-class CASTConfig(RefitOptions, KNMethodConfig):
+class CASTConfig(RefineOptions, RefitOptions, PermuteOptions, KNMethodConfig):
     """CAST k:n projection (experimental: the canonical runner is unpublished, docs/algorithms.md [R]).
 
     Args:
@@ -56,20 +57,22 @@ class CASTConfig(RefitOptions, KNMethodConfig):
             pattern get their dense value back. Needs the dense weights via `KNCalibration(data, dense_weights)`;
             without them restored slots stay 0 (a warning says so) [D: the pruner keeps no dense copy].
         alpha_ser (`float`, defaults to 0.0): Hamming prior towards the source mask (0.1 canonical 2:4 rows).
+            It needs a sparse source (an earlier unstructured step): at a dense source it is refused.
         prior_scale (`str`, defaults to `"repo"`): `"repo"` = mean candidate cost of the cell (× the layer factor
             clip(density/mean density, 0.25, 4) at 2:4, as the repo's 2:4 path); `"paper"` = mean u²·E[h²] of
-            the group [D §8.6].
+            the group [D §8.6]. Only with `alpha_ser > 0`; `permute_unfoldable` and `perm_importance` only with
+            `permute_align=True` (otherwise refused).
         cost_form (`str`, defaults to `"l2"`): `"l2"` rᵀC_g r, or `"linf"` max_x (r·h_g)² (slow, small layers).
         max_patterns (`int`, defaults to 5000), num_sampled_patterns (`int`, defaults to 1024): above
             `max_patterns` candidates, search `num_sampled_patterns` distinct seeded k-subsets (shared by all cells)
             plus every cell's magnitude top-k pattern [D §8.7].
-        permute_align (`bool`, defaults to `False`): §8.8 input-channel permutation; folded into the producer for
-            fc1→fc2-type pairs; other layers stay unpermuted unless `permute_unfoldable=True` (runtime gather hook,
-            re-attach on load with `hf_mpprune.methods.kn.permute.attach_permutations(model, record["permutations"])`).
-        perm_importance (`str`, defaults to `"act_sq"`): ‖W[:,c]‖²·E[h_c²]; `"weight_sq"`; `"paper"` [D].
+        permute_align, permute_unfoldable, perm_importance: the §8.8 input-channel permutation, see
+            `hf_mpprune.methods.kn.permute.PermuteOptions` (`perm_importance="ria"`: RIA's channel reallocation).
         reconstruct (`bool`, defaults to `False`): after the patterns are chosen, least-squares re-fit of the kept
             slots (`obs.obs_reconstruct`), sequentially in forward order on the already-projected model;
             reconstruct_solver, reconstruct_iters, percdamp: see `hf_mpprune.core.refit.RefitOptions`.
+        refine, refine_iters: k:n mask refinement after the projection, from CAST's patterns and the source
+            weights, k:n projection inside every iteration (`hf_mpprune.core.refine.RefineOptions`).
 
     Decisions [D]: ≤ 4096 calibration rows per layer, stratified per batch (⌊4096/#batches⌋ rows drawn without
     replacement from each batch with the seed); calibration is captured once on the (permuted) source model; the
@@ -85,9 +88,6 @@ class CASTConfig(RefitOptions, KNMethodConfig):
     cost_form: str = "l2"
     max_patterns: int = 5000
     num_sampled_patterns: int = 1024
-    permute_align: bool = False
-    permute_unfoldable: bool = False
-    perm_importance: str = "act_sq"
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,13 +96,24 @@ class CASTConfig(RefitOptions, KNMethodConfig):
         for name, value, allowed in (
             ("prior_scale", self.prior_scale, PRIOR_SCALES),
             ("cost_form", self.cost_form, COST_FORMS),
-            ("perm_importance", self.perm_importance, IMPORTANCE_FORMS),
         ):
             if value not in allowed:
                 raise ConfigError(f"{name}={value!r} must be one of {allowed}")
         if self.max_patterns < 1 or self.num_sampled_patterns < 1:
             raise ConfigError(f"max_patterns={self.max_patterns}, num_sampled_patterns must be >= 1")
         self._check_refit()
+        self._check_refine()
+        for option, idle, needs in (  # every option acts or is refused
+            ("prior_scale", self.prior_scale != "repo" and not self.alpha_ser, "alpha_ser > 0"),
+            ("permute_unfoldable", self.permute_unfoldable and not self.permute_align, "permute_align=True"),
+            ("perm_importance", self.perm_importance != "act_sq" and not self.permute_align, "permute_align=True"),
+        ):
+            if idle:
+                raise ConfigError(
+                    f"{option}={getattr(self, option)!r} has no effect on method 'cast' without {needs}: set {needs} "
+                    "or drop the option"
+                )
+        self._check_permute()  # the values of the permutation options
 
 
 # ---- calibration statistics ---------------------------------------------------------------------------------
@@ -155,8 +166,8 @@ def align(ctx: PruneContext, eligible, batches, src: dict, dense: dict | None) -
         act_abs = s["abs"].reshape(channels, -1).mean(1) / s["count"]
         wf = w.reshape(w.shape[0], channels, -1)
         imp = channel_importance(wf.square().sum((0, 2)), act_sq.cpu(), act_abs.cpu(), wf.abs().sum((0, 2)).cpu(),
-                                 cfg.perm_importance)  # fmt: skip
-        perm = bucket_permutation(imp.cpu(), cfg.pattern.group)
+                                 cfg.perm_importance, w.cpu(), s["sq"].cpu() / s["count"])  # fmt: skip
+        perm = bucket_permutation(imp.cpu(), cfg.pattern.group, snake=cfg.perm_importance == "ria")
         if torch.equal(perm, torch.arange(channels)):
             continue
         pair = pairs.get(layer.name)
@@ -236,7 +247,7 @@ def _dense_table(dense, eligible, src) -> dict | None:
     return table
 
 
-@register_method("cast", CASTConfig, needs_calibration=True, structured=True, experimental=True)
+@register_method("cast", CASTConfig, needs_calibration=True, structured=True, experimental=True, writes="model")
 @torch.no_grad()
 def cast(ctx: PruneContext) -> Masks:
     """CAST: per (row, group) k:n pattern minimising the calibration cost rᵀC_g r (+ α_ser prior)."""
@@ -251,6 +262,12 @@ def cast(ctx: PruneContext) -> Masks:
     eligible, skipped = plan(ctx.layers, cfg.pattern, skip_head=cfg.skip_head, conv_grouping=cfg.conv_grouping,
                              strict_tail=cfg.strict_tail)  # fmt: skip
     src = {la.name: source_keep(la, ctx.previous) for la in ctx.layers}
+    if cfg.alpha_ser > 0 and all(bool(src[la.name].all()) for la in eligible):
+        raise ConfigError(
+            f"alpha_ser={cfg.alpha_ser} (and prior_scale) has no effect on method 'cast' here: the source is dense "
+            "(no earlier unstructured step left zeros), so there is no source mask to pull towards; set "
+            "alpha_ser=0, or prune unstructured first (e.g. a 'ser' or 'magnitude' step before 'cast')"
+        )
     dense = _dense_table(dense, eligible, src) if cfg.free_restoration else None
     perms = align(ctx, eligible, batches, src, dense) if cfg.permute_align else {}
     t0 = time.perf_counter()
@@ -266,7 +283,7 @@ def cast(ctx: PruneContext) -> Masks:
         layer.weight.copy_(w_new.to(layer.weight.device))
         masks[layer.name], sources[layer.name], layer_rec[layer.name] = keep, u, rec
     t2 = time.perf_counter()
-    tm = _reconstruct(ctx, eligible, batches, masks, sources) if cfg.reconstruct else None
+    tm = _reconstruct(ctx, eligible, batches, masks, sources) if cfg.reconstruct or cfg.refine else None
     split = {
         "calibration_forwards_and_moments_s": round(t1 - t0, 3),  # one forward; per-group second moments
         "mask_choice_s": round(t2 - t1, 3),
@@ -285,15 +302,28 @@ def cast(ctx: PruneContext) -> Masks:
 
 
 def _reconstruct(ctx, eligible, batches, masks, sources) -> None:
-    kwargs, solver_stats = ctx.config.refit_kwargs(), {}
+    cfg = ctx.config
+    kwargs, solver_stats = cfg.refit_kwargs(), {}
+    refiner = LayerRefiner(cfg, kwargs, solver_stats) if cfg.refine else None
 
     def refit(layer, h):
-        mat = obs_reconstruct(layer.matrix_view(sources[layer.name]), h, layer.matrix_view(masks[layer.name]),
-                              stats=solver_stats, **kwargs)  # fmt: skip
-        layer.weight.copy_(layer.from_matrix(mat).to(layer.weight.device, layer.weight.dtype))
+        if refiner is None:
+            mat = obs_reconstruct(layer.matrix_view(sources[layer.name]), h, layer.matrix_view(masks[layer.name]),
+                                  stats=solver_stats, **kwargs)  # fmt: skip
+            layer.weight.copy_(layer.from_matrix(mat).to(layer.weight.device, layer.weight.dtype))
+            return
+        order = column_order(layer, cfg.conv_grouping)  # the k:n groups are contiguous in grouping order
+        hg = h if order is None else h[order][:, order]
+        new, keep = refiner(layer.name, to_grouped(layer, sources[layer.name], order), hg,
+                            to_grouped(layer, masks[layer.name], order), pattern=cfg.pattern)  # fmt: skip
+        masks[layer.name] = from_grouped(layer, keep, order)
+        layer.weight.copy_(from_grouped(layer, new, order).to(layer.weight.device, layer.weight.dtype))
 
     tm = sequential_hessians(ctx.model, eligible, batches, refit, hessian_dtype=hessian_dtype(eligible))
-    ctx.record["reconstruct"] = refit_record(kwargs, solver_stats)
+    if refiner is None or refiner.refits:
+        ctx.record["reconstruct"] = refit_record(kwargs, solver_stats)
+    if refiner is not None:
+        ctx.record["refine"] = refiner.record()
     return tm
 
 
@@ -313,8 +343,9 @@ def _record(cfg, batches, mode, cand, skipped, perms, layer_rec, audit) -> dict:
                 "prior": f"alpha_ser={cfg.alpha_ser}, scale={cfg.prior_scale}, only on cells with a sparse source",
                 "permutation": f"{cfg.perm_importance}; folded where exact; unfoldable permuted={cfg.permute_unfoldable}",
                 "reconstruct": f"OBS re-fit of kept slots, sequential, {cfg.reconstruct_solver}"
-                if cfg.reconstruct
+                if cfg.reconstruct or cfg.refine in ("admm", "alps")
                 else "off",
+                "refine": cfg.refine or "off",
             },
         },
         "permutations": {k: v["perm"] for k, v in perms.items() if v["folded_into"] is None},

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ...core.config import KeepPattern
-from ...core.layers import LayerSet, discover_layers
+from ...core.layers import LayerSet, dense_view, discover_layers
 from ...core.masks import Masks
 from .geometry import cells, column_order, to_grouped
 
@@ -169,5 +169,6 @@ def legality_audit(
             continue
         order = column_order(layer, conv_grouping)
         keep = to_grouped(layer, masks[name], order).cpu() if masks is not None else None
-        report.rows.append(audit_matrix(name, to_grouped(layer, layer.weight, order).cpu(), pattern, keep))
+        weight = to_grouped(layer, dense_view(layer.weight), order).cpu()  # converted 2:4 weights: their dense copy
+        report.rows.append(audit_matrix(name, weight, pattern, keep))
     return report

@@ -17,9 +17,38 @@ from torch import nn
 
 from ...core.errors import ConfigError
 from ...core.layers import PrunableLayer
+from .select import ria_scores
 
 
-IMPORTANCE_FORMS = ("act_sq", "weight_sq", "paper")
+IMPORTANCE_FORMS = ("act_sq", "weight_sq", "paper", "ria")
+
+
+@dataclass
+class PermuteOptions:
+    """Input-channel permutation before a k:n selection (mixed into CAST and the k:n baselines).
+
+    Args:
+        permute_align (`bool`, defaults to `False`): §8.8 input-channel permutation; folded into the producer for
+            fc1→fc2-type pairs; other layers stay unpermuted unless `permute_unfoldable=True` (runtime gather hook,
+            re-attach on load with `hf_mpprune.methods.kn.permute.attach_permutations(model, record["permutations"])`).
+        perm_importance (`str`, defaults to `"act_sq"`): channel importance ‖W[:,c]‖²·E[h_c²]; `"weight_sq"`;
+            `"paper"` [D]; `"ria"` = RIA's channel reallocation: the column sums of the RIA score, channels dealt
+            to the groups in snake order (`bucket_permutation(snake=True)`).
+    """
+
+    permute_align: bool = False
+    permute_unfoldable: bool = False
+    perm_importance: str = "act_sq"
+
+    def _check_permute(self) -> None:
+        if self.perm_importance not in IMPORTANCE_FORMS:
+            raise ConfigError(f"perm_importance={self.perm_importance!r} must be one of {IMPORTANCE_FORMS}")
+        if not self.permute_align and (self.permute_unfoldable or self.perm_importance != "act_sq"):
+            raise ConfigError(
+                "permute_unfoldable / perm_importance do nothing without permute_align=True (the channel permutation)"
+            )
+
+
 # (consumer regex, producer name template) pairs of known elementwise-connected sibling Linears / convs.
 _FOLD_RULES = (
     (r"^(.*\.)?mlp\.fc2$", "{p}mlp.fc1"),
@@ -36,8 +65,12 @@ class FoldPair:
 
 
 def channel_importance(weight_sq: torch.Tensor, act_sq: torch.Tensor, act_abs: torch.Tensor, w_abs: torch.Tensor,
-                       form: str) -> torch.Tensor:  # fmt: skip
-    """I_c per input channel: `act_sq` ‖W[:,c]‖²·E[h_c²] (default), `weight_sq` ‖W[:,c]‖², `paper` Σ|W_ic|·E|h_c|."""
+                       form: str, w: torch.Tensor | None = None, col_sq: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """I_c per input channel: `act_sq` ‖W[:,c]‖²·E[h_c²] (default), `weight_sq` ‖W[:,c]‖², `paper` Σ|W_ic|·E|h_c|,
+    `ria` Σ_i of the RIA score of the (out, in) matrix `w` with per-column mean squares `col_sq`, summed per channel.
+    """
+    if form == "ria":
+        return ria_scores(w.abs(), col_sq).reshape(w.shape[0], weight_sq.numel(), -1).sum((0, 2))
     if form == "act_sq":
         return weight_sq * act_sq
     if form == "weight_sq":
@@ -47,13 +80,18 @@ def channel_importance(weight_sq: torch.Tensor, act_sq: torch.Tensor, act_abs: t
     raise ConfigError(f"perm_importance={form!r} must be one of {IMPORTANCE_FORMS}")
 
 
-def bucket_permutation(importance: torch.Tensor, n: int) -> torch.Tensor:
+def bucket_permutation(importance: torch.Tensor, n: int, snake: bool = False) -> torch.Tensor:
     """§8.8 step 2: sort by decreasing I; bucket t holds ranks t·G..t·G+G-1; group g gets the g-th channel of
-    every bucket, `π[g·n + t] = order[t·G + g]`; the `C mod n` leftover channels go to the tail in natural order."""
+    every bucket, `π[g·n + t] = order[t·G + g]`; the `C mod n` leftover channels go to the tail in natural order.
+    `snake=True` (RIA's reallocation): every other bucket is dealt in reverse, `π[g·n + t] = order[t·G + G-1-g]`
+    for odd t, so the group totals even out."""
     c = importance.numel()
     g = c // n
     order = torch.sort(importance.double(), descending=True, stable=True).indices
-    body = order[: g * n].reshape(n, g).T.reshape(-1)  # [g, t] = order[t*G + g]
+    buckets = order[: g * n].reshape(n, g)
+    if snake:
+        buckets[1::2] = buckets[1::2].flip(1)
+    body = buckets.T.reshape(-1)  # [g, t] = order[t*G + g]
     tail = order[g * n :].sort().values
     return torch.cat([body, tail])
 

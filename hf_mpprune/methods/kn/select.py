@@ -10,6 +10,18 @@ from .geometry import column_order, from_grouped, kn_keep, plan, source_keep, to
 from .legality import legality_audit
 
 
+RIA_POWER = 0.5  # RIA's activation exponent a
+
+
+def ria_scores(w_abs: torch.Tensor, col_sq: torch.Tensor, power: float = RIA_POWER) -> torch.Tensor:
+    """RIA (Zhang et al., 2024): (|W_ij| / Σ_i |W_ij| + |W_ij| / Σ_j |W_ij|) · (‖x_j‖₂)^a for an (out, in) matrix
+    of |W| and the per-column sums (or means) of squared inputs `col_sq`; a = 0.5. Float64."""
+    w = w_abs.double()
+    tiny = torch.finfo(torch.float64).tiny
+    rel = w / w.sum(0, keepdim=True).clamp_min(tiny) + w / w.sum(1, keepdim=True).clamp_min(tiny)
+    return rel * col_sq.double().sqrt().pow(power).unsqueeze(0)
+
+
 def kn_select(ctx: PruneContext, scores: dict[str, torch.Tensor], eligible, cfg_like) -> Masks:
     """Keep the top-k scores per (row, group) of every eligible layer (previously pruned entries score lowest);
     other layers keep their source mask. Masks are applied to the model and audited (record["legality"])."""
