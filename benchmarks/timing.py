@@ -38,6 +38,8 @@ OURS = {
     "sparsegpt": {"method": "sparsegpt"},
     "mp-wanda+rec": {"method": "mp-wanda", "reconstruct": True},
     "cast+rec": {"method": "cast", "reconstruct": True},
+    "mp-wanda+alps": {"method": "mp-wanda", "refine": "alps"},  # issue 22: joint mask / weight optimisation
+    "cast+alps": {"method": "cast", "refine": "alps"},
 }
 
 
@@ -61,7 +63,8 @@ class Cell:
 
 def plan(models: list[str], extras: list[str]) -> list[Cell]:
     """MiniLM: sparsegpt and mp-wanda+rec at 50/60/70 %, sparsegpt and cast+rec at 2:4, plus at 60 % the peer fed
-    one joined batch and the under-load rows; ViT-B/L: mp-wanda+rec at 50 % and cast+rec at 2:4."""
+    one joined batch and the under-load rows (and, with the "frontier" extra, mp-wanda+alps at 60 / 70 % and
+    cast+alps at 2:4); ViT-B/L: mp-wanda+rec at 50 % and cast+rec at 2:4."""
     cells = []
     for m in models:
         if m != "minilm":
@@ -72,6 +75,8 @@ def plan(models: list[str], extras: list[str]) -> list[Cell]:
         for n in ("sparsegpt", "mp-wanda+rec"):
             cells += [Cell(m, n, "0.6", feed="joined")] if "joined" in extras else []
             cells += [Cell(m, n, "0.6", load="burner")] if "load" in extras else []
+        if "frontier" in extras:
+            cells += [Cell(m, "mp-wanda+alps", "0.6"), Cell(m, "mp-wanda+alps", "0.7"), Cell(m, "cast+alps", "2:4")]
     return cells
 
 
@@ -340,7 +345,7 @@ def prepare(model: str, folder: str, args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["minilm", "vit-b", "vit-l"], choices=["minilm", "vit-b", "vit-l"])
-    p.add_argument("--extras", nargs="*", default=["joined", "load"], choices=["joined", "load"])
+    p.add_argument("--extras", nargs="*", default=["joined", "load"], choices=["joined", "load", "frontier"])
     p.add_argument("--cells", nargs="+", default=list(OURS), choices=list(OURS), help="our cells to run")
     p.add_argument("--targets", nargs="+", default=None, help="only these targets (e.g. 0.6 2:4)")
     p.add_argument("--pairs", type=int, default=3, help="ours / peer pairs per cell (the protocol: >= 3)")

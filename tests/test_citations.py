@@ -84,3 +84,25 @@ def test_every_cited_section_is_a_heading():
 def test_nothing_points_at_the_design_notes():
     hits = [f"{rel}: {m.group(0)}" for rel in FILES if rel not in CHECKERS for m in DESIGN_NOTES.finditer(_read(rel))]
     assert not hits, f"a clone has no such file; cite docs/... in your own words: {hits}"
+
+
+TEST_NAME = re.compile(r"(?:(?:tests/)?(test_\w+\.py))?::(test_\w+)")
+
+
+def test_every_cited_test_exists():
+    """`test_x.py::test_name` (and a following `::test_other`, which repeats the file before it) names a test
+    function defined in that file under tests/: the README's "works with" table and RESULTS cite tests by name."""
+    missing = []
+    for rel in FILES:
+        if rel in CHECKERS:
+            continue
+        for line in _read(rel).splitlines():
+            current = None
+            for m in TEST_NAME.finditer(line):
+                current = m.group(1) or current
+                path = os.path.join(ROOT, "tests", current or "")
+                if current is None or not os.path.isfile(path):
+                    missing.append(f"{rel}: {m.group(0)} (no file)")
+                elif not re.search(rf"^def {m.group(2)}\(", _read(os.path.relpath(path, ROOT)), re.M):
+                    missing.append(f"{rel}: {current}::{m.group(2)}")
+    assert not missing, missing

@@ -162,3 +162,20 @@ def test_both_real_workers_on_a_tiny_model(tmp_path, kind, tiny_bert, tiny_vit, 
         assert abs(row["peer"]["achieved"][0] - 0.5) < 0.02 and abs(row["ours"]["achieved"][0] - 0.5) < 1e-3
         assert {"tracing_s", "forwards_s", "compression_s", "other_s"} <= set(row["peer"]["phases_median"])
         assert row["workers"]["peer"]["llmcompressor"] == "0.14.0.1"
+
+
+def test_plan_rows_follow_the_protocol():
+    from timing import OURS, plan
+
+    cells = plan(["minilm", "vit-b"], ["joined", "load", "frontier"])
+    assert all(c.name in OURS for c in cells)
+    minilm = [(c.name, c.target, c.feed, c.load) for c in cells if c.model == "minilm"]
+    assert ("mp-wanda+alps", "0.7", "batches", "quiet") in minilm and (
+        "cast+alps",
+        "2:4",
+        "batches",
+        "quiet",
+    ) in minilm
+    assert ("sparsegpt", "0.6", "joined", "quiet") in minilm and ("mp-wanda+rec", "0.6", "batches", "burner") in minilm
+    assert [(c.name, c.target) for c in cells if c.model == "vit-b"] == [("mp-wanda+rec", "0.5"), ("cast+rec", "2:4")]
+    assert not any(c.name.endswith("alps") for c in plan(["minilm"], ["joined"]))
