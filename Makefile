@@ -78,11 +78,21 @@ bench-issue17: $(STAMP)
 	for s in 0 1 2; do HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 PYTHONPATH=. $(PY) benchmarks/bench_cast_vitb.py \
 		--mode full --images 32 --seed $$s --peer; done
 
-# Issue 21: the natural-text MiniLM table (docstring corpus, evaluation split, 3 calibration draws, paired bootstrap
-# CIs); quality only. Long on 2 cores (hours): rows are saved after every cell and --resume skips the ones done.
+# Issues 21 / 22: the natural-text MiniLM tables (docstring corpus; benchmarks/RESULTS.md "Issues 21 / 22"): the
+# selection run that chose the defaults, then the evaluation split with 3 calibration draws and paired bootstrap CIs.
+# Quality only; ~2.5 h on 2 cores. Rows are saved after every cell and --resume skips the ones done.
+EV := HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/evidence.py --threads 1 --resume
+EV_BASE := wanda wanda+rec 'mp-wanda[beta=0]' 'mp-wanda[beta=0]+rec' mp-wanda mp-wanda+rec sparsegpt mp-sparsegpt cast cast+rec
+EV_NEW := 'wanda+rec[owl]' 'wanda+rec[alpha]' 'wanda+rec[mp]' wanda+alps mp-wanda+alps cast+alps
 bench-evidence: $(STAMP)
 	mkdir -p benchmarks/out
-	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/evidence.py --targets 0.5 0.6 0.7 2:4 --draws 0 1 2 --resume \
+	$(EV) --split selection --targets 0.6 0.7 --draws 0 --out benchmarks/out/selection_minilm.json.gz \
+		--cells wanda+rec 'wanda+rec[owl]' 'wanda+rec[alpha]' 'wanda+rec[mp]' mp-wanda+rec wanda+admm wanda+alps \
+		wanda+dsnot+rec --compare 'wanda+rec[owl]:wanda+rec' 'wanda+rec[alpha]:wanda+rec' 'wanda+rec[mp]:wanda+rec' \
+		'mp-wanda+rec:wanda+rec' 'wanda+alps:wanda+admm' 'wanda+alps:wanda+dsnot+rec' 'wanda+admm:wanda+dsnot+rec'
+	$(EV) --cells $(EV_BASE) --targets 0.5 0.6 0.7 2:4 --draws 0 1 2 --out benchmarks/out/evidence_base.json.gz
+	$(EV) --cells $(EV_NEW) --targets 0.6 0.7 2:4 --draws 0 1 2 --out benchmarks/out/evidence_new.json.gz
+	$(EV) --tables-only --merge benchmarks/out/evidence_base.json.gz benchmarks/out/evidence_new.json.gz \
 		--out benchmarks/out/evidence_minilm.json.gz --table benchmarks/out/evidence_minilm.md
 
 # Rebuild the shipped natural-text corpus from the docstrings of the installed packages (benchmarks/corpus/).

@@ -14,7 +14,7 @@ SKIP_DIRS = {"__pycache__", "out", "results"}  # generated outputs (benchmarks/o
 GENERATED = ("benchmarks/out/",)  # written by the commands that cite them
 READER_CREATES = {"hf_mpprune/methods/docs_random.py"}  # docs/adding-a-method.md: the file the reader writes
 PATH = re.compile(
-    r"(?<![\w/.-])((?:docs|tests|benchmarks|hf_mpprune)/[\w./-]*\w\.(?:md|py|yaml|yml|sh|json|txt|toml))(?!\w)"
+    r"(?<![\w/.-])((?:docs|tests|benchmarks|hf_mpprune)/[\w./-]*\w\.(?:md|py|yaml|yml|sh|json|txt|toml)(?:\.gz)?)(?!\w)"
 )
 SECTION = re.compile(r"(docs/[\w-]+\.md)(?:,? (?:\"([^\"]+)\"|'([^']+)')| §\s*(\d+(?:\.\d+)*))")
 DESIGN_NOTES = re.compile("|".join(["CONVENTIONS" + r"(\.md)?\b", "ALGORITHMS" + r"\.md", "ARCHITECTURE" + r"\.md",
