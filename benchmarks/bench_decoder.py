@@ -59,6 +59,16 @@ UNSTRUCTURED = [
     ("mp-wanda+rec", "mp-wanda", {"reconstruct": True}, "mp-wanda"),
     ("sparsegpt", "sparsegpt", {}, None),
     ("mp-sparsegpt", "mp-sparsegpt", {}, "sparsegpt"),
+    # the rivals of the MP layer budget (OWL: outlier ratio of Wanda scores; AlphaPruning: α-Hill of the weight
+    # spectra, no MP) under the same pruner, with and without the re-fit, and under SparseGPT
+    ("wanda owl", "wanda", {"allocation": "owl"}, "wanda"),
+    ("wanda alpha", "wanda", {"allocation": "alphapruning"}, "wanda"),
+    ("wanda+rec owl", "wanda", {"allocation": "owl", "reconstruct": True}, "wanda+rec"),
+    ("wanda+rec alpha", "wanda", {"allocation": "alphapruning", "reconstruct": True}, "wanda+rec"),
+    ("sparsegpt owl", "sparsegpt", {"allocation": "owl"}, "sparsegpt"),
+    ("sparsegpt alpha", "sparsegpt", {"allocation": "alphapruning"}, "sparsegpt"),
+    # issue 22's joint mask / weight optimisation (ends with the re-fit)
+    ("mp-wanda+alps", "mp-wanda", {"refine": "alps"}, "mp-wanda+rec"),
 ]
 KN = [
     ("wanda", "wanda", {}, None),
@@ -66,6 +76,7 @@ KN = [
     ("sparsegpt", "sparsegpt", {}, None),
     ("cast", "cast", {}, "wanda"),
     ("cast+rec", "cast", {"reconstruct": True}, "cast"),
+    ("cast+alps", "cast", {"refine": "alps"}, "cast+rec"),
 ]
 PEER = "llm-compressor sparsegpt"
 DRAW_SEED = 1234

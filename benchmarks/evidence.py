@@ -86,6 +86,12 @@ CELLS = (
     Cell("wanda+rec[owl]", "wanda", {"allocation": "owl", **REC}, refit=True),
     Cell("wanda+rec[alpha]", "wanda", {"allocation": "alphapruning", **REC}, refit=True),
     Cell("wanda+rec[mp]", "wanda", {"allocation": "mp", **REC}, mp=True, refit=True),
+    # the same rivals without the re-fit, and under SparseGPT (its OBS updates are its re-fit; mp-sparsegpt is the
+    # MP allocation there)
+    Cell("wanda[owl]", "wanda", {"allocation": "owl"}),
+    Cell("wanda[alpha]", "wanda", {"allocation": "alphapruning"}),
+    Cell("sparsegpt[owl]", "sparsegpt", {"allocation": "owl"}, refit=True),
+    Cell("sparsegpt[alpha]", "sparsegpt", {"allocation": "alphapruning"}, refit=True),
     # issue 22: joint mask / weight optimisation (refine=, ends with the re-fit) and prune-and-grow swaps
     Cell("wanda+admm", "wanda", {"refine": "admm"}, refit=True, targets="both"),
     Cell("wanda+alps", "wanda", {"refine": "alps"}, refit=True, targets="both"),
@@ -111,6 +117,14 @@ COMPARISONS = (
     ("wanda+rec[mp]", "wanda+rec"),
     ("mp-wanda+rec", "wanda+rec[owl]"),
     ("mp-wanda+rec", "wanda+rec[alpha]"),
+    ("wanda[owl]", "wanda"),
+    ("wanda[alpha]", "wanda"),
+    ("mp-wanda", "wanda[owl]"),
+    ("mp-wanda", "wanda[alpha]"),
+    ("sparsegpt[owl]", "sparsegpt"),
+    ("sparsegpt[alpha]", "sparsegpt"),
+    ("mp-sparsegpt", "sparsegpt[owl]"),
+    ("mp-sparsegpt", "sparsegpt[alpha]"),
     ("wanda+alps", "wanda+rec"),
     ("wanda+alps", "sparsegpt"),
     ("mp-wanda+alps", "wanda+alps"),
