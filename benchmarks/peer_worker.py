@@ -85,7 +85,7 @@ def prune(model, spec: dict, state: dict) -> dict:
     if pattern != "0:0":
         k, n = (int(v) for v in pattern.split(":"))
         sparsity = 1.0 - k / n
-    batches = state["feeds"][spec.get("feed", "batches")]
+    batches = state["feeds"][spec.get("feed", "batches")][: spec.get("warmup_batches")]  # warm-up: first batch
     PHASES.clear()
     t0 = time.perf_counter()
     recipe = SparseGPTModifier(sparsity=sparsity, mask_structure=pattern, block_size=128, dampening_frac=0.01,

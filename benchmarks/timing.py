@@ -11,7 +11,10 @@ the call, every thread) and peak resident memory per call (VmHWM reset before ea
 split and the peer's phases (tracing / forwards / compression). Extra rows: the peer fed ONE joined batch
 (`feed = joined`), and the same cell with one other busy process on the machine (`load = burner`: a 1-thread
 numpy matmul loop started by the driver before the cell's timed calls and stopped after; its matmul rate is
-reported). A side that fails is reported in the row (`status: failed`, its error) and the exit status is 1.
+reported). With `--warm-batches N` each warm-up call prunes with the first N batches only (the same code paths:
+imports, tracing, first-call allocations, at a fraction of a large model's cost). Models: MiniLM, random-init
+ViT-B/16 / ViT-L/16, and random-init Llama shapes (`bench_decoder_scaling.MODELS`, base `LlamaModel`, random token
+windows). A side that fails is reported in the row (`status: failed`, its error) and the exit status is 1.
 
   bash benchmarks/peer_venv.sh          # once: /work/peer-venv
   python benchmarks/timing.py --models minilm vit-b vit-l --pairs 3 --out benchmarks/out/timing.json
@@ -34,6 +37,7 @@ from dataclasses import asdict, dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIDES = ("ours", "peer")
+MODELS = ["minilm", "vit-b", "vit-l", "llama-60m", "llama-160m", "llama-410m"]  # llama: bench_decoder_scaling shapes
 OURS = {
     "sparsegpt": {"method": "sparsegpt"},
     "mp-wanda+rec": {"method": "mp-wanda", "reconstruct": True},
@@ -64,7 +68,7 @@ class Cell:
 def plan(models: list[str], extras: list[str]) -> list[Cell]:
     """MiniLM: sparsegpt and mp-wanda+rec at 50/60/70 %, sparsegpt and cast+rec at 2:4, plus at 60 % the peer fed
     one joined batch and the under-load rows (and, with the "frontier" extra, mp-wanda+alps at 60 / 70 % and
-    cast+alps at 2:4); ViT-B/L: mp-wanda+rec at 50 % and cast+rec at 2:4."""
+    cast+alps at 2:4); ViT-B/L and the Llama shapes: mp-wanda+rec at 50 % and cast+rec at 2:4."""
     cells = []
     for m in models:
         if m != "minilm":
@@ -183,13 +187,17 @@ def summarize(cell: Cell, calls: dict[str, list[dict]], errors: dict[str, str], 
     return row
 
 
-def run_cell(cell: Cell, workers: dict, specs: dict, pairs: int, warmed: dict, timeout: float) -> dict:
-    """Warm each side on its request once (untimed), then ours / peer alternately `pairs` times."""
+def run_cell(
+    cell: Cell, workers: dict, specs: dict, pairs: int, warmed: dict, timeout: float, warm_batches: int | None = None
+) -> dict:
+    """Warm each side on its request once (untimed; with `warm_batches`, on that many first batches only: the same
+    code paths at a fraction of the cost), then ours / peer alternately `pairs` times."""
     errors: dict[str, str] = {}
     for side in SIDES:
         key = json.dumps(specs[side], sort_keys=True)
         if key not in warmed[side]:
-            r = workers[side].call({"op": "prune", "spec": specs[side], "warmup": True}, timeout)
+            spec = specs[side] | ({"warmup_batches": warm_batches} if warm_batches else {})
+            r = workers[side].call({"op": "prune", "spec": spec, "warmup": True}, timeout)
             if r.get("ok"):
                 warmed[side].add(key)
             else:
@@ -318,7 +326,7 @@ def run_model(req: dict, cells: list[Cell], commands: dict, opts: dict, on_row=l
             if failed:
                 row = summarize(cell, {s: [] for s in SIDES}, failed, []) | {"burner": None}
             else:
-                row = run_cell(cell, workers, specs, opts["pairs"], warmed, opts["timeout"])
+                row = run_cell(cell, workers, specs, opts["pairs"], warmed, opts["timeout"], opts.get("warm_batches"))
             row |= {"specs": specs, "inputs": req["describe"], "loadavg_1min_before": round(load_avg, 2),
                     "workers": {s: {k: v for k, v in r.items() if k not in ("id", "traceback")} for s, r in loads.items()},
                     "noise_lines": {s: len(w.noise) for s, w in workers.items()}}  # fmt: skip
@@ -336,6 +344,8 @@ def prepare(model: str, folder: str, args) -> dict:
     import timing_data
 
     os.makedirs(folder, exist_ok=True)
+    if model.startswith("llama"):
+        return timing_data.llama_inputs(folder, model, args.llama_samples, args.llama_seq, args.seed)
     if model != "minilm":
         return timing_data.vit_inputs(folder, model, args.vit_samples, args.vit_batch_size, args.seed)
     sentences = timing_data.corpus_sentences(args.corpus) if args.corpus else timing_data.docstring_sentences()
@@ -344,7 +354,7 @@ def prepare(model: str, folder: str, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["minilm", "vit-b", "vit-l"], choices=["minilm", "vit-b", "vit-l"])
+    p.add_argument("--models", nargs="+", default=["minilm", "vit-b", "vit-l"], choices=MODELS)
     p.add_argument("--extras", nargs="*", default=["joined", "load"], choices=["joined", "load", "frontier"])
     p.add_argument("--cells", nargs="+", default=list(OURS), choices=list(OURS), help="our cells to run")
     p.add_argument("--targets", nargs="+", default=None, help="only these targets (e.g. 0.6 2:4)")
@@ -358,6 +368,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--vit-samples", type=int, default=16)
     p.add_argument("--vit-batch-size", type=int, default=8)
+    p.add_argument("--llama-samples", type=int, default=16, help="random token windows (Llama shapes)")
+    p.add_argument("--llama-seq", type=int, default=512)
+    p.add_argument("--warm-batches", type=int, default=None,
+                   help="warm-ups on this many first batches only (default: the full call)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker call")
     p.add_argument("--workdir", default=None, help="parent of the temp folder holding the inputs (default: $TMPDIR)")
@@ -391,7 +405,8 @@ def main() -> None:
             if not cells:
                 continue
             req = prepare(model, os.path.join(work, model), args)
-            opts = {"threads": args.threads, "pairs": args.pairs, "timeout": args.timeout, "logs": logs}
+            opts = {"threads": args.threads, "pairs": args.pairs, "timeout": args.timeout, "logs": logs,
+                    "warm_batches": args.warm_batches}  # fmt: skip
             run_model(req, cells, commands, opts, save)
     print(table(doc))
     sys.exit(0 if all(r["status"] == "ok" for r in doc["rows"]) else 1)

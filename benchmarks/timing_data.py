@@ -112,3 +112,32 @@ def vit_inputs(folder: str, name: str, samples: int, batch_size: int, seed: int)
                for i in range(0, samples, batch_size)]  # fmt: skip
     return {"model": model_dir, "batch_files": _save(batches, join(batches, {}), folder),
             "sequential_target": "ViTLayer", "describe": f"{samples} random images, batches of {batch_size}"}  # fmt: skip
+
+
+def llama_inputs(folder: str, name: str, samples: int, seq: int, seed: int) -> dict:
+    """A random-init Llama of `bench_decoder_scaling.MODELS[name]` saved under `folder` (as the base `LlamaModel`:
+    decoder blocks only, the peer's and our registered Linears are the same 7 per block) with a small word-level
+    tokenizer (the peer's `oneshot` asks for a processor; ids are fed directly), and random token windows of `seq`
+    in batches of 8; returns the load request."""
+    import torch
+    from bench_decoder_scaling import MODELS
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+
+    hidden, layers, heads, kv, inter = MODELS[name]
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv, intermediate_size=inter, max_position_embeddings=4096)  # fmt: skip
+    model_dir = os.path.join(folder, name)
+    LlamaModel(cfg).eval().save_pretrained(model_dir)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(61)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                            pad_token="</s>").save_pretrained(model_dir)  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 32000, (samples, seq), generator=g)
+    batches = [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in ids.split(8)]
+    return {"model": model_dir, "batch_files": _save(batches, join(batches, {}), folder),
+            "sequential_target": "LlamaDecoderLayer",
+            "describe": f"{samples} random token windows of {seq}, batches of 8"}  # fmt: skip

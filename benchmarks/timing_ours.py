@@ -41,14 +41,16 @@ def load(req: dict) -> dict:
 def prune(model, spec: dict, state: dict) -> dict:
     from hf_mpprune import MPPruner, PruningConfig
 
-    cfg = {"ignore": IGNORE, "calibration_samples": state["samples"], **spec}
+    batches = state["batches"][: spec.pop("warmup_batches", None)]  # a warm-up may use the first batch only
+    samples = sum(int(next(iter(b.values())).shape[0]) for b in batches)
+    cfg = {"ignore": IGNORE, "calibration_samples": samples, **spec}
     t0 = time.perf_counter()
     pruner = MPPruner(model, PruningConfig.from_dict(cfg))
     t1 = time.perf_counter()
     if spec["method"].startswith("mp-"):
         pruner.analyze(progress=False)
     t2 = time.perf_counter()
-    pruner.prune(calibration=state["batches"])
+    pruner.prune(calibration=batches)
     split = dict(pruner.ledger.steps[-1].get("time_split") or {})
     return {"setup_s": round(t1 - t0, 3), "spectra_s": round(t2 - t1, 3), **split}
 
