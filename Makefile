@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv venv-timm test test-timm test-all wheel lint demo bench bench-issue17 bench-evidence bench-timing corpus bench-gpu gpu-check clean
+.PHONY: venv venv-timm test test-timm test-all wheel lint demo bench bench-issue17 bench-evidence bench-timing bench-decoder corpus bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -115,11 +115,29 @@ TIMING_ARGS ?=
 bench-timing: $(STAMP)
 	mkdir -p benchmarks/out
 	PEER_VENV=$(PEER_VENV) bash benchmarks/peer_venv.sh
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/timing.py --models minilm vit-b vit-l --pairs 3 --peer-venv $(PEER_VENV) \
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/timing.py --models minilm vit-b --pairs 3 --peer-venv $(PEER_VENV) \
 		$(TIMING_ARGS) --out benchmarks/out/timing.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/timing.py --models vit-l --extras --pairs 3 --warm-batches 1 \
+		--peer-venv $(PEER_VENV) --out benchmarks/out/timing_vitl.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_threads.py --repeats 5 --out benchmarks/out/threads.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/timing.py --models minilm --extras --pairs 1 --count-regions \
 		--peer-venv $(PEER_VENV) $(TIMING_ARGS) --out benchmarks/out/timing_regions.json
+
+# Issue 23: the small decoder (benchmarks/RESULTS.md "Issue 23"): build the natural-text corpus (scikit-learn's
+# docstrings, split by module), train the ~2.4 M-parameter Llama on its train split (~6 min), prune it with every
+# cell, control, rival allocation and llm-compressor's SparseGPT (3 calibration draws, perplexity with paired
+# bootstrap CIs; ~1 h), then the fair-timing rows on random-init Llama shapes (run ALONE on a quiet machine).
+DEC ?= $(HOME)/.cache/hf_mpprune/decoder
+bench-decoder: $(STAMP)
+	mkdir -p benchmarks/out
+	PEER_VENV=$(PEER_VENV) bash benchmarks/peer_venv.sh
+	test -d $(DEC)/corpus-sklearn || HF_HUB_OFFLINE=1 $(PY) benchmarks/decoder_data.py --package sklearn --out $(DEC)/corpus-sklearn
+	test -f $(DEC)/llama-small/model.safetensors || HF_HUB_OFFLINE=1 $(PY) benchmarks/train_small_decoder.py \
+		--corpus $(DEC)/corpus-sklearn --out $(DEC)/llama-small
+	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/bench_decoder.py --model $(DEC)/llama-small \
+		--corpus $(DEC)/corpus-sklearn --seeds 0 1 2 --threads 1 --resume --out benchmarks/out/decoder.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/timing.py --models llama-60m llama-160m --extras --pairs 3 --warm-batches 1 \
+		--peer-venv $(PEER_VENV) --out benchmarks/out/timing_llama.json
 
 clean:
 	rm -rf $(VENV) $(VENV_TIMM) mpprune-demo .pytest_cache .ruff_cache
