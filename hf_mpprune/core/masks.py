@@ -291,4 +291,5 @@ def keep_top_streamed(
             keep[tie] = False
             need -= tie.numel()
         out.append(keep.reshape(scores.shape))
+        del scores, keys  # before the next layer's scores are made
     return out
