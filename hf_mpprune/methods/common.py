@@ -119,19 +119,10 @@ def cumulative_score(ctx: PruneContext, layer, scores: torch.Tensor) -> torch.Te
     return s
 
 
-def cumulative_scores(ctx: PruneContext, raw: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Scores of every layer with previously pruned entries forced to -1 so they stay pruned."""
-    return [cumulative_score(ctx, layer, raw[layer.name]) for layer in ctx.layers]
-
-
-def select(
-    ctx: PruneContext, raw: dict[str, torch.Tensor] | Callable[..., torch.Tensor], scope: str = "global"
-) -> Masks:
-    """Keep the highest scores: exactly floor(s * P_total) pruned globally, or floor(s * numel) per layer.
-
-    `raw` maps layer names to scores, or is a function `layer -> scores` called on demand, so that only one layer's
-    scores are in memory at a time (the global selection calls it three times per layer: `keep_top_streamed`)."""
-    score = raw if callable(raw) else lambda layer: raw[layer.name]
+def select(ctx: PruneContext, score: Callable[..., torch.Tensor], scope: str = "global") -> Masks:
+    """Keep the highest scores `score(layer)`: exactly floor(s * P_total) pruned globally, or floor(s * numel) per
+    layer. `score` is called on demand (three times per layer when global: `keep_top_streamed`), so only one layer's
+    scores are in memory at a time."""
     fns = [lambda la=la: cumulative_score(ctx, la, score(la)) for la in ctx.layers]
     s = ctx.config.sparsity
     if scope == "global":
