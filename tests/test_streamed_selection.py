@@ -176,9 +176,10 @@ class LiveTensorBytes(TorchDispatchMode):
 
 
 def test_mp_wanda_global_selection_memory_is_one_layer_plus_masks(monkeypatch):
-    """Four ViT blocks: P = 524288 weights, the largest layer 32768. The former algorithm held every float64 score
-    and a float32 copy (>= 12 B per weight, 6.3 MB here); the streamed one holds the bool masks (1 B per weight), one
-    layer's work buffers and two int64 histograms of 2^16 bins (1 MiB, whatever the model's size)."""
+    """Four ViT blocks: P = 524288 weights, the largest layer 32768. The former algorithm held every float64 score,
+    then the float32 scores and their concatenation (this tracker counted a 5.2 MB peak, above the bound); the streamed
+    one holds the bool masks (1 B per weight), one layer's work buffers and two int64 histograms of 2^16 bins (1 MiB
+    whatever the model's size)."""
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(0)
