@@ -129,6 +129,33 @@ def test_mp_wanda_global_masks_identical_to_former_algorithm(tiny_vit, monkeypat
     assert any(not torch.equal(dense[n], before[n]) for n in dense)  # the second cycle saw pruned weights
 
 
+@pytest.mark.parametrize("mapping", ["layer", "kn"])
+def test_mp_wanda_other_mappings_identical_to_former_scores(mapping, monkeypatch):
+    """GPT-2 (Conv1D weights, transposed matrix view): the per-layer scores made on demand, in place, are the former
+    float64 scores to the bit, and the `layer` / k:n masks are the former ones."""
+    from hf_mpprune.methods.common import kn_prune, rows_keep, wanda_score
+
+    seen = []
+    real = mp_wanda_module.input_sq_norms
+    monkeypatch.setattr(mp_wanda_module, "input_sq_norms", lambda *a: seen.append(real(*a)) or seen[-1])
+    opts = {"mapping": "layer"} if mapping == "layer" else {"pattern": "2:4"}
+    pruner = MPPruner(tm.tiny_gpt2(), PruningConfig.from_dict({"method": "mp-wanda", "sparsity": 0.5, **opts}))
+    dense = {la.name: la.weight.detach().clone() for la in pruner.layers}
+    masks = pruner.prune(calibration=[tm.lm_inputs(batch=4)])
+    rec = pruner.ledger.steps[-1]["mp_wanda"]
+    assert any(la.kind == "conv1d" for la in pruner.layers)
+    for la in pruner.layers:
+        former = la.matrix_view(dense[la.name]).double().abs() * seen[0][la.name].sqrt().unsqueeze(0)
+        if mapping == "layer":
+            keep = rows_keep(former, rec["layer_counts"][la.name], None)
+        else:
+            keep = kn_prune(former, pruner.config.pattern)
+        assert torch.equal(masks[la.name], la.from_matrix(keep)), la.name
+        with torch.no_grad():
+            la.weight.copy_(dense[la.name])
+        assert torch.equal(wanda_score(la, seen[0][la.name]), former)
+
+
 def test_seb_masks_identical_to_materialised_selection(tiny_vit):
     pruner = MPPruner(copy.deepcopy(tiny_vit), PruningConfig(method="seb", sparsity=0.6))
     masks = pruner.prune()
