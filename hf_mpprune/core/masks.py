@@ -7,7 +7,7 @@ beside them as a bit-packed safetensors sidecar whose SHA-256 goes to the ledger
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -228,4 +228,68 @@ def keep_top(scores: list[torch.Tensor], num_prune: int) -> list[torch.Tensor]:
     for s in scores:
         out.append(keep[start : start + s.numel()].reshape(s.shape))
         start += s.numel()
+    return out
+
+
+_DIGITS = 1 << 16  # radix of the streamed selection: two passes of 16-bit digits cover a float32
+
+
+def _order_keys(scores: torch.Tensor) -> torch.Tensor:
+    """Flat int32 keys whose signed order is the float order of `scores` (float32; −0.0 counts as +0.0; no NaN)."""
+    bits = (scores.detach().reshape(-1).float() + 0.0).view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip the magnitude bits so larger |x| sorts lower
+
+
+def _digit_histogram(score_fns: Sequence[Callable[[], torch.Tensor]], high: int | None) -> torch.Tensor:
+    """Counts of the high 16-bit digit of every key (`high=None`), or of the low digit among keys whose high digit
+    is `high`. One layer's scores in memory at a time."""
+    hist = torch.zeros(_DIGITS, dtype=torch.long)
+    for fn in score_fns:
+        keys = _order_keys(fn())
+        digits = (keys >> 16) + _DIGITS // 2 if high is None else keys[(keys >> 16) == high] & 0xFFFF
+        hist += torch.bincount(digits, minlength=_DIGITS)
+        del keys, digits
+    return hist
+
+
+def _bucket(hist: torch.Tensor, rank: int) -> tuple[int, int]:
+    """The bucket holding the `rank`-th smallest entry (1-based) and that entry's rank inside the bucket."""
+    cum = hist.cumsum(0)
+    b = int(torch.searchsorted(cum, rank))
+    return b, rank - (int(cum[b - 1]) if b else 0)
+
+
+def keep_top_streamed(
+    score_fns: Sequence[Callable[[], torch.Tensor]], numels: Sequence[int], num_prune: int
+) -> list[torch.Tensor]:
+    """`keep_top` with the scores produced on demand: `score_fns[i]()` returns tensor i (float32 values, no NaN).
+
+    Same masks to the bit as `keep_top` on the materialised list (the lowest `num_prune` entries pruned, ties at the
+    threshold in concatenation order), but only one tensor's scores are held at a time (docs/algorithms.md §18.2):
+    the threshold is found exactly by a radix select on the float bit patterns, two passes of 16-bit histograms,
+    and a third pass builds the masks. Each function is therefore called three times and must return the same
+    values every time.
+    """
+    total = sum(numels)
+    if not 0 <= num_prune <= total:
+        raise ValueError(f"cannot prune {num_prune} of {total} entries")
+    thr, need = -(2**31), 0  # num_prune = 0: no key is below the smallest int32, no tie taken
+    if num_prune:
+        high, rank = _bucket(_digit_histogram(score_fns, None), num_prune)
+        high -= _DIGITS // 2
+        low, need = _bucket(_digit_histogram(score_fns, high), rank)
+        thr = high * _DIGITS + low  # the num_prune-th smallest key; `need` entries equal to it are pruned
+    out = []
+    for fn, numel in zip(score_fns, numels):
+        scores = fn()
+        if scores.numel() != numel:
+            raise ValueError(f"a score function returned {scores.numel()} entries where numels says {numel}")
+        keys = _order_keys(scores)
+        keep = keys >= thr
+        if need:
+            tie = (keys == thr).nonzero().squeeze(1)[:need]
+            keep[tie] = False
+            need -= tie.numel()
+        out.append(keep.reshape(scores.shape))
+        del scores, keys  # before the next layer's scores are made
     return out

@@ -16,7 +16,7 @@ from ..core.calibration import CalibrationBatches, as_batches, input_sq_norms
 from ..core.config import KeepPattern
 from ..core.errors import ConfigError
 from ..core.layers import LayerSet
-from ..core.masks import Masks, keep_top
+from ..core.masks import Masks, keep_top, keep_top_streamed
 from ..core.obs import obs_reconstruct
 from ..core.refine import LayerRefiner, RefineOptions
 from ..core.refit import RefitOptions, hessian_dtype, refit_record
@@ -111,25 +111,25 @@ def check_rows(layer, norms: torch.Tensor) -> None:
 
 
 # ---- cumulative selection (magnitude family) ---------------------------------------------------------------
-def cumulative_scores(ctx: PruneContext, raw: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Scores with previously pruned entries forced to -1 so they stay pruned (scores are >= 0)."""
-    out = []
-    for layer in ctx.layers:
-        s = raw[layer.name].detach().float().cpu()
-        if ctx.previous is not None and layer.name in ctx.previous:
-            s = s.masked_fill(~ctx.previous[layer.name].cpu(), -1.0)
-        out.append(s)
-    return out
+def cumulative_score(ctx: PruneContext, layer, scores: torch.Tensor) -> torch.Tensor:
+    """One layer's float32 CPU scores with its previously pruned entries forced to -1 (scores are >= 0)."""
+    s = scores.detach().float().cpu()
+    if ctx.previous is not None and layer.name in ctx.previous:
+        s = s.masked_fill(~ctx.previous[layer.name].cpu(), -1.0)
+    return s
 
 
-def select(ctx: PruneContext, raw: dict[str, torch.Tensor], scope: str = "global") -> Masks:
-    """Keep the highest scores: exactly floor(s * P_total) pruned globally, or floor(s * numel) per layer."""
-    scores = cumulative_scores(ctx, raw)
+def select(ctx: PruneContext, score: Callable[..., torch.Tensor], scope: str = "global") -> Masks:
+    """Keep the highest scores `score(layer)`: exactly floor(s * P_total) pruned globally, or floor(s * numel) per
+    layer. `score` is called on demand (three times per layer when global: `keep_top_streamed`), so only one layer's
+    scores are in memory at a time."""
+    fns = [lambda la=la: cumulative_score(ctx, la, score(la)) for la in ctx.layers]
     s = ctx.config.sparsity
     if scope == "global":
-        keeps = keep_top(scores, math.floor(s * sum(t.numel() for t in scores)))
+        numels = [la.numel for la in ctx.layers]
+        keeps = keep_top_streamed(fns, numels, math.floor(s * sum(numels)))
     else:
-        keeps = [keep_top([t], math.floor(s * t.numel()))[0] for t in scores]
+        keeps = [keep_top([fn()], math.floor(s * la.numel))[0] for la, fn in zip(ctx.layers, fns)]
     return Masks({layer.name: k for layer, k in zip(ctx.layers, keeps)})
 
 
@@ -143,7 +143,8 @@ def wanda_scores(ctx: PruneContext, batches) -> dict[str, torch.Tensor]:
 def wanda_score(layer, sq_norms: torch.Tensor) -> torch.Tensor:
     """|W| · ‖x_j‖₂ of one layer as an (out, in) float64 matrix (CPU), from its inputs' squared column norms."""
     check_rows(layer, sq_norms)
-    return layer.matrix_view().detach().cpu().double().abs() * sq_norms.sqrt().unsqueeze(0)
+    w = layer.matrix_view().detach().cpu().to(torch.float64, copy=True)  # one float64 buffer, worked in place
+    return w.abs_().mul_(sq_norms.sqrt().unsqueeze(0))
 
 
 def row_prune(scores: torch.Tensor, counts: torch.Tensor, forced: torch.Tensor | None = None) -> torch.Tensor:

@@ -47,7 +47,7 @@ def magnitude(ctx: PruneContext) -> Masks:
             for la, w in zip(ctx.layers, dense):
                 la.weight.copy_(w)
     else:
-        masks = select(ctx, {layer.name: layer.weight.abs() for layer in ctx.layers}, ctx.config.scope)
+        masks = select(ctx, lambda layer: layer.weight.detach().abs(), ctx.config.scope)  # scores made on demand
     if ctx.config.sequential_pass:
         reconstruct_(ctx, masks, batches)
     return masks

@@ -10,6 +10,7 @@ sentences disjoint from the reported evaluation split and from calibration (benc
 import time
 from dataclasses import dataclass
 
+from ..core.calibration import input_sq_norms
 from ..core.config import PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
@@ -19,6 +20,7 @@ from .common import (
     CalibrationOptions,
     MPBudgetOptions,
     calibration_batches,
+    check_rows,
     kn_prune,
     layer_budgets,
     layer_weights,
@@ -28,7 +30,7 @@ from .common import (
     select,
     skips_grouped_convs,
     time_split,
-    wanda_scores,
+    wanda_score,
 )
 
 
@@ -78,7 +80,9 @@ def mp_wanda(ctx: PruneContext) -> Masks:
     cfg = ctx.config
     batches = calibration_batches(ctx)
     t0 = time.perf_counter()
-    scores = wanda_scores(ctx, batches)
+    sq = input_sq_norms(ctx.model, ctx.layers, batches)  # per-layer input norms: small; scores are made on demand
+    for la in ctx.layers:  # a bad layer fails before any mask work
+        check_rows(la, sq[la.name])
     t1 = time.perf_counter()
     weights = layer_weights(ctx)
     record = {
@@ -86,23 +90,26 @@ def mp_wanda(ctx: PruneContext) -> Masks:
         "decay_end": cfg.decay_end, "decay_power": cfg.decay_power, "layer_weights": weights,
         "spectra": "dense model, fitted once (static)",
     }  # fmt: skip
+
+    def score(la):
+        return wanda_score(la, sq[la.name])  # (out, in) float64, one layer at a time
+
+    def mapped(la):  # Wanda score / its row mean / w_l, float32: one layer of the global ranking
+        s = score(la)
+        return la.from_matrix(s.div_(s.mean(1, keepdim=True).clamp_min(1e-30)).div_(weights[la.name]).float())
+
     if cfg.pattern is not None:  # k:n fixes every layer's density: the weights cannot move budgets
         masks = Masks(
-            {la.name: la.from_matrix(kn_prune(scores[la.name], cfg.pattern, previous_matrix(ctx, la))) for la in ctx.layers},
+            {la.name: la.from_matrix(kn_prune(score(la), cfg.pattern, previous_matrix(ctx, la))) for la in ctx.layers},
             cfg.pattern,
         )  # fmt: skip
     elif cfg.mapping == "global":
-        raw = {}
-        for la in ctx.layers:  # float64 scores freed one layer at a time: the peak is the float32 copy, not both
-            s = scores.pop(la.name)
-            raw[la.name] = la.from_matrix((s / s.mean(1, keepdim=True).clamp_min(1e-30) / weights[la.name]).float())
-            del s
-        masks = select(ctx, raw, "global")
+        masks = select(ctx, mapped, "global")  # streamed: one layer's scores in memory, plus the masks
     else:
         counts = layer_budgets({la.name: la.numel for la in ctx.layers}, weights, cfg.sparsity, cfg.max_layer_sparsity)
         record["layer_counts"] = counts
         masks = Masks(
-            {la.name: la.from_matrix(rows_keep(scores[la.name], counts[la.name], previous_matrix(ctx, la))) for la in ctx.layers}
+            {la.name: la.from_matrix(rows_keep(score(la), counts[la.name], previous_matrix(ctx, la))) for la in ctx.layers}
         )  # fmt: skip
     ctx.record["mp_wanda"] = record
     t2 = time.perf_counter()

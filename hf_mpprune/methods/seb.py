@@ -84,8 +84,7 @@ def seb(ctx: PruneContext) -> Masks:
     weights = seb_weights(
         layer_signal(ctx, regime.signal), {la.name: la.role for la in ctx.layers}, cfg.sparsity, regime
     )
-    raw = {la.name: la.weight.detach().abs().cpu() / weights[la.name] for la in ctx.layers}
-    masks = select(ctx, raw, "global")
+    masks = select(ctx, lambda la: la.weight.detach().abs().cpu() / weights[la.name], "global")  # made on demand
     ctx.record["seb"] = {
         "regime": dataclasses.asdict(regime),
         "regime_source": cfg.regime,

@@ -19,7 +19,7 @@ from ..core.config import PruningConfig
 from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.registry import CycleHooks, PruneContext, register_method
-from .common import cumulative_scores, keep_top, seb_regime, seb_weights, select
+from .common import cumulative_score, keep_top, seb_regime, seb_weights, select
 
 
 _CHOICES = {
@@ -158,7 +158,7 @@ def ser_step(ctx: PruneContext) -> Masks:
     P = layers.total_params
     n_over, n_final, n_restore = restore_counts(P, s, s_over)
     raw = {la.name: la.weight.detach().abs().float().cpu() / w_s[la.name] for la in layers}
-    over_keep = keep_top(cumulative_scores(ctx, raw), n_over)
+    over_keep = keep_top([cumulative_score(ctx, la, raw[la.name]) for la in layers], n_over)
     prev = [ctx.previous[la.name].cpu() if ctx.previous is not None else torch.ones(la.weight.shape, dtype=torch.bool)
             for la in layers]  # fmt: skip
     res = [~k & (p if cfg.reservoir == "new" else torch.ones_like(p)) for k, p in zip(over_keep, prev)]
@@ -311,7 +311,7 @@ def hybrid(ctx: PruneContext) -> Masks:
     rule = {"switch": cfg.switch, "switch_sparsity": cfg.switch_sparsity, "transition": cfg.transition_sparsity}
     if uses_magnitude(cfg, cfg.sparsity):
         ctx.record.update(stage="magnitude", switch_rule=rule, layer_weights=dict.fromkeys(ctx.layers.names, 1.0))
-        return select(ctx, {la.name: la.weight.abs() for la in ctx.layers}, "global")
+        return select(ctx, lambda la: la.weight.detach().abs(), "global")
     masks = ser_step(ctx)
     ctx.record["switch_rule"] = rule
     return masks
