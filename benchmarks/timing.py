@@ -44,6 +44,9 @@ OURS = {
     "cast+rec": {"method": "cast", "reconstruct": True},
     "mp-wanda+alps": {"method": "mp-wanda", "refine": "alps"},  # issue 22: joint mask / weight optimisation
     "cast+alps": {"method": "cast", "refine": "alps"},
+    # issue 22: ALPS capped at 6 / 20 steps (RESULTS "Issue 22 — cutting ALPS's cost")
+    "mp-wanda+alps6": {"method": "mp-wanda", "refine": "alps", "refine_iters": 6},
+    "mp-wanda+alps20": {"method": "mp-wanda", "refine": "alps", "refine_iters": 20},
 }
 
 
@@ -68,7 +71,7 @@ class Cell:
 def plan(models: list[str], extras: list[str]) -> list[Cell]:
     """MiniLM: sparsegpt and mp-wanda+rec at 50/60/70 %, sparsegpt and cast+rec at 2:4, plus at 60 % the peer fed
     one joined batch and the under-load rows (and, with the "frontier" extra, mp-wanda+alps at 60 / 70 % and
-    cast+alps at 2:4); ViT-B/L and the Llama shapes: mp-wanda+rec at 50 % and cast+rec at 2:4."""
+    cast+alps at 2:4, and the ALPS step caps at 60 %); ViT-B/L and the Llama shapes: mp-wanda+rec at 50 % and cast+rec at 2:4."""
     cells = []
     for m in models:
         if m != "minilm":
@@ -81,6 +84,7 @@ def plan(models: list[str], extras: list[str]) -> list[Cell]:
             cells += [Cell(m, n, "0.6", load="burner")] if "load" in extras else []
         if "frontier" in extras:
             cells += [Cell(m, "mp-wanda+alps", "0.6"), Cell(m, "mp-wanda+alps", "0.7"), Cell(m, "cast+alps", "2:4")]
+            cells += [Cell(m, "mp-wanda+alps6", "0.6"), Cell(m, "mp-wanda+alps20", "0.6")]
     return cells
 
 

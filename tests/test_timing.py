@@ -179,3 +179,25 @@ def test_plan_rows_follow_the_protocol():
     assert ("sparsegpt", "0.6", "joined", "quiet") in minilm and ("mp-wanda+rec", "0.6", "batches", "burner") in minilm
     assert [(c.name, c.target) for c in cells if c.model == "vit-b"] == [("mp-wanda+rec", "0.5"), ("cast+rec", "2:4")]
     assert not any(c.name.endswith("alps") for c in plan(["minilm"], ["joined"]))
+
+
+def test_llama_shapes_follow_the_vit_rows_and_warm_ups_can_use_the_first_batch():
+    from timing import Cell, plan, run_cell
+
+    assert [(c.name, c.target) for c in plan(["llama-160m"], [])] == [("mp-wanda+rec", "0.5"), ("cast+rec", "2:4")]
+
+    class Fake:  # a worker that records the requests it gets
+        def __init__(self):
+            self.seen = []
+
+        def call(self, req, timeout):
+            self.seen.append(req)
+            return {"ok": True, "wall_s": 1.0, "cpu_s": 1.0, "peak_rss_mib": 1.0, "achieved": 0.5, "phases": {}, "peak_method": "vmhwm"}
+
+    workers = {"ours": Fake(), "peer": Fake()}
+    cell = Cell("llama-60m", "mp-wanda+rec", "0.5")
+    run_cell(cell, workers, cell.specs("LlamaDecoderLayer"), 2, {"ours": set(), "peer": set()}, 10.0, 1)
+    for w in workers.values():
+        warm, *timed = w.seen
+        assert warm["warmup"] and warm["spec"]["warmup_batches"] == 1
+        assert len(timed) == 2 and all("warmup_batches" not in r["spec"] and not r.get("warmup") for r in timed)
