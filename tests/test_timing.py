@@ -192,7 +192,15 @@ def test_llama_shapes_follow_the_vit_rows_and_warm_ups_can_use_the_first_batch()
 
         def call(self, req, timeout):
             self.seen.append(req)
-            return {"ok": True, "wall_s": 1.0, "cpu_s": 1.0, "peak_rss_mib": 1.0, "achieved": 0.5, "phases": {}, "peak_method": "vmhwm"}
+            return {
+                "ok": True,
+                "wall_s": 1.0,
+                "cpu_s": 1.0,
+                "peak_rss_mib": 1.0,
+                "achieved": 0.5,
+                "phases": {},
+                "peak_method": "vmhwm",
+            }
 
     workers = {"ours": Fake(), "peer": Fake()}
     cell = Cell("llama-60m", "mp-wanda+rec", "0.5")
