@@ -84,6 +84,7 @@ bench-issue17: $(STAMP)
 EV := HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) benchmarks/evidence.py --threads 1 --resume
 EV_BASE := wanda wanda+rec 'mp-wanda[beta=0]' 'mp-wanda[beta=0]+rec' mp-wanda mp-wanda+rec sparsegpt mp-sparsegpt cast cast+rec
 EV_NEW := 'wanda+rec[owl]' 'wanda+rec[alpha]' 'wanda+rec[mp]' wanda+alps mp-wanda+alps cast+alps
+EV_RIVALS := 'wanda[owl]' 'wanda[alpha]' 'sparsegpt[owl]' 'sparsegpt[alpha]' 'wanda+rec[owl]' 'wanda+rec[alpha]'
 bench-evidence: $(STAMP)
 	mkdir -p benchmarks/out
 	$(EV) --split selection --targets 0.6 0.7 --draws 0 --out benchmarks/out/selection_minilm.json.gz \
@@ -92,8 +93,10 @@ bench-evidence: $(STAMP)
 		'mp-wanda+rec:wanda+rec' 'wanda+alps:wanda+admm' 'wanda+alps:wanda+dsnot+rec' 'wanda+admm:wanda+dsnot+rec'
 	$(EV) --cells $(EV_BASE) --targets 0.5 0.6 0.7 2:4 --draws 0 1 2 --out benchmarks/out/evidence_base.json.gz
 	$(EV) --cells $(EV_NEW) --targets 0.6 0.7 2:4 --draws 0 1 2 --out benchmarks/out/evidence_new.json.gz
+	$(EV) --cells $(EV_RIVALS) --targets 0.5 0.6 0.7 --draws 0 1 2 --out benchmarks/out/evidence_rivals.json.gz
 	$(EV) --tables-only --merge benchmarks/out/evidence_base.json.gz benchmarks/out/evidence_new.json.gz \
-		--out benchmarks/out/evidence_minilm.json.gz --table benchmarks/out/evidence_minilm.md
+		benchmarks/out/evidence_rivals.json.gz --out benchmarks/out/evidence_minilm.json.gz \
+		--table benchmarks/out/evidence_minilm.md
 
 # Rebuild the shipped natural-text corpus from the docstrings of the installed packages (benchmarks/corpus/).
 corpus: $(STAMP)
