@@ -22,6 +22,11 @@ from timing_proto import run_worker  # noqa: E402
 IGNORE = ["re:pooler"]  # AutoModel: no classification head; the pooler is left dense, as the peer does
 
 
+def rows(batches: list[dict]) -> int:
+    """Calibration samples in `batches` (rows of the first tensor of each)."""
+    return sum(int(next(iter(b.values())).shape[0]) for b in batches)
+
+
 def load(req: dict) -> dict:
     import torch
     import transformers
@@ -32,18 +37,17 @@ def load(req: dict) -> dict:
     torch.set_num_threads(int(req["threads"]))
     model = AutoModel.from_pretrained(req["model"], dtype=torch.float32).eval()
     batches = torch.load(req["batch_files"]["batches"], weights_only=True)  # ours always gets the batches
-    samples = sum(int(next(iter(b.values())).shape[0]) for b in batches)
+    samples = rows(batches)
     info = {"side": "ours", "hf_mpprune": hf_mpprune.__version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(), "samples": samples}  # fmt: skip
-    return {"model": model, "batches": batches, "samples": samples, "info": info}
+    return {"model": model, "batches": batches, "info": info}
 
 
 def prune(model, spec: dict, state: dict) -> dict:
     from hf_mpprune import MPPruner, PruningConfig
 
     batches = state["batches"][: spec.pop("warmup_batches", None)]  # a warm-up may use the first batch only
-    samples = sum(int(next(iter(b.values())).shape[0]) for b in batches)
-    cfg = {"ignore": IGNORE, "calibration_samples": samples, **spec}
+    cfg = {"ignore": IGNORE, "calibration_samples": rows(batches), **spec}
     t0 = time.perf_counter()
     pruner = MPPruner(model, PruningConfig.from_dict(cfg))
     t1 = time.perf_counter()
