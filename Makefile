@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv venv-timm test test-timm test-all wheel lint demo bench bench-issue17 bench-evidence bench-timing bench-decoder corpus bench-gpu gpu-check clean
+.PHONY: venv venv-timm test test-timm test-all wheel lint demo bench bench-issue17 bench-evidence bench-issue21 bench-timing bench-decoder corpus bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -97,6 +97,13 @@ bench-evidence: $(STAMP)
 	$(EV) --tables-only --merge benchmarks/out/evidence_base.json.gz benchmarks/out/evidence_new.json.gz \
 		benchmarks/out/evidence_rivals.json.gz --out benchmarks/out/evidence_minilm.json.gz \
 		--table benchmarks/out/evidence_minilm.md
+
+# Issue 21, every table at once: the natural-text MiniLM tables, the digits-ViT allocation table (3 seeds, 1 KD
+# epoch; ~100 min per seed at one thread) and the fair-timing tables (run the whole target ALONE on a quiet machine).
+bench-issue21: bench-evidence
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_digits_alloc.py --seeds 0 1 2 --out benchmarks/out/digits_alloc.json \
+		--md benchmarks/out/digits_alloc.md
+	$(MAKE) bench-timing
 
 # Rebuild the shipped natural-text corpus from the docstrings of the installed packages (benchmarks/corpus/).
 corpus: $(STAMP)
