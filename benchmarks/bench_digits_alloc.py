@@ -39,7 +39,13 @@ from hf_mpprune.training.trainer import realised_sparsity  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 ALLOCATIONS = ("uniform", "owl", "alphapruning", "mp", "mp-wanda-global")
-PRUNERS = {"wanda": False, "wanda+refit": True}  # name -> reconstruct
+REF_PRUNER = "wanda+refit"  # every other pruner is also compared with this one under the uniform allocation
+PRUNERS = {  # name -> options of the within-layer pruner (issue 22 adds the joint optimisation and the swaps)
+    "wanda": {"reconstruct": False},
+    "wanda+refit": {"reconstruct": True},
+    "wanda+alps": {"refine": "alps"},  # ADMM / PCG joint mask and weight optimisation, ends with the re-fit
+    "wanda+dsnot+refit": {"refine": "dsnot", "reconstruct": True},  # prune-and-grow swaps, then the re-fit
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.6, 0.7])
     ap.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=ALLOCATIONS)
-    ap.add_argument("--pruners", nargs="+", default=list(PRUNERS), choices=list(PRUNERS))
+    ap.add_argument("--pruners", nargs="+", default=["wanda", "wanda+refit"], choices=list(PRUNERS))
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4])
     ap.add_argument("--ft-batch", type=int, default=32)
     ap.add_argument("--dense-epochs", type=int, default=20)
@@ -63,8 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def config(allocation: str, reconstruct: bool, sparsity: float, seed: int) -> PruningConfig:
-    common = {"sparsity": sparsity, "seed": seed, "reconstruct": reconstruct}
+def config(allocation: str, options: dict, sparsity: float, seed: int) -> PruningConfig:
+    common = {"sparsity": sparsity, "seed": seed, **options}
     if allocation == "mp-wanda-global":
         return PruningConfig.from_dict({"method": "mp-wanda", **common})
     return PruningConfig.from_dict({"method": "wanda", "allocation": allocation, **common})
@@ -147,6 +153,14 @@ def summarise(rows: list[dict], boot: int) -> list[dict]:
             d, lo, hi = ci["diff"], ci["lo"], ci["hi"]
             line[phase] = {"mean": statistics.mean(accs), "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                            "diff": 100 * d, "lo": 100 * lo, "hi": 100 * hi}  # fmt: skip
+        ref = cells.get((REF_PRUNER, s, "uniform"))
+        if ref is not None and pruner != REF_PRUNER:  # the new options against today's re-fit pipeline
+            ref_lr = chosen_lr(ref)
+            line["vs_ref"] = {}
+            for phase in ("pre", "ft"):
+                ci = bootstrap_diff([x for r in rs for x in items_of(r, phase, lr)],
+                                    [x for r in ref for x in items_of(r, phase, ref_lr)], resamples=boot)  # fmt: skip
+                line["vs_ref"][phase] = {"diff": 100 * ci["diff"], "lo": 100 * ci["lo"], "hi": 100 * ci["hi"]}
         line["layer_sparsity_range"] = [min(r["layer_sparsity_range"][0] for r in rs),
                                         max(r["layer_sparsity_range"][1] for r in rs)]  # fmt: skip
         out.append(line)
@@ -176,6 +190,20 @@ def markdown(summary: list[dict]) -> str:
                     cell += f" ({p['diff']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}])"
                 cells.append(cell)
             lines.append(f"| {pruner} | {s:.2f} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    refd = [x for x in summary if "vs_ref" in x]
+    if refd:
+        lines = [
+            f"Δ vs `{REF_PRUNER}` uniform at the same sparsity, points [95 % paired-bootstrap CI]",
+            "",
+            "| pruner | s | allocation | right after the prune | after 1 KD epoch |",
+            "|---|---|---|---|---|",
+        ]
+        for x in refd:
+            pre, ft = x["vs_ref"]["pre"], x["vs_ref"]["ft"]
+            lines.append(f"| {x['pruner']} | {x['sparsity']:.2f} | {x['allocation']} | "
+                         f"{pre['diff']:+.2f} [{pre['lo']:+.2f}, {pre['hi']:+.2f}] | "
+                         f"{ft['diff']:+.2f} [{ft['lo']:+.2f}, {ft['hi']:+.2f}] |")  # fmt: skip
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 

@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_MPPRUNE_EXPERIMENTAL_SILENCE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.stats import bootstrap_diff  # noqa: E402
 from hf_mpprune import MPDistillationArguments, MPDistillationTrainer, MPPruner, PruningConfig  # noqa: E402
 from hf_mpprune.builtins.digits import accuracy, load_digits_splits, trained_digits_vit  # noqa: E402
 from hf_mpprune.training.trainer import realised_sparsity  # noqa: E402
@@ -39,6 +40,13 @@ CELLS = {  # label: (method, extra options)
     "cast": ("cast", {}),
     "cast+perm": ("cast", {"permute_align": True}),
     "cast+rec": ("cast", {"reconstruct": True}),
+    # issue 22's 2:4 candidates: RIA's score with its channel reallocation, CAST + joint mask / weight optimisation
+    "ria+perm": ("wanda-kn", {"score": "ria", "permute_align": True, "perm_importance": "ria"}),
+    "ria+perm+rec": (
+        "wanda-kn",
+        {"score": "ria", "permute_align": True, "perm_importance": "ria", "reconstruct": True},
+    ),
+    "cast+alps": ("cast", {"refine": "alps"}),
 }
 
 
@@ -66,7 +74,34 @@ def distill(student, teacher, masks, splits, lr: float, seed: int, epochs: float
         )  # fmt: skip
         MPDistillationTrainer(student, teacher, masks, args=args, train_dataset=splits["train"]).train()
     assert realised_sparsity(student, masks) == masks.sparsity()
-    return accuracy(student, splits["val"]), accuracy(student, splits["test"])
+    return accuracy(student, splits["val"]), accuracy(student, splits["test"]), correct(student, splits["test"])
+
+
+@torch.no_grad()
+def correct(model, ds) -> list[int]:
+    """Per-image top-1 correctness (0/1), for the paired bootstrap against the reference cell."""
+    model.eval()
+    return (model(pixel_values=ds.x).logits.argmax(-1) == ds.y).int().tolist()
+
+
+def versus_ref(rows: list[dict], lrs: list[float], ref: str) -> list[str]:
+    """Δ (points) of every cell to `ref` after KD (each cell at its own val-chosen LR), paired bootstrap over the
+    test images of all seeds (rows stored before per-item results existed are skipped)."""
+    if not all("kd_items" in r for r in rows) or ref not in {r["cell"] for r in rows}:
+        return []
+    out = [f"after KD, Δ to `{ref}` in points [95 % paired-bootstrap CI over the test images of all seeds]:", ""]
+    for p in dict.fromkeys(r["pattern"] for r in rows):
+
+        def items(cell, p=p):
+            rs = sorted((r for r in rows if r["pattern"] == p and r["cell"] == cell), key=lambda r: r["seed"])
+            best = max(lrs, key=lambda lr: statistics.mean(r["kd"][str(lr)][0] for r in rs))
+            return [x for r in rs for x in r["kd_items"][str(best)]]
+
+        base = items(ref)
+        for cell in dict.fromkeys(r["cell"] for r in rows if r["pattern"] == p and r["cell"] != ref):
+            ci = bootstrap_diff(items(cell), base, resamples=2000)
+            out.append(f"- {p} {cell}: {100 * ci['diff']:+.2f} [{100 * ci['lo']:+.2f}, {100 * ci['hi']:+.2f}]")
+    return out
 
 
 def _ms(xs) -> str:
@@ -74,7 +109,7 @@ def _ms(xs) -> str:
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.2f}"
 
 
-def summarise(rows: list[dict], lrs: list[float], epochs: float) -> str:
+def summarise(rows: list[dict], lrs: list[float], epochs: float, ref: str = "cast+rec") -> str:
     cells = list(dict.fromkeys(r["cell"] for r in rows))
     patterns = list(dict.fromkeys(r["pattern"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})
@@ -96,7 +131,7 @@ def summarise(rows: list[dict], lrs: list[float], epochs: float) -> str:
         chosen.append(f"| {p} | " + " | ".join(c) + " |")
     return "\n".join(lines + ["test accuracy right after the k:n prune (no fine-tune):", "", *pre, "",
                               f"test accuracy after {epochs:g} epochs of KD (LR chosen on val):", "", *post, "",
-                              "KD learning rate chosen on val:", "", *chosen])  # fmt: skip
+                              "KD learning rate chosen on val:", "", *chosen, "", *versus_ref(rows, lrs, ref)])  # fmt: skip
 
 
 def main() -> int:
@@ -109,10 +144,11 @@ def main() -> int:
     ap.add_argument("--dense-epochs", type=int, default=20)
     ap.add_argument("--out", default=os.path.join(OUT, "digits_kn.json"))
     ap.add_argument("--merge", nargs="+", default=None, help="only print the tables of these result files")
+    ap.add_argument("--ref", default="cast+rec", help="the cell every other one is compared with after KD")
     a = ap.parse_args()
     if a.merge:
         rows = [r for path in a.merge for r in json.load(open(path))["rows"]]
-        print(summarise(rows, a.lrs, a.epochs))
+        print(summarise(rows, a.lrs, a.epochs, a.ref))
         return 0
     torch.set_flush_denormal(True)
     rows, t_all = [], time.perf_counter()
@@ -126,14 +162,16 @@ def main() -> int:
                        "sparsity": masks.sparsity(), "dense_test": accuracy(dense, splits["test"]),
                        "pruned_val": accuracy(model, splits["val"]), "pruned_test": accuracy(model, splits["test"]),
                        "kd": {}}  # fmt: skip
+                row["kd_items"] = {}
                 for lr in a.lrs:
-                    row["kd"][str(lr)] = distill(copy.deepcopy(model), dense, masks, splits, lr, seed, a.epochs)
+                    val, test, items = distill(copy.deepcopy(model), dense, masks, splits, lr, seed, a.epochs)
+                    row["kd"][str(lr)], row["kd_items"][str(lr)] = (val, test), items
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
                 with open(a.out, "w") as f:
                     json.dump({"rows": rows, "lrs": a.lrs, "epochs": a.epochs}, f, indent=1)
-    print(summarise(rows, a.lrs, a.epochs))
+    print(summarise(rows, a.lrs, a.epochs, a.ref))
     print(f"wall {time.perf_counter() - t_all:.0f} s")
     return 0
 

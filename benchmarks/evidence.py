@@ -98,6 +98,13 @@ CELLS = (
     Cell("wanda+dsnot+rec", "wanda", {"refine": "dsnot", **REC}, refit=True),
     Cell("mp-wanda+alps", "mp-wanda", {"refine": "alps"}, mp=True, refit=True),
     Cell("cast+alps", "cast", {"refine": "alps"}, refit=True, targets="kn"),
+    # issue 22: the re-fit / ALPS aimed at the dense model's output of each layer (refit_target="dense")
+    Cell("wanda+rec[dense]", "wanda", {**REC, "refit_target": "dense"}, refit=True, targets="both"),
+    Cell("mp-wanda+rec[dense]", "mp-wanda", {**REC, "refit_target": "dense"}, mp=True, refit=True),
+    Cell("wanda+alps[dense]", "wanda", {"refine": "alps", "refit_target": "dense"}, refit=True, targets="both"),
+    Cell("mp-wanda+alps[dense]", "mp-wanda", {"refine": "alps", "refit_target": "dense"}, mp=True, refit=True),
+    Cell("cast+rec[dense]", "cast", {**REC, "refit_target": "dense"}, refit=True, targets="kn"),
+    Cell("cast+alps[dense]", "cast", {"refine": "alps", "refit_target": "dense"}, refit=True, targets="kn"),
 )
 # (cell, control): what the re-fit adds, the MP statistic (same mapping), the mapping, the strongest rival
 COMPARISONS = (
@@ -131,6 +138,14 @@ COMPARISONS = (
     ("mp-wanda+alps", "sparsegpt"),
     ("cast+alps", "cast+rec"),
     ("cast+alps", "sparsegpt"),
+    ("wanda+rec[dense]", "wanda+rec"),
+    ("mp-wanda+rec[dense]", "mp-wanda+rec"),
+    ("wanda+alps[dense]", "wanda+alps"),
+    ("mp-wanda+alps[dense]", "mp-wanda+alps"),
+    ("mp-wanda+alps[dense]", "sparsegpt"),
+    ("cast+rec[dense]", "cast+rec"),
+    ("cast+alps[dense]", "cast+alps"),
+    ("cast+alps[dense]", "sparsegpt"),
 )
 
 

@@ -42,9 +42,13 @@ def test_arguments():
     for bad in (["--allocations", "owl"], ["--sparsities", "1.2"], ["--allocations", "lamp"]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
-    cfg = bench.config("owl", True, 0.6, 2)
+    cfg = bench.config("owl", bench.PRUNERS["wanda+refit"], 0.6, 2)
     assert (cfg.method, cfg.allocation, cfg.reconstruct, cfg.sparsity, cfg.seed) == ("wanda", "owl", True, 0.6, 2)
-    assert bench.config("mp-wanda-global", False, 0.5, 0).method == "mp-wanda"
+    assert bench.config("mp-wanda-global", bench.PRUNERS["wanda"], 0.5, 0).method == "mp-wanda"
+    alps = bench.config("mp-wanda-global", bench.PRUNERS["wanda+alps"], 0.7, 1)
+    assert (alps.method, alps.refine, alps.sparsity) == ("mp-wanda", "alps", 0.7)
+    dsnot = bench.config("uniform", bench.PRUNERS["wanda+dsnot+refit"], 0.6, 0)
+    assert (dsnot.method, dsnot.refine, dsnot.reconstruct) == ("wanda", "dsnot", True)
 
 
 def fake_row(seed, alloc, pre, ft_val, ft_test):
@@ -78,3 +82,18 @@ def test_summary_and_files(tmp_path):
     assert "| wanda | 0.60 | 50.00 ± 0.00 | 100.00 ± 0.00 (+50.00 [" in text and "after 1 KD epoch" in text
     merged = bench.main(["--merge", str(out), "--out", str(tmp_path / "m.json"), "--boot", "200"])
     assert merged == 0 and json.loads((tmp_path / "m.json").read_text())["summary"] == summary
+
+
+def test_new_options_against_the_refit_pipeline(tmp_path):
+    bench = load_bench()
+    ones, zeros = [1] * 10, [0] * 10
+    ref = [{**fake_row(s, "uniform", ones[:6] + zeros[:4], (0.9,), (ones[:7] + zeros[:3],)), "pruner": "wanda+refit"}
+           for s in (0, 1)]  # fmt: skip
+    new = [{**fake_row(s, "uniform", ones[:8] + zeros[:2], (0.9,), (ones[:9] + zeros[:1],)), "pruner": "wanda+alps"}
+           for s in (0, 1)]  # fmt: skip
+    summary = bench.write_results(ref + new, {}, str(tmp_path / "r.json"), str(tmp_path / "r.md"), boot=200)
+    alps = next(x for x in summary if x["pruner"] == "wanda+alps")
+    assert alps["vs_ref"]["pre"]["diff"] == pytest.approx(20) and alps["vs_ref"]["ft"]["diff"] == pytest.approx(20)
+    assert alps["vs_ref"]["ft"]["lo"] <= 20 <= alps["vs_ref"]["ft"]["hi"]
+    assert "vs_ref" not in next(x for x in summary if x["pruner"] == "wanda+refit")
+    assert "| wanda+alps | 0.60 | uniform | +20.00 [" in (tmp_path / "r.md").read_text()

@@ -44,10 +44,15 @@ SCHEDULES = {"admm": (1.0, 0.1, 20, 15), "alps": (0.1, 0.01, 300, 3)}
 _ALPS_SWITCH, _ALPS_STABLE, _RHO_MAX = 30, 3e-4, 1e6
 
 
-def layer_objective(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor) -> float:
-    """The layer's calibration reconstruction loss tr((W − Ŵ) H (W − Ŵ)ᵀ) in float64 (H undamped)."""
-    d = W.double() - W_new.double()
-    return float(((d @ H.double()) * d).sum())
+def layer_objective(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor, target=None) -> float:
+    """The layer's calibration reconstruction loss tr((W − Ŵ) H (W − Ŵ)ᵀ) in float64 (H undamped); with a
+    `refit.DenseTarget`, ‖Ŵ X − W X_d‖² (scaled like H) = tr(Ŵ H Ŵᵀ) − 2 tr(Ŵ (W C)ᵀ) + tr(W H_d Wᵀ)."""
+    if target is None:
+        d = W.double() - W_new.double()
+        return float(((d @ H.double()) * d).sum())
+    w, wn = W.double(), W_new.double()
+    quad = ((wn @ H.double()) * wn).sum() - 2.0 * ((w @ target.cross.double()) * wn).sum()
+    return float(quad + ((w @ target.dense_h.double()) * w).sum())
 
 
 @dataclass
@@ -137,6 +142,7 @@ def admm_prune(
     schedule: str = "admm",
     iters: int | None = None,
     stats: dict | None = None,
+    target=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint mask / weight ADMM on one layer (module docstring). Returns (Ŵ in float64, keep mask).
 
@@ -144,6 +150,8 @@ def admm_prune(
         W: dense (out, in) target weights. H: (in, in) Hessian 2XᵀX/rows, undamped. keep0: the method's mask
             (the `"alps"` start). budget: `Budget.of(keep0, pattern, forced)`. iters: default from `SCHEDULES`.
         stats: receives `iterations`, `rho` (final), `buffer_bytes` (the per-layer work buffers held).
+        target: a `refit.DenseTarget`: the linear term H W becomes C W (C its `cross`, damped alike), so the
+            iterates fit the dense model's output of the layer.
     Precision: float32 iterations for float32 (or lower) `W`, float64 for float64; the factorisation in float64.
     """
     rho, damp, default_iters, period = SCHEDULES[schedule]
@@ -155,7 +163,13 @@ def admm_prune(
     hn = H.double() / d.unsqueeze(0) / d.unsqueeze(1)
     hn.diagonal().add_(damp)  # the live diagonal is 1 after the scaling: damp · mean diag
     wn = (W.double() * d).to(work)
-    target = wn @ hn.to(work)  # H W in row form
+    if target is None:
+        target = wn @ hn.to(work)  # H W in row form
+    else:  # C W: the dense model's output as the fit's aim, C scaled and damped like H
+        cn = target.cross.double() / d.unsqueeze(0) / d.unsqueeze(1)
+        cn.diagonal().add_(damp)
+        target = wn @ cn.to(work)
+        del cn
     solve = _Solver(hn, rho, schedule == "admm", work)
     del hn
     live_w = live.to(work)

@@ -46,6 +46,7 @@ from .joined import (
     hidden_of,
 )
 from .layers import PrunableLayer
+from .refit import DenseTarget
 from .replay import block_kinds, call_for, simple_state
 from .validate import check_finite
 
@@ -188,18 +189,37 @@ def plan(
 
 
 class _Hessian:
-    """float64 accumulator of XᵀX; products in `dtype`."""
+    """float64 accumulator of XᵀX; products in `dtype`. With `dense` (the layer's input rows in the dense model, one
+    tensor per `add` call, in call order) also of X_dᵀX and X_dᵀX_d (`target`, `refit_target="dense"`)."""
 
-    def __init__(self, dtype: torch.dtype, tm: "Timings"):
+    def __init__(self, dtype: torch.dtype, tm: "Timings", dense: list[torch.Tensor] | None = None):
         self.dtype, self.tm, self.xtx, self.rows = dtype, tm, None, 0
+        self.dense, self.cross, self.dense_h, self.calls = dense, None, None, 0
 
     def add(self, rows: torch.Tensor) -> None:
         t = time.perf_counter()
         x = rows.to(self.dtype)
         xtx = (x.T @ x).double()
         self.xtx = xtx if self.xtx is None else self.xtx + xtx
+        if self.dense is not None:
+            k, self.calls = self.calls, self.calls + 1
+            d = self.dense[k] if k < len(self.dense) else None
+            if d is None or d.shape != x.shape:
+                raise ConfigError(
+                    "refit_target='dense': the dense model's inputs of a layer do not match its current inputs "
+                    f"(call {k}: {None if d is None else tuple(d.shape)} vs {tuple(x.shape)}); use the sequential target"
+                )  # fmt: skip
+            cross, dh = (d.T @ x).double(), (d.T @ d).double()
+            self.cross = cross if self.cross is None else self.cross + cross
+            self.dense_h = dh if self.dense_h is None else self.dense_h + dh
         self.rows += x.shape[0]
         self.tm.hessian_s += time.perf_counter() - t
+
+    def target(self) -> DenseTarget | None:
+        if self.dense is None:
+            return None
+        scale = 2.0 / max(1, self.rows)
+        return DenseTarget(scale * self.cross.cpu(), scale * self.dense_h.cpu())
 
     def value(self, name: str) -> torch.Tensor:
         if self.xtx is None:
@@ -214,7 +234,36 @@ def _run(blk: nn.Module, entry: tuple):
         return blk(*args, **kwargs)
 
 
-def _refit_inside_forward(tm: Timings, blk: nn.Module, groups, cache: list[tuple], dtype, call) -> list:
+def _dense_pass(tm: Timings, blk: nn.Module, groups, cache: list[tuple], dtype) -> tuple[list, list]:
+    """`blk` (still dense) on the dense model's cache: per group, the input rows of its first layer (first call per
+    entry, in `dtype`), and the block's output per entry (the dense model's next block input)."""
+    rows: list[list[torch.Tensor]] = [[] for _ in groups]
+    seen: set[int] = set()
+
+    def make(i, la):
+        def hook(mod, args):
+            if i not in seen:
+                seen.add(i)
+                rows[i].append(layer_input_rows(la, args[0].detach()).to(dtype))
+
+        return hook
+
+    handles = [g[0].module.register_forward_pre_hook(make(i, g[0])) for i, g in enumerate(groups)]
+    t0, out = time.perf_counter(), []
+    try:
+        for entry in cache:
+            seen.clear()
+            out.append(hidden_of(_run(blk, entry)))
+    finally:
+        for hd in handles:
+            hd.remove()
+    tm.forward_s += time.perf_counter() - t0
+    return rows, out
+
+
+def _refit_inside_forward(
+    tm: Timings, blk: nn.Module, groups, cache: list[tuple], dtype, call, dense: list | None = None
+) -> list:
     """One forward of `blk` on the single cached batch; each group is handled by a pre-hook on its first layer
     (Hessian of the input it receives, then `call` for every layer of the group) before the forward goes on.
     Returns the block's output hidden state (a one-element list, one per cache entry)."""
@@ -225,11 +274,11 @@ def _refit_inside_forward(tm: Timings, blk: nn.Module, groups, cache: list[tuple
             if i in done:  # a module called twice in one forward: only its first call is the calibration input
                 return
             done.add(i)
-            acc = _Hessian(dtype, tm)
+            acc = _Hessian(dtype, tm, dense[i] if dense is not None else None)
             acc.add(layer_input_rows(group[0], args[0].detach()))
-            h = acc.value(group[0].name)
+            h, target = acc.value(group[0].name), acc.target()
             for la in group:
-                call(la, h)
+                call(la, h, target)
 
         return hook
 
@@ -263,12 +312,14 @@ def _partial(tm: Timings, layer: PrunableLayer, acc: _Hessian, forwards: Callabl
     tm.forward_s += time.perf_counter() - t0 - (tm.hessian_s - h0)
 
 
-def _block_hessians(tm: Timings, blk: nn.Module, groups, cache: list[tuple], dtype, call, granularity: str) -> None:
+def _block_hessians(
+    tm: Timings, blk: nn.Module, groups, cache: list[tuple], dtype, call, granularity: str, dense: list | None = None
+) -> None:
     """`call` every layer of `blk` with its group's Hessian: from ONE forward of the block as reached
     (`granularity="block"`), or group by group, each from a partial block forward on the already rewritten
     earlier groups."""
     if granularity == "block":
-        accs = [_Hessian(dtype, tm) for _ in groups]
+        accs = [_Hessian(dtype, tm, dense[i] if dense is not None else None) for i in range(len(groups))]
         handles = [
             g[0].module.register_forward_pre_hook(
                 lambda mod, args, acc=acc, la=g[0]: acc.add(layer_input_rows(la, args[0].detach()))
@@ -283,13 +334,13 @@ def _block_hessians(tm: Timings, blk: nn.Module, groups, cache: list[tuple], dty
             for hd in handles:
                 hd.remove()
         tm.forward_s += time.perf_counter() - t0 - (tm.hessian_s - h0)
-        hs = [acc.value(g[0].name) for g, acc in zip(groups, accs)]
-        for group, h in zip(groups, hs):
+        hs = [(acc.value(g[0].name), acc.target()) for g, acc in zip(groups, accs)]
+        for group, (h, target) in zip(groups, hs):
             for la in group:
-                call(la, h)
+                call(la, h, target)
         return
-    for group in groups:
-        acc = _Hessian(dtype, tm)
+    for i, group in enumerate(groups):
+        acc = _Hessian(dtype, tm, dense[i] if dense is not None else None)
 
         def forwards():
             for entry in cache:
@@ -299,9 +350,9 @@ def _block_hessians(tm: Timings, blk: nn.Module, groups, cache: list[tuple], dty
                     pass
 
         _partial(tm, group[0], acc, forwards)
-        h = acc.value(group[0].name)
+        h, target = acc.value(group[0].name), acc.target()
         for la in group:
-            call(la, h)
+            call(la, h, target)
 
 
 def _outputs(tm: Timings, blk: nn.Module, cache: list[tuple]) -> list[torch.Tensor]:
@@ -322,6 +373,7 @@ def block_sequential(
     hessian_dtype: torch.dtype = torch.float64,
     timings: Timings | None = None,
     granularity: str = "layer",
+    dense_target: bool = False,
 ) -> Timings:
     """Call `on_layer(layer, H)` for every layer of `layers` in forward order, H from the current model.
 
@@ -338,6 +390,12 @@ def block_sequential(
     forward goes on (later groups see the rewritten earlier ones; the output is the next block's input). Same
     results up to float rounding; `Timings.extra` records it (and `block_kinds` when blocks take more than one
     kind of keyword inputs).
+
+    `dense_target=True` (`refit_target="dense"`): every block also runs once, still dense, on the DENSE model's
+    block inputs (a second cache, advanced by the dense blocks), and the layers inside the blocks are called as
+    `on_layer(layer, H, target)` with a `refit.DenseTarget` of their dense-model inputs (layers before / after the
+    blocks keep `on_layer(layer, H)`). Only on the block-cached path: a model that takes the plain path raises
+    `ConfigError` before anything changes.
     """
     tm = timings if timings is not None else Timings()
     batches = list(batches)
@@ -345,10 +403,13 @@ def block_sequential(
     was_training = model.training
     model.eval()
 
-    def call(layer, h):
+    def call(layer, h, target=None):
         check_finite(h, f"calibration statistics (Hessian) of layer {layer.name!r}")
         t = time.perf_counter()
-        on_layer(layer, h)
+        if target is None:
+            on_layer(layer, h)
+        else:
+            on_layer(layer, h, target)
         tm.solve_s += time.perf_counter() - t
 
     def plain(layer):
@@ -360,6 +421,11 @@ def block_sequential(
         t0 = time.perf_counter()
         order, pl, why = plan(model, layers, batches)
         tm.forward_s += time.perf_counter() - t0
+        if pl is None and dense_target:
+            raise ConfigError(
+                f"refit_target='dense' needs the block-cached calibration path, and this model takes the plain one "
+                f"({why}); use refit_target='sequential'"
+            )
         if pl is None:
             tm.path = f"plain ({why})"
             logger.info("sequential calibration: plain path, one partial model forward per layer (%s)", why)
@@ -367,6 +433,11 @@ def block_sequential(
                 plain(la)
             return tm
         tm.path = "blocks"
+        dcache = None
+        if dense_target and pl.pre:  # the dense model's first block inputs, before the layers ahead of it change
+            t0 = time.perf_counter()
+            dcache = list(cache_block_inputs(model, pl.blocks, pl.kinds, batches)[0][0])
+            tm.forward_s += time.perf_counter() - t0
         for la in pl.pre:
             plain(la)
         t0 = time.perf_counter()
@@ -379,12 +450,21 @@ def block_sequential(
             "sequential calibration: cached block inputs, %d blocks (%d kind(s) of keyword inputs), %d batch(es)%s",
             len(pl.blocks), len(calls), len(cache), " joined" if joined else "",
         )  # fmt: skip
+        if dense_target:
+            dcache = dcache if dcache is not None else list(cache)
+            if len(dcache) != len(cache):
+                raise ConfigError("refit_target='dense': the dense and current block caches hold different batches")
+            tm.extra["refit_target"] = "dense"
         for i, (blk, groups) in enumerate(zip(pl.blocks, pl.groups)):
             last = i + 1 == len(pl.blocks)
+            dense = None
+            if dense_target:  # the block is still dense here: its inputs and output in the dense model
+                dense, dhidden = _dense_pass(tm, blk, groups, dcache, hessian_dtype)
+                dcache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(dhidden)]
             if granularity == "layer" and len(cache) == 1:
-                hidden = _refit_inside_forward(tm, blk, groups, cache, hessian_dtype, call)
+                hidden = _refit_inside_forward(tm, blk, groups, cache, hessian_dtype, call, dense)
             else:
-                _block_hessians(tm, blk, groups, cache, hessian_dtype, call, granularity)
+                _block_hessians(tm, blk, groups, cache, hessian_dtype, call, granularity, dense)
                 hidden = [] if last else _outputs(tm, blk, cache)
             cache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(hidden)]
         calls.clear()

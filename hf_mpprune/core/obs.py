@@ -57,6 +57,19 @@ def damped(h: torch.Tensor, percdamp: float) -> torch.Tensor:
     return h
 
 
+def damped_cross(cross: torch.Tensor, H: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """The dense-target statistic damped like `damped(H)`: cross + λI with the same λ, and +1 on the diagonal of
+    inputs dead in H (so a dead input keeps its weight, as in the sequential re-fit)."""
+    c = cross.double().clone()
+    diag = H.double().diagonal().clone()
+    dead = diag == 0
+    diag[dead] = 1.0
+    damp = percdamp * float(diag.mean()) if percdamp > 0 else 0.0
+    c.diagonal().add_(damp)
+    c.diagonal()[dead] += 1.0
+    return c
+
+
 def _inv_chol_upper(h: torch.Tensor) -> torch.Tensor:
     """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU); rows of U give the sequential OBS updates.
 
@@ -302,8 +315,12 @@ def obs_reconstruct(
     stats: dict | None = None,
     solver: str = "exact",
     iters: int = 10,
+    target=None,
 ) -> torch.Tensor:
     """Keep the mask, re-fit the kept weights: per row, ŵ_K = (H_KK + λI)⁻¹ ((H + λI) w)_K, zeros elsewhere.
+
+    `target` (a `refit.DenseTarget`): aim at the dense model's output instead, ŵ_K = (H_KK + λI)⁻¹ ((C + λI) w)_K
+    with C its `cross` statistic (every row in the kept form below).
 
     `solver="cg"`: `iters` batched conjugate-gradient steps (`cg_refit`) instead of the exact solves below; one GEMM
     of the layer per step, so cost grows as iters · out · in² instead of out · |K|³.
@@ -326,18 +343,19 @@ def obs_reconstruct(
     fast = W.dtype != torch.float64  # float64 weights: float64 Cholesky throughout
     keep = _kn_keep_by_magnitude(W, keep_mask) if isinstance(keep_mask, KeepPattern) else keep_mask.cpu().bool()
     h = damped(H, percdamp).cpu()
+    c = None if target is None else damped_cross(target.cross, H, percdamp).cpu()
     if solver == "cg":
-        return cg_refit(W, h, keep, iters, stats).to(W.dtype)
+        return cg_refit(W, h, keep, iters, stats, cross=c).to(W.dtype)
     w = W.detach().double().cpu()
     rows, cols = w.shape
     out = torch.zeros_like(w)
     kcount = keep.sum(1)
-    pruned_form = (cols - kcount) < kcount
+    pruned_form = (cols - kcount) < kcount if c is None else torch.zeros_like(kcount, dtype=torch.bool)
     kept_rows = torch.nonzero(~pruned_form & (kcount > 0)).flatten()
     p_rows = torch.nonzero(pruned_form).flatten()
     stats["kept_form_rows"], stats["pruned_form_rows"] = len(kept_rows), len(p_rows)
     if len(kept_rows):
-        hw = w[kept_rows] @ h  # row r: (H w_r)ᵀ
+        hw = w[kept_rows] @ (h if c is None else c)  # row r: (H w_r)ᵀ, or (C w_r)ᵀ for the dense target
         full = torch.zeros(rows, cols, dtype=torch.float64)
         full[kept_rows] = hw
         out[kept_rows] = _solve_rows(h, keep, full, kept_rows, max_chunk_elems, stats, fast)

@@ -94,6 +94,7 @@ class LayerRefiner:
 
     def __init__(self, options, refit_kwargs: dict, solver_stats: dict):
         self.kind, self.iters = options.refine, options.refine_default_iters()
+        self.target = getattr(options, "refit_target", "sequential")
         self.refits = self.kind != "dsnot" or bool(options.reconstruct)
         self.refit_kwargs, self.solver_stats = refit_kwargs, solver_stats
         self.layers: dict[str, dict] = {}
@@ -101,17 +102,19 @@ class LayerRefiner:
         self.buffer_bytes = 0
         self.rss_before = peak_rss_mib()
 
-    def _weights(self, W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def _weights(self, W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, target=None) -> torch.Tensor:
         if not self.refits:
             return (W.double() * keep).to(W.dtype)
-        return obs_reconstruct(W, H, keep, stats=self.solver_stats, **self.refit_kwargs)
+        return obs_reconstruct(W, H, keep, stats=self.solver_stats, target=target, **self.refit_kwargs)
 
     def __call__(
         self, name: str, W: torch.Tensor, H: torch.Tensor, keep0: torch.Tensor, *,
-        pattern: KeepPattern | None = None, forced: torch.Tensor | None = None,
+        pattern: KeepPattern | None = None, forced: torch.Tensor | None = None, target=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """(new weights in W's dtype, new keep mask) of one layer. W: the dense target (out, in); H: its Hessian;
-        keep0: the method's mask; forced: entries that must stay pruned (earlier cycles)."""
+        keep0: the method's mask; forced: entries that must stay pruned (earlier cycles); target: a
+        `refit.DenseTarget` (`refit_target="dense"`: ADMM, the re-fit and every objective aim at the dense model's
+        output; DSnoT's swaps keep their own criterion)."""
         W, keep0 = W.detach().cpu(), keep0.cpu().bool()
         forced = forced.cpu().bool() if forced is not None else None
         if bool(keep0.all()):  # nothing pruned (e.g. a layer a k:n method left dense): nothing to refine
@@ -123,15 +126,15 @@ class LayerRefiner:
         if self.kind == "dsnot":
             keep = swap_refine(W, H, keep0, budget, self.iters, st)
         else:
-            z, keep = admm_prune(W, H, keep0, budget, schedule=self.kind, iters=self.iters, stats=st)
+            z, keep = admm_prune(W, H, keep0, budget, schedule=self.kind, iters=self.iters, stats=st, target=target)
         t1 = time.perf_counter()
-        new = self._weights(W, H, keep)
-        f_new = layer_objective(W, new, H)
-        if z is not None and self.admm_weights_if_lower and (f_z := layer_objective(W, z, H)) < f_new:
+        new = self._weights(W, H, keep, target)
+        f_new = layer_objective(W, new, H, target)
+        if z is not None and self.admm_weights_if_lower and (f_z := layer_objective(W, z, H, target)) < f_new:
             new, f_new, st["weights"] = z.to(W.dtype), f_z, "admm"  # ADMM's own Z fits better than the re-fit
         t2 = time.perf_counter()
-        base = self._weights(W, H, keep0)
-        f_base = layer_objective(W, base, H)
+        base = self._weights(W, H, keep0, target)
+        f_base = layer_objective(W, base, H, target)
         t3 = time.perf_counter()
         kept_initial = f_new > f_base
         rec = {
@@ -157,7 +160,8 @@ class LayerRefiner:
             weights += ", or ADMM's iterate where its objective is lower (layers[...]['weights'] == 'admm')"
         return {
             "kind": self.kind, "max_iterations": self.iters, "weights": weights,
-            "objective": "tr((W - W_new) H (W - W_new)^T), H = 2 X^T X / rows from the sequential pass",
+            "objective": "tr((W - W_new) H (W - W_new)^T), H = 2 X^T X / rows from the sequential pass"
+            if self.target == "sequential" else "||W_new X - W X_dense||^2 * 2 / rows (refit_target='dense')",
             "total_objective": f, "total_initial_mask_objective": f0,
             "layers_kept_initial_mask": sum(r["kept_initial_mask"] for r in self.layers.values()),
             "layers": self.layers,

@@ -13,9 +13,27 @@ from .errors import ConfigError
 from .threads import parallel_map, row_chunks
 
 
-__all__ = ["SOLVERS", "RefitOptions", "cg_refit", "hessian_dtype", "refit_record"]
+__all__ = ["SOLVERS", "TARGETS", "DenseTarget", "RefitOptions", "cg_refit", "hessian_dtype", "refit_record"]
 
 SOLVERS = ("cg", "exact")
+TARGETS = ("sequential", "dense")
+
+
+@dataclass
+class DenseTarget:
+    """What the re-fit of one layer needs to aim at the DENSE model's output of that layer (`refit_target="dense"`):
+    with X the layer's inputs on the model as already modified and X_d its inputs on the dense model (the same
+    calibration rows), `cross` = 2 X_dᵀX / rows and `dense_h` = 2 X_dᵀX_d / rows, both (in, in) float64. The re-fit
+    then minimises ‖Ŵ X − W X_d‖² (normal equations Ŵ H = W·cross on the kept set) instead of ‖(Ŵ − W) X‖²."""
+
+    cross: torch.Tensor
+    dense_h: torch.Tensor
+
+    def permuted(self, order: torch.Tensor | None) -> "DenseTarget":
+        """The same statistics with the input columns in `order` (None: unchanged)."""
+        if order is None:
+            return self
+        return DenseTarget(self.cross[order][:, order], self.dense_h[order][:, order])
 
 
 @dataclass
@@ -34,14 +52,32 @@ class RefitOptions:
             [D] default chosen on MiniLM's selection split (benchmarks/RESULTS.md, issue 17).
         reconstruct_iters (`int`, defaults to 10): CG steps per layer (`reconstruct_solver="cg"`).
         percdamp (`float`, defaults to 0.01): Hessian damping λ = percdamp · mean(diag H) of the re-fit.
+        refit_target (`str`, defaults to `"sequential"`): what the re-fit (and `refine="admm"` / `"alps"`) fits.
+            `"sequential"`: the layer's own dense weights on the inputs it now receives, min ‖(Ŵ − W) X‖ (above).
+            `"dense"`: the dense MODEL's output of the layer, min ‖Ŵ X − W X_d‖ with X_d the layer's inputs in the
+            unpruned model, so each layer also corrects the error of the layers before it (`DenseTarget`; one
+            extra dense forward of every transformer block; layers outside the repeated blocks keep the
+            sequential target). Needs the block-cached calibration path.
     """
 
     reconstruct: bool = False
     reconstruct_solver: str = "cg"
     reconstruct_iters: int = 10
     percdamp: float = 0.01
+    refit_target: str = "sequential"
 
     def _check_refit(self) -> None:
+        if self.refit_target not in TARGETS:
+            raise ConfigError(f"refit_target={self.refit_target!r} must be one of {TARGETS}")
+        if (
+            self.refit_target == "dense"
+            and not self.reconstruct
+            and getattr(self, "refine", None) not in ("admm", "alps")
+        ):
+            raise ConfigError(
+                "refit_target='dense' changes what the re-fit aims at, and nothing re-fits here: set reconstruct=True "
+                "(or refine='admm' / 'alps'), or drop refit_target"
+            )
         if not isinstance(self.reconstruct, bool):
             raise ConfigError(f"reconstruct={self.reconstruct!r} must be True or False")
         if self.reconstruct_solver not in SOLVERS:
@@ -68,8 +104,9 @@ class RefitOptions:
 
 
 def cg_refit(
-    W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, iters: int, stats: dict | None = None
-) -> torch.Tensor:
+    W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, iters: int, stats: dict | None = None,
+    cross: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Approximate least-squares re-fit of the kept weights: `iters` steps of Jacobi-preconditioned conjugate
     gradients on every row at once. Returns the (out, in) re-fitted weights in float64 (zeros outside `keep`).
 
@@ -78,7 +115,8 @@ def cg_refit(
     (M ⊙ P) H of the whole layer plus row-wise scalars, float32 for float32 `W` (float64 otherwise); H must already
     be damped. CG minimises the error in the H_KK norm, which IS the layer's reconstruction loss, so every step
     lowers the loss (in exact arithmetic) and step 0 is the masked original W ⊙ M. The final relative residual
-    ‖r‖/‖b‖ (worst row) goes to `stats["cg_max_rel_residual"]`.
+    ‖r‖/‖b‖ (worst row) goes to `stats["cg_max_rel_residual"]`. With `cross` (the damped `DenseTarget.cross`) the
+    right-hand side is (W·cross − (W ⊙ M) H)_K: the fit aims at the dense model's output instead.
 
     Rows are independent, so they run as row chunks spread over the cores, each single-threaded
     (`threads.row_chunks`, `threads.parallel_map`): a step's many mid-sized ops then wait at no thread barrier,
@@ -88,7 +126,8 @@ def cg_refit(
     m = keep.cpu().to(work)
     h = H.cpu().to(work)
     w = W.detach().cpu().to(work)
-    parts = parallel_map(lambda sl: _cg_rows(w[sl], m[sl], h, int(iters)), row_chunks(*w.shape))
+    c = None if cross is None else cross.cpu().to(work)
+    parts = parallel_map(lambda sl: _cg_rows(w[sl], m[sl], h, int(iters), c), row_chunks(*w.shape))
     x = torch.cat([p[0] for p in parts]) if parts else torch.zeros_like(w)
     if stats is not None:
         rel = max((p[1] for p in parts), default=0.0)
@@ -98,9 +137,11 @@ def cg_refit(
     return out
 
 
-def _cg_rows(w: torch.Tensor, m: torch.Tensor, h: torch.Tensor, iters: int) -> tuple[torch.Tensor, float]:
+def _cg_rows(
+    w: torch.Tensor, m: torch.Tensor, h: torch.Tensor, iters: int, c: torch.Tensor | None = None
+) -> tuple[torch.Tensor, float]:
     """`cg_refit` on a block of rows: (the correction D of these rows, their worst final relative residual)."""
-    b = m * ((w * (1.0 - m)) @ h)
+    b = m * ((w * (1.0 - m)) @ h) if c is None else m * (w @ c - (w * m) @ h)
     x = torch.zeros_like(w)
     r = b.clone()
     dinv = 1.0 / h.diagonal()
@@ -134,7 +175,7 @@ def hessian_dtype(layers) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
-def refit_record(kwargs: dict, stats: dict) -> dict:
+def refit_record(kwargs: dict, stats: dict, target: str = "sequential") -> dict:
     """The ledger record of a re-fit (what was solved, how, and the solver's own counters)."""
     how = (
         f"{kwargs['iters']} Jacobi-preconditioned CG steps per layer, all rows batched"
@@ -143,6 +184,7 @@ def refit_record(kwargs: dict, stats: dict) -> dict:
     )
     return {
         "kind": "obs_least_squares", "percdamp": kwargs["percdamp"], "order": "forward, sequential",
-        "target": "dense W x on inputs from the re-fitted earlier layers", "solver": how,
+        "target": "dense W x on inputs from the re-fitted earlier layers" if target == "sequential"
+        else "the dense model's output W x_dense of each block layer (refit_target='dense')", "solver": how,
         "solver_name": kwargs["solver"], "solver_stats": stats,
     }  # fmt: skip

@@ -27,12 +27,15 @@ logger = logging.getLogger(__name__)
 def sequential_hessians(
     model: nn.Module, layers: Iterable[PrunableLayer], batches: Iterable[dict],
     on_layer: Callable[[PrunableLayer, torch.Tensor], None], *, timings=None, hessian_dtype=torch.float64,
+    dense_target: bool = False,
 ):  # fmt: skip
     """For each layer in the given order: H = 2·XᵀX of its inputs (float64) on the CURRENT model, then
     `on_layer(layer, H)`, which may rewrite the layer; later layers see the rewritten upstream. Runs on cached
     transformer-block inputs (`blockwise.block_sequential`; plain partial forwards where a model cannot be chained).
     Returns the phase timings. `hessian_dtype`: precision of the per-batch XᵀX products (accumulated in float64)."""
-    return block_sequential(model, list(layers), batches, on_layer, timings=timings, hessian_dtype=hessian_dtype)
+    return block_sequential(
+        model, list(layers), batches, on_layer, timings=timings, hessian_dtype=hessian_dtype, dense_target=dense_target
+    )
 
 
 def sequential_apply(
@@ -45,6 +48,7 @@ def sequential_apply(
     hessian_dtype: torch.dtype = torch.float64,
     timings: "Timings | None" = None,
     granularity: str = "layer",
+    dense_target: bool = False,
 ) -> "Timings":
     """For each layer in forward order: H from the current model, `new = fn(layer, H)` ((out, in) matrix), write
     it into the layer's weight. Nothing is restored here if a step raises: `MPPruner.prune` puts back every weight a
@@ -52,12 +56,13 @@ def sequential_apply(
 
     Runs on cached transformer-block inputs (`hf_mpprune.core.blockwise`: same result, O(L) instead of O(L²) layer
     forwards; layers fed the same tensor share one Hessian) and falls back to one partial forward per layer for
-    models it cannot chain. Returns the phase timings."""
+    models it cannot chain. Returns the phase timings. `dense_target=True`: block layers get `fn(layer, H, target)`
+    with a `refit.DenseTarget` (`blockwise.block_sequential`)."""
     layer_list = list(layers)
     bar = tqdm(total=len(layer_list), desc=desc, disable=len(layer_list) < 8)
 
-    def step(layer: PrunableLayer, h: torch.Tensor) -> None:
-        new = fn(layer, h)
+    def step(layer: PrunableLayer, h: torch.Tensor, target=None) -> None:
+        new = fn(layer, h) if target is None else fn(layer, h, target)
         check_finite(new, f"weights computed by {desc} for layer {layer.name!r}")  # before later layers see them
         with torch.no_grad():
             layer.weight.copy_(layer.from_matrix(new.to(layer.weight.dtype)))
@@ -65,8 +70,9 @@ def sequential_apply(
 
     try:
         return block_sequential(
-            model, layer_list, batches, step, hessian_dtype=hessian_dtype, timings=timings, granularity=granularity
-        )
+            model, layer_list, batches, step, hessian_dtype=hessian_dtype, timings=timings, granularity=granularity,
+            dense_target=dense_target,
+        )  # fmt: skip
     finally:
         bar.close()
 

@@ -72,21 +72,23 @@ def reconstruct_(ctx: PruneContext, masks: Masks, batches: CalibrationBatches) -
     stats: dict = {}
     refiner = LayerRefiner(cfg, kwargs, stats) if cfg.refine is not None else None
 
-    def fit(layer, h: torch.Tensor) -> torch.Tensor:
+    def fit(layer, h: torch.Tensor, target=None) -> torch.Tensor:
         keep = layer.matrix_view(masks[layer.name].cpu())
         w = layer.matrix_view().detach().cpu()
         if refiner is None:
-            return obs_reconstruct(w, h, keep, stats=stats, **kwargs)
-        new, keep = refiner(layer.name, w, h, keep, pattern=cfg.pattern, forced=previous_matrix(ctx, layer))
+            return obs_reconstruct(w, h, keep, stats=stats, target=target, **kwargs)
+        new, keep = refiner(
+            layer.name, w, h, keep, pattern=cfg.pattern, forced=previous_matrix(ctx, layer), target=target
+        )
         masks[layer.name].copy_(layer.from_matrix(keep).to(masks[layer.name].device))
         return new
 
     tm = sequential_apply(
         ctx.model, ctx.layers, batches.batches, fit, desc=f"refine ({cfg.refine})" if refiner else "obs-reconstruct",
-        hessian_dtype=hessian_dtype(ctx.layers),
+        hessian_dtype=hessian_dtype(ctx.layers), dense_target=cfg.refit_target == "dense",
     )  # fmt: skip
     if refiner is None or refiner.refits:
-        ctx.record["reconstruct"] = refit_record(kwargs, stats) | {"time_split": tm.record()}
+        ctx.record["reconstruct"] = refit_record(kwargs, stats, cfg.refit_target) | {"time_split": tm.record()}
     if refiner is not None:
         ctx.record["refine"] = refiner.record() | {"pass": tm.record()}
     return tm

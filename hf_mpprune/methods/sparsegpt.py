@@ -57,6 +57,11 @@ class SparseGPTConfig(AllocationOptions, CalibrationOptions, PruningConfig):
                 "drop reconstruct, or use wanda / mp-wanda with it (only refine='dsnot' needs it)"
             )
         self._check_calibration_options()
+        if self.refit_target != "sequential":
+            raise ConfigError(
+                f"refit_target={self.refit_target!r} is not supported on method {self.method!r}: SparseGPT's OBS "
+                "updates fit the sequential target; use wanda / mp-wanda / cast with reconstruct=True or refine='alps'"
+            )
         if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize < 1:
             raise ConfigError(f"blocksize={self.blocksize!r} must be an int >= 1 (the paper uses 128)")
         if self.sequential not in ("layer", "block"):
