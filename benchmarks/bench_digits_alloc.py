@@ -45,6 +45,8 @@ PRUNERS = {  # name -> options of the within-layer pruner (issue 22 adds the joi
     "wanda+refit": {"reconstruct": True},
     "wanda+alps": {"refine": "alps"},  # ADMM / PCG joint mask and weight optimisation, ends with the re-fit
     "wanda+dsnot+refit": {"refine": "dsnot", "reconstruct": True},  # prune-and-grow swaps, then the re-fit
+    "wanda+refit[dense]": {"reconstruct": True, "refit_target": "dense"},  # the re-fit aimed at the dense model
+    "wanda+alps[dense]": {"refine": "alps", "refit_target": "dense"},
 }
 
 
