@@ -203,6 +203,8 @@ class MPPruner:
         except BaseException:
             snapshot.restore()
             raise
+        finally:
+            snapshot.discard()
         return masks
 
     def _validate(self, masks: Masks, allow_revive: bool = False) -> None:
