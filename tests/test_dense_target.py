@@ -177,3 +177,27 @@ def test_end_to_end_on_a_tiny_llama(cfg):
         assert k_dense.sha256() == k_seq.sha256()
     w_seq, w_dense = m_seq.state_dict(), m_dense.state_dict()
     assert any(not torch.allclose(w_seq[k], w_dense[k]) for k in w_seq if k.endswith("down_proj.weight"))
+
+
+def test_plan_groups_shared_inputs_without_holding_every_layers_input(monkeypatch):
+    """q / k / v (one input tensor) and gate / up form groups; o and down are alone — and the plan keeps at most
+    one layer input alive at a time while it runs (it used to hold every layer's input of the first batch)."""
+    import weakref
+
+    model = tm.tiny_llama(num_hidden_layers=4)  # 16 distinct layer inputs in the first batch's forward
+    layers = list(discover_layers(model))
+    alive, peak = [], [0]
+    real = bw._same_tensor
+
+    def counting(a, b):
+        if b is not None:
+            alive.append(weakref.ref(b))
+        peak[0] = max(peak[0], sum(r() is not None for r in alive))
+        return real(a, b)
+
+    monkeypatch.setattr(bw, "_same_tensor", counting)
+    _, pl, why = bw.plan(model, layers, _batches())
+    assert why == "blocks"
+    names = [[[la.name.rsplit(".", 1)[-1] for la in g] for g in groups] for groups in pl.groups]
+    assert names == [[["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]] * 4
+    assert peak[0] <= 4  # the previous and current inputs, and those the block's forward itself still uses

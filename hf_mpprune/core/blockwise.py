@@ -92,16 +92,19 @@ def plan(
     runs through the whole model; the others (with a block list) only up to the first block — enough to raise
     on a batch that does not fit the model's inputs before anything changes."""
     order: list[PrunableLayer] = []
-    inputs: dict[str, torch.Tensor] = {}
+    same_as_previous: dict[str, bool] = {}  # the layer's first input IS the previous noted layer's (one group)
+    last: list = [None]  # only the previous noted layer's input is held, never every layer's (memory)
     block_inputs: list[tuple] = []
     found = find_blocks(model, layers)
     layer_handles, block_handles = [], []
 
     def note(layer):
         def hook(mod, args):
-            if layer.name not in inputs:
+            if layer.name not in same_as_previous:
                 order.append(layer)
-                inputs[layer.name] = args[0] if args and isinstance(args[0], torch.Tensor) else None
+                b = args[0] if args and isinstance(args[0], torch.Tensor) else None
+                same_as_previous[layer.name] = _same_tensor(last[0], b)
+                last[0] = b
 
         return hook
 
@@ -132,7 +135,8 @@ def plan(
     finally:
         for h in layer_handles + block_handles:
             h.remove()
-    missing = [la.name for la in layers if la.name not in inputs]
+        last[0] = None
+    missing = [la.name for la in layers if la.name not in same_as_previous]
     if missing:
         raise ConfigError(
             f"calibration forwards never reached layer(s) {missing[:10]}: exclude them with ignore=[...] "
@@ -159,15 +163,9 @@ def plan(
             phase, last = 1, i
             inner.append((la, i))
     groups: list[list[list[PrunableLayer]]] = [[] for _ in blocks]
-    for la, i in inner:
+    for la, i in inner:  # inner layers are contiguous in `order`, so "previous" is g[-1][-1] whenever g is not empty
         g = groups[i]
-        a = inputs[g[-1][-1].name] if g else None
-        b = inputs[la.name]
-        same = (
-            a is not None and b is not None and a.data_ptr() == b.data_ptr() and a.shape == b.shape
-            and a.stride() == b.stride() and a.dtype == b.dtype and torch.equal(a, b)
-        )  # fmt: skip
-        if same:
+        if g and same_as_previous[la.name]:
             g[-1].append(la)
         else:
             g.append([la])
@@ -186,6 +184,14 @@ def plan(
         args, kwargs = block_inputs[i + 1]
     kinds = block_kinds(block_inputs, getattr(getattr(model, "config", None), "layer_types", None))
     return order, BlockPlan(pre, blocks, groups, post, kinds), "blocks"
+
+
+def _same_tensor(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """`b` is the very tensor `a` (same storage, layout and values): the two layers share one input."""
+    return (
+        a is not None and b is not None and a.data_ptr() == b.data_ptr() and a.shape == b.shape
+        and a.stride() == b.stride() and a.dtype == b.dtype and torch.equal(a, b)
+    )  # fmt: skip
 
 
 class _Hessian:
