@@ -148,6 +148,9 @@ bench-decoder: $(STAMP)
 		--corpus $(DEC)/corpus-sklearn --seeds 0 1 2 --threads 1 --resume --out benchmarks/out/decoder.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/timing.py --models llama-60m llama-160m --extras --pairs 3 --warm-batches 1 \
 		--peer-venv $(PEER_VENV) --out benchmarks/out/timing_llama.json
+	PEER_VENV=$(PEER_VENV) HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_decoder_scaling.py \
+		--models llama-60m llama-160m llama-410m llama-1b --methods mp-wanda+rec sparsegpt cast-2:4 peer-sparsegpt \
+		--samples 16 --seq 512 --out benchmarks/out/decoder_scaling.json
 
 clean:
 	rm -rf $(VENV) $(VENV_TIMM) mpprune-demo .pytest_cache .ruff_cache
