@@ -139,6 +139,8 @@ def test_refusals_before_anything_is_written(tiny_bert, monkeypatch):
         PruningConfig(method="wanda", sparsity=0.5, refit_target="dense")
     with pytest.raises(ConfigError, match="must be one of"):
         PruningConfig(method="wanda", sparsity=0.5, reconstruct=True, refit_target="output")
+    with pytest.raises(ConfigError, match="not supported on method 'cast'"):
+        PruningConfig(method="cast", pattern="2:4", reconstruct=True, refit_target="dense")
     with pytest.raises(ConfigError, match="not supported on method 'sparsegpt'"):
         PruningConfig(method="sparsegpt", sparsity=0.5, refine="alps", refit_target="dense")
     assert PruningConfig(method="wanda", sparsity=0.5, refine="alps", refit_target="dense").refit_target == "dense"
@@ -157,7 +159,6 @@ def test_refusals_before_anything_is_written(tiny_bert, monkeypatch):
     [
         {"method": "wanda", "sparsity": 0.6, "reconstruct": True},
         {"method": "mp-wanda", "sparsity": 0.6, "refine": "alps"},
-        {"method": "cast", "pattern": "2:4", "refine": "alps", "permute_align": True},
     ],
 )
 def test_end_to_end_on_a_tiny_llama(cfg):

@@ -57,7 +57,7 @@ class RefitOptions:
             `"dense"`: the dense MODEL's output of the layer, min ‖Ŵ X − W X_d‖ with X_d the layer's inputs in the
             unpruned model, so each layer also corrects the error of the layers before it (`DenseTarget`; one
             extra dense forward of every transformer block; layers outside the repeated blocks keep the
-            sequential target). Needs the block-cached calibration path.
+            sequential target). Needs the block-cached calibration path; not on `cast` or `sparsegpt`.
     """
 
     reconstruct: bool = False

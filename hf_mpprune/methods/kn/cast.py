@@ -102,6 +102,11 @@ class CASTConfig(RefineOptions, RefitOptions, PermuteOptions, KNMethodConfig):
         if self.max_patterns < 1 or self.num_sampled_patterns < 1:
             raise ConfigError(f"max_patterns={self.max_patterns}, num_sampled_patterns must be >= 1")
         self._check_refit()
+        if self.refit_target != "sequential":  # CAST writes its projections before the re-fit: no dense pass exists
+            raise ConfigError(
+                f"refit_target={self.refit_target!r} is not supported on method 'cast': its k:n projections are written "
+                "into the model before the re-fit, so the blocks are no longer dense when the re-fit reaches them"
+            )
         self._check_refine()
         for option, idle, needs in (  # every option acts or is refused
             ("prior_scale", self.prior_scale != "repo" and not self.alpha_ser, "alpha_ser > 0"),
