@@ -36,6 +36,9 @@ from torch import nn
 
 from .calibration import layer_input_rows, real_tokens, run_batches
 from .errors import ConfigError
+from .hessians import Hessian as _Hessian
+from .hessians import dense_pass, outputs, partial
+from .hessians import same_tensor as _same_tensor
 from .joined import (
     StopForward,
     block_index,
@@ -46,7 +49,6 @@ from .joined import (
     hidden_of,
 )
 from .layers import PrunableLayer
-from .refit import DenseTarget
 from .replay import block_kinds, call_for, simple_state
 from .validate import check_finite
 
@@ -186,85 +188,11 @@ def plan(
     return order, BlockPlan(pre, blocks, groups, post, kinds), "blocks"
 
 
-def _same_tensor(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
-    """`b` is the very tensor `a` (same storage, layout and values): the two layers share one input."""
-    return (
-        a is not None and b is not None and a.data_ptr() == b.data_ptr() and a.shape == b.shape
-        and a.stride() == b.stride() and a.dtype == b.dtype and torch.equal(a, b)
-    )  # fmt: skip
-
-
-class _Hessian:
-    """float64 accumulator of XᵀX; products in `dtype`. With `dense` (the layer's input rows in the dense model, one
-    tensor per `add` call, in call order) also of X_dᵀX and X_dᵀX_d (`target`, `refit_target="dense"`)."""
-
-    def __init__(self, dtype: torch.dtype, tm: "Timings", dense: list[torch.Tensor] | None = None):
-        self.dtype, self.tm, self.xtx, self.rows = dtype, tm, None, 0
-        self.dense, self.cross, self.dense_h, self.calls = dense, None, None, 0
-
-    def add(self, rows: torch.Tensor) -> None:
-        t = time.perf_counter()
-        x = rows.to(self.dtype)
-        xtx = (x.T @ x).double()
-        self.xtx = xtx if self.xtx is None else self.xtx + xtx
-        if self.dense is not None:
-            k, self.calls = self.calls, self.calls + 1
-            d = self.dense[k] if k < len(self.dense) else None
-            if d is None or d.shape != x.shape:
-                raise ConfigError(
-                    "refit_target='dense': the dense model's inputs of a layer do not match its current inputs "
-                    f"(call {k}: {None if d is None else tuple(d.shape)} vs {tuple(x.shape)}); use the sequential target"
-                )  # fmt: skip
-            cross, dh = (d.T @ x).double(), (d.T @ d).double()
-            self.cross = cross if self.cross is None else self.cross + cross
-            self.dense_h = dh if self.dense_h is None else self.dense_h + dh
-        self.rows += x.shape[0]
-        self.tm.hessian_s += time.perf_counter() - t
-
-    def target(self) -> DenseTarget | None:
-        if self.dense is None:
-            return None
-        scale = 2.0 / max(1, self.rows)
-        return DenseTarget(scale * self.cross.cpu(), scale * self.dense_h.cpu())
-
-    def value(self, name: str) -> torch.Tensor:
-        if self.xtx is None:
-            raise ConfigError(f"calibration forwards never reached layer {name!r}")
-        return 2.0 * self.xtx.cpu() / max(1, self.rows)
-
-
 def _run(blk: nn.Module, entry: tuple):
     """`blk` on one cache entry (args, kwargs, token mask): padded positions stay out of the statistics."""
     args, kwargs, mask = entry
     with real_tokens(mask):
         return blk(*args, **kwargs)
-
-
-def _dense_pass(tm: Timings, blk: nn.Module, groups, cache: list[tuple], dtype) -> tuple[list, list]:
-    """`blk` (still dense) on the dense model's cache: per group, the input rows of its first layer (first call per
-    entry, in `dtype`), and the block's output per entry (the dense model's next block input)."""
-    rows: list[list[torch.Tensor]] = [[] for _ in groups]
-    seen: set[int] = set()
-
-    def make(i, la):
-        def hook(mod, args):
-            if i not in seen:
-                seen.add(i)
-                rows[i].append(layer_input_rows(la, args[0].detach()).to(dtype))
-
-        return hook
-
-    handles = [g[0].module.register_forward_pre_hook(make(i, g[0])) for i, g in enumerate(groups)]
-    t0, out = time.perf_counter(), []
-    try:
-        for entry in cache:
-            seen.clear()
-            out.append(hidden_of(_run(blk, entry)))
-    finally:
-        for hd in handles:
-            hd.remove()
-    tm.forward_s += time.perf_counter() - t0
-    return rows, out
 
 
 def _refit_inside_forward(
@@ -300,22 +228,6 @@ def _refit_inside_forward(
         missing = [g[0].name for i, g in enumerate(groups) if i not in done]
         raise ConfigError(f"calibration forwards never reached layer(s) {missing[:10]}")
     return [hidden_of(out)]
-
-
-def _partial(tm: Timings, layer: PrunableLayer, acc: _Hessian, forwards: Callable[[], None]) -> None:
-    """Run `forwards` with a hook on `layer` that feeds `acc` and stops the forward; time it."""
-
-    def hook(mod, args):
-        acc.add(layer_input_rows(layer, args[0].detach()))
-        raise StopForward
-
-    handle = layer.module.register_forward_pre_hook(hook)
-    t0, h0 = time.perf_counter(), tm.hessian_s
-    try:
-        forwards()
-    finally:
-        handle.remove()
-    tm.forward_s += time.perf_counter() - t0 - (tm.hessian_s - h0)
 
 
 def _block_hessians(
@@ -355,18 +267,10 @@ def _block_hessians(
                 except StopForward:
                     pass
 
-        _partial(tm, group[0], acc, forwards)
+        partial(tm, group[0], acc, forwards)
         h, target = acc.value(group[0].name), acc.target()
         for la in group:
             call(la, h, target)
-
-
-def _outputs(tm: Timings, blk: nn.Module, cache: list[tuple]) -> list[torch.Tensor]:
-    """The hidden state `blk` outputs on every cache entry (the next block's input)."""
-    t0 = time.perf_counter()
-    out = [hidden_of(_run(blk, entry)) for entry in cache]
-    tm.forward_s += time.perf_counter() - t0
-    return out
 
 
 @torch.no_grad()
@@ -420,7 +324,7 @@ def block_sequential(
 
     def plain(layer):
         acc = _Hessian(hessian_dtype, tm)
-        _partial(tm, layer, acc, lambda: forward_until_stop(model, batches, device))
+        partial(tm, layer, acc, lambda: forward_until_stop(model, batches, device))
         call(layer, acc.value(layer.name))
 
     try:
@@ -465,13 +369,13 @@ def block_sequential(
             last = i + 1 == len(pl.blocks)
             dense = None
             if dense_target:  # the block is still dense here: its inputs and output in the dense model
-                dense, dhidden = _dense_pass(tm, blk, groups, dcache, hessian_dtype)
+                dense, dhidden = dense_pass(tm, blk, groups, dcache, hessian_dtype, _run)
                 dcache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(dhidden)]
             if granularity == "layer" and len(cache) == 1:
                 hidden = _refit_inside_forward(tm, blk, groups, cache, hessian_dtype, call, dense)
             else:
                 _block_hessians(tm, blk, groups, cache, hessian_dtype, call, granularity, dense)
-                hidden = [] if last else _outputs(tm, blk, cache)
+                hidden = [] if last else outputs(tm, blk, cache, _run)
             cache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(hidden)]
         calls.clear()
         for la in pl.post:

@@ -77,9 +77,8 @@ def reconstruct_(ctx: PruneContext, masks: Masks, batches: CalibrationBatches) -
         w = layer.matrix_view().detach().cpu()
         if refiner is None:
             return obs_reconstruct(w, h, keep, stats=stats, target=target, **kwargs)
-        new, keep = refiner(
-            layer.name, w, h, keep, pattern=cfg.pattern, forced=previous_matrix(ctx, layer), target=target
-        )
+        forced = previous_matrix(ctx, layer)
+        new, keep = refiner(layer.name, w, h, keep, pattern=cfg.pattern, forced=forced, target=target)
         masks[layer.name].copy_(layer.from_matrix(keep).to(masks[layer.name].device))
         return new
 
