@@ -47,7 +47,6 @@ CELLS = {  # label: (method, extra options)
         {"score": "ria", "permute_align": True, "perm_importance": "ria", "reconstruct": True},
     ),
     "cast+alps": ("cast", {"refine": "alps"}),
-    "cast+alps[dense]": ("cast", {"refine": "alps", "refit_target": "dense"}),
 }
 
 

@@ -103,8 +103,6 @@ CELLS = (
     Cell("mp-wanda+rec[dense]", "mp-wanda", {**REC, "refit_target": "dense"}, mp=True, refit=True),
     Cell("wanda+alps[dense]", "wanda", {"refine": "alps", "refit_target": "dense"}, refit=True, targets="both"),
     Cell("mp-wanda+alps[dense]", "mp-wanda", {"refine": "alps", "refit_target": "dense"}, mp=True, refit=True),
-    Cell("cast+rec[dense]", "cast", {**REC, "refit_target": "dense"}, refit=True, targets="kn"),
-    Cell("cast+alps[dense]", "cast", {"refine": "alps", "refit_target": "dense"}, refit=True, targets="kn"),
 )
 # (cell, control): what the re-fit adds, the MP statistic (same mapping), the mapping, the strongest rival
 COMPARISONS = (
@@ -143,9 +141,6 @@ COMPARISONS = (
     ("wanda+alps[dense]", "wanda+alps"),
     ("mp-wanda+alps[dense]", "mp-wanda+alps"),
     ("mp-wanda+alps[dense]", "sparsegpt"),
-    ("cast+rec[dense]", "cast+rec"),
-    ("cast+alps[dense]", "cast+alps"),
-    ("cast+alps[dense]", "sparsegpt"),
 )
 
 

@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .calibration import layer_input_rows, real_tokens, run_batches
+from .calibration import layer_input_rows, run_batches
 from .errors import ConfigError
 from .hessians import Hessian as _Hessian
 from .hessians import dense_pass, outputs, partial
+from .hessians import run_entry as _run
 from .hessians import same_tensor as _same_tensor
 from .joined import (
     StopForward,
@@ -186,13 +187,6 @@ def plan(
         args, kwargs = block_inputs[i + 1]
     kinds = block_kinds(block_inputs, getattr(getattr(model, "config", None), "layer_types", None))
     return order, BlockPlan(pre, blocks, groups, post, kinds), "blocks"
-
-
-def _run(blk: nn.Module, entry: tuple):
-    """`blk` on one cache entry (args, kwargs, token mask): padded positions stay out of the statistics."""
-    args, kwargs, mask = entry
-    with real_tokens(mask):
-        return blk(*args, **kwargs)
 
 
 def _refit_inside_forward(
@@ -369,13 +363,13 @@ def block_sequential(
             last = i + 1 == len(pl.blocks)
             dense = None
             if dense_target:  # the block is still dense here: its inputs and output in the dense model
-                dense, dhidden = dense_pass(tm, blk, groups, dcache, hessian_dtype, _run)
+                dense, dhidden = dense_pass(tm, blk, groups, dcache, hessian_dtype)
                 dcache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(dhidden)]
             if granularity == "layer" and len(cache) == 1:
                 hidden = _refit_inside_forward(tm, blk, groups, cache, hessian_dtype, call, dense)
             else:
                 _block_hessians(tm, blk, groups, cache, hessian_dtype, call, granularity, dense)
-                hidden = [] if last else outputs(tm, blk, cache, _run)
+                hidden = [] if last else outputs(tm, blk, cache)
             cache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(hidden)]
         calls.clear()
         for la in pl.post:

@@ -6,10 +6,17 @@ import time
 import torch
 from torch import nn
 
-from .calibration import layer_input_rows
+from .calibration import layer_input_rows, real_tokens
 from .errors import ConfigError
 from .joined import StopForward, hidden_of
 from .refit import DenseTarget
+
+
+def run_entry(blk: nn.Module, entry: tuple):
+    """`blk` on one cache entry (args, kwargs, token mask): padded positions stay out of the statistics."""
+    args, kwargs, mask = entry
+    with real_tokens(mask):
+        return blk(*args, **kwargs)
 
 
 def same_tensor(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
@@ -59,7 +66,7 @@ class Hessian:
         return 2.0 * self.xtx.cpu() / max(1, self.rows)
 
 
-def dense_pass(tm, blk: nn.Module, groups, cache: list[tuple], dtype, run) -> tuple[list, list]:
+def dense_pass(tm, blk: nn.Module, groups, cache: list[tuple], dtype) -> tuple[list, list]:
     """`blk` (still dense) on the dense model's cache: per group, the input rows of its first layer (first call per
     entry, in `dtype`), and the block's output per entry (the dense model's next block input)."""
     rows: list[list[torch.Tensor]] = [[] for _ in groups]
@@ -78,7 +85,7 @@ def dense_pass(tm, blk: nn.Module, groups, cache: list[tuple], dtype, run) -> tu
     try:
         for entry in cache:
             seen.clear()
-            out.append(hidden_of(run(blk, entry)))
+            out.append(hidden_of(run_entry(blk, entry)))
     finally:
         for hd in handles:
             hd.remove()
@@ -102,12 +109,12 @@ def partial(tm, layer, acc: Hessian, forwards) -> None:
     tm.forward_s += time.perf_counter() - t0 - (tm.hessian_s - h0)
 
 
-def outputs(tm, blk: nn.Module, cache: list[tuple], run) -> list[torch.Tensor]:
+def outputs(tm, blk: nn.Module, cache: list[tuple]) -> list[torch.Tensor]:
     """The hidden state `blk` outputs on every cache entry (the next block's input)."""
     t0 = time.perf_counter()
-    out = [hidden_of(run(blk, entry)) for entry in cache]
+    out = [hidden_of(run_entry(blk, entry)) for entry in cache]
     tm.forward_s += time.perf_counter() - t0
     return out
 
 
-__all__ = ["Hessian", "dense_pass", "outputs", "partial", "same_tensor"]
+__all__ = ["Hessian", "dense_pass", "outputs", "partial", "run_entry", "same_tensor"]

@@ -46,28 +46,17 @@ def hessian(x: torch.Tensor) -> torch.Tensor:
     return 2.0 * (x.T @ x) / max(1, x.shape[0])
 
 
-def damped(h: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """H + λI with λ = percdamp · mean(diag H); dead inputs (diag 0) get diag 1 so H stays positive definite."""
-    h = h.double().clone()
-    diag = h.diagonal()
-    dead = diag == 0
-    diag[dead] = 1.0
-    damp = percdamp * float(diag.mean()) if percdamp > 0 else 0.0
-    h.diagonal().add_(damp)
-    return h
-
-
-def damped_cross(cross: torch.Tensor, H: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """The dense-target statistic damped like `damped(H)`: cross + λI with the same λ, and +1 on the diagonal of
-    inputs dead in H (so a dead input keeps its weight, as in the sequential re-fit)."""
-    c = cross.double().clone()
-    diag = H.double().diagonal().clone()
-    dead = diag == 0
-    diag[dead] = 1.0
-    damp = percdamp * float(diag.mean()) if percdamp > 0 else 0.0
-    c.diagonal().add_(damp)
-    c.diagonal()[dead] += 1.0
-    return c
+def damped(h: torch.Tensor, percdamp: float, like: torch.Tensor | None = None) -> torch.Tensor:
+    """H + λI with λ = percdamp · mean(diag H); dead inputs (diag 0) get diag 1 so H stays positive definite.
+    With `like` (a Hessian), `h` (e.g. the dense-target cross statistic) gets `like`'s λ and +1 on `like`'s dead
+    inputs, so a dead input keeps its weight as in the sequential re-fit."""
+    ref = (h if like is None else like).double()
+    dead = ref.diagonal() == 0
+    diag = ref.diagonal().masked_fill(dead, 1.0)
+    out = h.double().clone()
+    out.diagonal()[dead] += 1.0  # a dead input's diagonal is 0 in H itself, so this sets it to 1 there
+    out.diagonal().add_(percdamp * float(diag.mean()) if percdamp > 0 else 0.0)
+    return out
 
 
 def _inv_chol_upper(h: torch.Tensor) -> torch.Tensor:
@@ -343,7 +332,7 @@ def obs_reconstruct(
     fast = W.dtype != torch.float64  # float64 weights: float64 Cholesky throughout
     keep = _kn_keep_by_magnitude(W, keep_mask) if isinstance(keep_mask, KeepPattern) else keep_mask.cpu().bool()
     h = damped(H, percdamp).cpu()
-    c = None if target is None else damped_cross(target.cross, H, percdamp).cpu()
+    c = None if target is None else damped(target.cross, percdamp, like=H).cpu()
     if solver == "cg":
         return cg_refit(W, h, keep, iters, stats, cross=c).to(W.dtype)
     w = W.detach().double().cpu()

@@ -29,12 +29,6 @@ class DenseTarget:
     cross: torch.Tensor
     dense_h: torch.Tensor
 
-    def permuted(self, order: torch.Tensor | None) -> "DenseTarget":
-        """The same statistics with the input columns in `order` (None: unchanged)."""
-        if order is None:
-            return self
-        return DenseTarget(self.cross[order][:, order], self.dense_h[order][:, order])
-
 
 @dataclass
 class RefitOptions:

@@ -311,24 +311,22 @@ def _reconstruct(ctx, eligible, batches, masks, sources) -> None:
     kwargs, solver_stats = cfg.refit_kwargs(), {}
     refiner = LayerRefiner(cfg, kwargs, solver_stats) if cfg.refine else None
 
-    def refit(layer, h, target=None):
+    def refit(layer, h):
         if refiner is None:
             mat = obs_reconstruct(layer.matrix_view(sources[layer.name]), h, layer.matrix_view(masks[layer.name]),
-                                  stats=solver_stats, target=target, **kwargs)  # fmt: skip
+                                  stats=solver_stats, **kwargs)  # fmt: skip
             layer.weight.copy_(layer.from_matrix(mat).to(layer.weight.device, layer.weight.dtype))
             return
         order = column_order(layer, cfg.conv_grouping)  # the k:n groups are contiguous in grouping order
         hg = h if order is None else h[order][:, order]
         new, keep = refiner(layer.name, to_grouped(layer, sources[layer.name], order), hg,
-                            to_grouped(layer, masks[layer.name], order), pattern=cfg.pattern,
-                            target=None if target is None else target.permuted(order))  # fmt: skip
+                            to_grouped(layer, masks[layer.name], order), pattern=cfg.pattern)  # fmt: skip
         masks[layer.name] = from_grouped(layer, keep, order)
         layer.weight.copy_(from_grouped(layer, new, order).to(layer.weight.device, layer.weight.dtype))
 
-    tm = sequential_hessians(ctx.model, eligible, batches, refit, hessian_dtype=hessian_dtype(eligible),
-                             dense_target=cfg.refit_target == "dense")  # fmt: skip
+    tm = sequential_hessians(ctx.model, eligible, batches, refit, hessian_dtype=hessian_dtype(eligible))
     if refiner is None or refiner.refits:
-        ctx.record["reconstruct"] = refit_record(kwargs, solver_stats, cfg.refit_target)
+        ctx.record["reconstruct"] = refit_record(kwargs, solver_stats)
     if refiner is not None:
         ctx.record["refine"] = refiner.record()
     return tm
