@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .blocktune import check_dtypes, tune_recorded
 from .calibration import layer_input_rows, run_batches
 from .errors import ConfigError
 from .hessians import Hessian as _Hessian
@@ -50,6 +51,7 @@ from .joined import (
     hidden_of,
 )
 from .layers import PrunableLayer
+from .refit import BlockTune
 from .replay import block_kinds, call_for, simple_state
 from .validate import check_finite
 
@@ -278,6 +280,7 @@ def block_sequential(
     timings: Timings | None = None,
     granularity: str = "layer",
     dense_target: bool = False,
+    tune: BlockTune | None = None,
 ) -> Timings:
     """Call `on_layer(layer, H)` for every layer of `layers` in forward order, H from the current model.
 
@@ -300,6 +303,10 @@ def block_sequential(
     `on_layer(layer, H, target)` with a `refit.DenseTarget` of their dense-model inputs (layers before / after the
     blocks keep `on_layer(layer, H)`). Only on the block-cached path: a model that takes the plain path raises
     `ConfigError` before anything changes.
+
+    `tune` (`block_epochs`): once a block's layers are done, `blocktune.tune_block` fits the block's kept weights to
+    the dense model's output of the block (the dense cache as above; batches are not joined, so each calibration
+    batch is one Adam step); the tuned block's output is the next block's input. Block-cached path only.
     """
     tm = timings if timings is not None else Timings()
     batches = list(batches)
@@ -325,11 +332,14 @@ def block_sequential(
         t0 = time.perf_counter()
         order, pl, why = plan(model, layers, batches)
         tm.forward_s += time.perf_counter() - t0
-        if pl is None and dense_target:
+        if pl is None and (dense_target or tune):
             raise ConfigError(
-                f"refit_target='dense' needs the block-cached calibration path, and this model takes the plain one "
-                f"({why}); use refit_target='sequential'"
+                f"{'refit_target=dense' if dense_target else 'block_epochs'} needs the block-cached calibration path, "
+                f"and this model takes the plain one ({why}); use {'refit_target=sequential' if dense_target else 'block_epochs=0'}"
             )
+        if tune:
+            check_dtypes([la.module.weight for groups in pl.groups for g in groups for la in g])
+        dense_cache = dense_target or bool(tune)
         if pl is None:
             tm.path = f"plain ({why})"
             logger.info("sequential calibration: plain path, one partial model forward per layer (%s)", why)
@@ -338,14 +348,14 @@ def block_sequential(
             return tm
         tm.path = "blocks"
         dcache = None
-        if dense_target and pl.pre:  # the dense model's first block inputs, before the layers ahead of it change
+        if dense_cache and pl.pre:  # the dense model's first block inputs, before the layers ahead of it change
             t0 = time.perf_counter()
             dcache = list(cache_block_inputs(model, pl.blocks, pl.kinds, batches)[0][0])
             tm.forward_s += time.perf_counter() - t0
         for la in pl.pre:
             plain(la)
         t0 = time.perf_counter()
-        calls, joined = cache_block_inputs(model, pl.blocks, pl.kinds, batches)
+        calls, joined = cache_block_inputs(model, pl.blocks, pl.kinds, batches, join=not tune)
         tm.extra.update({"joined_batches": joined} if joined else {})
         tm.extra.update({"block_kinds": len(calls)} if len(calls) > 1 else {})
         cache = list(calls[0])
@@ -354,21 +364,27 @@ def block_sequential(
             "sequential calibration: cached block inputs, %d blocks (%d kind(s) of keyword inputs), %d batch(es)%s",
             len(pl.blocks), len(calls), len(cache), " joined" if joined else "",
         )  # fmt: skip
-        if dense_target:
+        if dense_cache:
             dcache = dcache if dcache is not None else list(cache)
             if len(dcache) != len(cache):
-                raise ConfigError("refit_target='dense': the dense and current block caches hold different batches")
-            tm.extra["refit_target"] = "dense"
+                raise ConfigError("the dense and current block caches hold different batches")
+            tm.extra.update({"refit_target": "dense"} if dense_target else {})
         for i, (blk, groups) in enumerate(zip(pl.blocks, pl.groups)):
             last = i + 1 == len(pl.blocks)
-            dense = None
+            dense = dhidden = None
             if dense_target:  # the block is still dense here: its inputs and output in the dense model
                 dense, dhidden = dense_pass(tm, blk, groups, dcache, hessian_dtype)
+            elif tune:
+                dhidden = outputs(tm, blk, dcache)
+            if dense_cache:
                 dcache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(dhidden)]
             if granularity == "layer" and len(cache) == 1:
                 hidden = _refit_inside_forward(tm, blk, groups, cache, hessian_dtype, call, dense)
             else:
                 _block_hessians(tm, blk, groups, cache, hessian_dtype, call, granularity, dense)
+                hidden = [] if last else outputs(tm, blk, cache)
+            if tune:
+                tune_recorded(tm.extra, blk, [la for g in groups for la in g], cache, dhidden, tune)
                 hidden = [] if last else outputs(tm, blk, cache)
             cache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(hidden)]
         calls.clear()

@@ -167,13 +167,13 @@ def capture_calls(model: nn.Module, blocks: list[nn.Module], kinds: list[int], b
 
 
 def cache_block_inputs(
-    model: nn.Module, blocks: list[nn.Module], kinds: list[int], batches: list[dict]
+    model: nn.Module, blocks: list[nn.Module], kinds: list[int], batches: list[dict], join: bool = True
 ) -> tuple[dict[int, list[tuple]], int]:
     """`capture_calls` of every batch, and how many batches were joined into ONE call per kind (0: one call per
-    batch). Joined when `join_batches` can, the joined batch `fits_joined`, and `joined_matches` holds for the
-    first block of every kind."""
+    batch). Joined when `join` is True, `join_batches` can, the joined batch `fits_joined`, and `joined_matches`
+    holds for the first block of every kind."""
     calls = capture_calls(model, blocks, kinds, batches)
-    joined = join_batches(batches) if len(batches) > 1 else None
+    joined = join_batches(batches) if len(batches) > 1 and join else None
     if joined is None or not fits_joined([first_tensor(a, k) for a, k, _ in calls[0]]):
         return calls, 0
     one = capture_calls(model, blocks, kinds, [joined[0]])

@@ -5,6 +5,7 @@
 solves stay in `obs`.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,7 @@ from .errors import ConfigError
 from .threads import parallel_map, row_chunks
 
 
-__all__ = ["SOLVERS", "TARGETS", "DenseTarget", "RefitOptions", "cg_refit", "hessian_dtype", "refit_record"]
+__all__ = ["SOLVERS", "TARGETS", "BlockTune", "DenseTarget", "RefitOptions", "cg_refit", "hessian_dtype", "refit_record"]
 
 SOLVERS = ("cg", "exact")
 TARGETS = ("sequential", "dense")
@@ -28,6 +29,15 @@ class DenseTarget:
 
     cross: torch.Tensor
     dense_h: torch.Tensor
+
+
+@dataclass(frozen=True)
+class BlockTune:
+    """Block output reconstruction (`block_epochs`, `hf_mpprune.core.blocktune`): `epochs` Adam passes over the
+    calibration batches per block at learning rate `lr`."""
+
+    epochs: int
+    lr: float
 
 
 @dataclass
@@ -52,6 +62,13 @@ class RefitOptions:
             unpruned model, so each layer also corrects the error of the layers before it (`DenseTarget`; one
             extra dense forward of every transformer block; layers outside the repeated blocks keep the
             sequential target). Needs the block-cached calibration path; not on `cast` or `sparsegpt`.
+        block_epochs (`int`, defaults to 0): after the layers of each transformer block are pruned (and re-fitted),
+            `block_epochs` passes of Adam over the calibration batches fit the block's kept weights and biases to the
+            DENSE model's output of that block (masks frozen, no labels; `hf_mpprune.core.blocktune`). 0 = off.
+            Needs a sequential pass (`reconstruct=True`, `refine`, or SparseGPT), the block-cached calibration path
+            and float32 weights; not on `cast`. [D] epochs and rate chosen on MiniLM's selection split
+            (benchmarks/RESULTS.md, issue 22).
+        block_lr (`float`, defaults to 1e-3): Adam's learning rate of `block_epochs`.
     """
 
     reconstruct: bool = False
@@ -59,8 +76,29 @@ class RefitOptions:
     reconstruct_iters: int = 10
     percdamp: float = 0.01
     refit_target: str = "sequential"
+    block_epochs: int = 0
+    block_lr: float = 1e-3
+
+    def block_tune(self) -> BlockTune | None:
+        """The block reconstruction these options ask for (None when `block_epochs` is 0)."""
+        return BlockTune(self.block_epochs, float(self.block_lr)) if self.block_epochs else None
+
+    def _check_block_tune(self) -> None:
+        e, lr = self.block_epochs, self.block_lr
+        if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+            raise ConfigError(f"block_epochs={e!r} must be an int >= 0 (0 = no block reconstruction)")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ConfigError(f"block_lr={lr!r} must be a finite number > 0")
+        if not e and lr != 1e-3:
+            raise ConfigError(f"block_lr={lr} has no effect with block_epochs=0: set block_epochs, or drop block_lr")
+        if e and not (getattr(self, "sequential_pass", self.reconstruct) or getattr(self, "runs_sequential", False)):
+            raise ConfigError(
+                f"block_epochs={e} runs inside the sequential re-fit pass, and method "
+                f"{getattr(self, 'method', '?')!r} has none with these options: set reconstruct=True (or refine=)"
+            )
 
     def _check_refit(self) -> None:
+        self._check_block_tune()
         if self.refit_target not in TARGETS:
             raise ConfigError(f"refit_target={self.refit_target!r} must be one of {TARGETS}")
         if (

@@ -17,6 +17,7 @@ from torch import nn
 
 from .blockwise import Timings, block_sequential
 from .layers import LayerSet, PrunableLayer
+from .refit import BlockTune
 from .validate import check_finite
 
 
@@ -46,6 +47,7 @@ def sequential_apply(
     timings: "Timings | None" = None,
     granularity: str = "layer",
     dense_target: bool = False,
+    tune: BlockTune | None = None,
 ) -> "Timings":
     """For each layer in forward order: H from the current model, `new = fn(layer, H)` ((out, in) matrix), write
     it into the layer's weight. Nothing is restored here if a step raises: `MPPruner.prune` puts back every weight a
@@ -54,7 +56,8 @@ def sequential_apply(
     Runs on cached transformer-block inputs (`hf_mpprune.core.blockwise`: same result, O(L) instead of O(L²) layer
     forwards; layers fed the same tensor share one Hessian) and falls back to one partial forward per layer for
     models it cannot chain. Returns the phase timings. `dense_target=True`: block layers get `fn(layer, H, target)`
-    with a `refit.DenseTarget` (`blockwise.block_sequential`)."""
+    with a `refit.DenseTarget` (`blockwise.block_sequential`); `tune`: block output reconstruction after each
+    block (`blocktune`)."""
     layer_list = list(layers)
     bar = tqdm(total=len(layer_list), desc=desc, disable=len(layer_list) < 8)
 
@@ -68,7 +71,7 @@ def sequential_apply(
     try:
         return block_sequential(
             model, layer_list, batches, step, hessian_dtype=hessian_dtype, timings=timings, granularity=granularity,
-            dense_target=dense_target,
+            dense_target=dense_target, tune=tune,
         )  # fmt: skip
     finally:
         bar.close()

@@ -84,7 +84,7 @@ def reconstruct_(ctx: PruneContext, masks: Masks, batches: CalibrationBatches) -
 
     tm = sequential_apply(
         ctx.model, ctx.layers, batches.batches, fit, desc=f"refine ({cfg.refine})" if refiner else "obs-reconstruct",
-        hessian_dtype=hessian_dtype(ctx.layers), dense_target=cfg.refit_target == "dense",
+        hessian_dtype=hessian_dtype(ctx.layers), dense_target=cfg.refit_target == "dense", tune=cfg.block_tune(),
     )  # fmt: skip
     if refiner is None or refiner.refits:
         ctx.record["reconstruct"] = refit_record(kwargs, stats, cfg.refit_target) | {"time_split": tm.record()}

@@ -47,6 +47,7 @@ class SparseGPTConfig(AllocationOptions, CalibrationOptions, PruningConfig):
     blocksize: int = 128
     sequential: str = "layer"
     damping_without_refit = True  # percdamp damps SparseGPT's own Hessian (a class attribute, not a field)
+    runs_sequential = True  # its OBS sweep is a sequential pass (block_epochs runs inside it)
 
     def __post_init__(self):
         super().__post_init__()
@@ -120,13 +121,14 @@ def run_sparsegpt(ctx: PruneContext) -> Masks:
         desc="sparsegpt",
         granularity=cfg.sequential,
         hessian_dtype=hessian_dtype(ctx.layers),
+        tune=cfg.block_tune(),
     )
     ctx.record["time_split"] = {
         "calibration_forwards_s": round(tm.forward_s, 3),
         "hessians_s": round(tm.hessian_s, 3),
         "mask_choice_and_update_s": round(tm.solve_s, 3),  # SparseGPT chooses the mask inside the OBS sweep
         "path": tm.path,
-        **{k: v for k, v in tm.extra.items() if k == "joined_batches"},
+        **{k: v for k, v in tm.extra.items() if k in ("joined_batches", "block_tune")},
     }
     ctx.record.setdefault("sparsegpt", {}).update(
         {

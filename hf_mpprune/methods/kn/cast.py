@@ -107,6 +107,11 @@ class CASTConfig(RefineOptions, RefitOptions, PermuteOptions, KNMethodConfig):
                 f"refit_target={self.refit_target!r} is not supported on method 'cast': its k:n projections are written "
                 "into the model before the re-fit, so the blocks are no longer dense when the re-fit reaches them"
             )
+        if self.block_epochs:  # the same reason: the dense model's block outputs are gone when a block is reached
+            raise ConfigError(
+                f"block_epochs={self.block_epochs} is not supported on method 'cast': its k:n projections are written "
+                "into the model before the re-fit, so the dense model's block outputs are not available"
+            )
         self._check_refine()
         for option, idle, needs in (  # every option acts or is refused
             ("prior_scale", self.prior_scale != "repo" and not self.alpha_ser, "alpha_ser > 0"),

@@ -1,0 +1,95 @@
+"""Block output reconstruction after a block's layers are pruned (docs/algorithms.md §18.11).
+
+Each layer's re-fit (or ALPS) is a least-squares problem of that layer alone: what a transformer block does between
+its layers (softmax attention, the activation, normalisation) and the error of the blocks before it stay outside.
+This step closes that gap without labels and without touching the mask: once every registered layer of a block is
+pruned, the block's kept weights (and the biases of those layers) take `epochs` passes of Adam over the calibration
+batches, minimising the mean squared distance between
+
+* the pruned block's output on its inputs in the PRUNED model (the earlier blocks already pruned and tuned), and
+* the DENSE model's output of the same block on the dense model's inputs,
+
+over real (unpadded) token positions. Gradients of pruned entries are zeroed and pruned entries are written back to 0
+after every step, so the mask, the exact sparsity and any k:n pattern are unchanged. Uses: calibration activations
+of the pruned and the dense model, back-propagation through one block at a time (nothing else of the model needs
+gradients), no labels. In the spirit of block-wise reconstruction after one-shot pruning (EBFT, Guo et al. 2024);
+written from that description.
+"""
+
+import time
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .hessians import run_entry
+from .joined import hidden_of
+from .refit import BlockTune
+
+
+__all__ = ["check_dtypes", "tune_block", "tune_recorded"]
+
+
+def check_dtypes(params: list[torch.Tensor]) -> None:
+    """Adam steps of ~1e-3 vanish in 16-bit weights: refuse before anything changes."""
+    low = sorted({str(p.dtype) for p in params if p.dtype not in (torch.float32, torch.float64)})
+    if low:
+        raise ConfigError(
+            f"block_epochs needs float32 (or float64) weights; this model has {low}: load it in float32 to prune, "
+            "or set block_epochs=0"
+        )
+
+
+def _loss(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error over the real token positions (all positions when `mask` is None)."""
+    d = (out - target).pow(2)
+    if mask is None or d.dim() < 3 or tuple(mask.shape) != tuple(d.shape[:2]):
+        return d.mean()
+    return d[mask.to(torch.bool)].mean()
+
+
+def tune_block(blk: nn.Module, layers: list, cache: list[tuple], targets: list[torch.Tensor], tune: BlockTune) -> dict:
+    """Adam on the kept weights of `layers` (the block's registered layers, already pruned) and their biases, so that
+    `blk` on each cache entry gives the matching `targets` tensor. Returns {"loss_before", "loss_after", "seconds"}
+    (mean loss over the entries in the first and the last epoch)."""
+    t0 = time.perf_counter()
+    weights = [la.module.weight for la in layers]
+    biases = [b for b in (getattr(la.module, "bias", None) for la in layers) if isinstance(b, nn.Parameter)]
+    params = weights + biases
+    keep = [w.detach() != 0 for w in weights]
+    flags = [p.requires_grad for p in params]
+    opt = torch.optim.Adam(params, lr=tune.lr)
+    first = last = 0.0
+    try:
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            for epoch in range(tune.epochs):
+                total = 0.0
+                for entry, y in zip(cache, targets):
+                    loss = _loss(hidden_of(run_entry(blk, entry)), y, entry[2])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    for w, k in zip(weights, keep):
+                        w.grad.mul_(k)
+                    opt.step()
+                    with torch.no_grad():
+                        for w, k in zip(weights, keep):
+                            w.mul_(k)
+                    total += float(loss.detach())
+                first = total / len(cache) if epoch == 0 else first
+                last = total / len(cache)
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+            p.grad = None
+    return {"loss_before": first, "loss_after": last, "seconds": time.perf_counter() - t0}
+
+
+def tune_recorded(extra: dict, blk: nn.Module, layers: list, cache: list, targets: list, tune: BlockTune) -> None:
+    """`tune_block`, with its seconds and its (first-epoch, last-epoch) loss appended to `extra["block_tune"]` (the
+    sequential pass's timings record, written into the ledger)."""
+    got = tune_block(blk, layers, cache, targets, tune)
+    rec = extra.setdefault("block_tune", {"epochs": tune.epochs, "lr": tune.lr, "seconds": 0.0, "loss": []})
+    rec["seconds"] = round(rec["seconds"] + got["seconds"], 3)
+    rec["loss"].append([round(got["loss_before"], 6), round(got["loss_after"], 6)])
