@@ -103,6 +103,12 @@ CELLS = (
     Cell("mp-wanda+rec[dense]", "mp-wanda", {**REC, "refit_target": "dense"}, mp=True, refit=True),
     Cell("wanda+alps[dense]", "wanda", {"refine": "alps", "refit_target": "dense"}, refit=True, targets="both"),
     Cell("mp-wanda+alps[dense]", "mp-wanda", {"refine": "alps", "refit_target": "dense"}, mp=True, refit=True),
+    # issue 22: block output reconstruction (block_epochs=10, chosen on the selection split; back-propagates
+    # through one block at a time on the calibration batches, masks frozen)
+    Cell("mp-wanda+alps+bt", "mp-wanda", {"refine": "alps", "block_epochs": 10}, mp=True, refit=True),
+    Cell("wanda+alps+bt", "wanda", {"refine": "alps", "block_epochs": 10}, refit=True),
+    Cell("mp-wanda+rec+bt", "mp-wanda", {**REC, "block_epochs": 10}, mp=True, refit=True),
+    Cell("sparsegpt+bt", "sparsegpt", {"block_epochs": 10}, refit=True),
 )
 # (cell, control): what the re-fit adds, the MP statistic (same mapping), the mapping, the strongest rival
 COMPARISONS = (
@@ -141,6 +147,13 @@ COMPARISONS = (
     ("wanda+alps[dense]", "wanda+alps"),
     ("mp-wanda+alps[dense]", "mp-wanda+alps"),
     ("mp-wanda+alps[dense]", "sparsegpt"),
+    ("mp-wanda+alps+bt", "mp-wanda+alps"),
+    ("mp-wanda+alps+bt", "wanda+alps+bt"),
+    ("mp-wanda+rec+bt", "mp-wanda+rec"),
+    ("sparsegpt+bt", "sparsegpt"),
+    ("mp-wanda+alps+bt", "sparsegpt+bt"),
+    ("mp-wanda+alps+bt", "sparsegpt"),
+    ("mp-wanda+rec+bt", "sparsegpt"),
 )
 
 

@@ -9,7 +9,8 @@ batches, minimising the mean squared distance between
 * the pruned block's output on its inputs in the PRUNED model (the earlier blocks already pruned and tuned), and
 * the DENSE model's output of the same block on the dense model's inputs,
 
-over real (unpadded) token positions. Gradients of pruned entries are zeroed and pruned entries are written back to 0
+over real (unpadded) token positions. A block whose loss over the calibration batches does not fall keeps its
+weights from before the step. Gradients of pruned entries are zeroed and pruned entries are written back to 0
 after every step, so the mask, the exact sparsity and any k:n pattern are unchanged. Uses: calibration activations
 of the pruned and the dense model, back-propagation through one block at a time (nothing else of the model needs
 gradients), no labels. In the spirit of block-wise reconstruction after one-shot pruning (EBFT, Guo et al. 2024);
@@ -48,48 +49,60 @@ def _loss(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) ->
     return d[mask.to(torch.bool)].mean()
 
 
+def _mean_loss(blk: nn.Module, cache: list[tuple], targets: list[torch.Tensor]) -> float:
+    with torch.no_grad():
+        return sum(float(_loss(hidden_of(run_entry(blk, e)), y, e[2])) for e, y in zip(cache, targets)) / len(cache)
+
+
+def _steps(blk, cache, targets, weights, keep, opt, epochs: int) -> None:
+    for _ in range(epochs):
+        for entry, y in zip(cache, targets):
+            loss = _loss(hidden_of(run_entry(blk, entry)), y, entry[2])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for w, k in zip(weights, keep):
+                w.grad.mul_(k)
+            opt.step()
+            with torch.no_grad():
+                for w, k in zip(weights, keep):
+                    w.mul_(k)
+
+
 def tune_block(blk: nn.Module, layers: list, cache: list[tuple], targets: list[torch.Tensor], tune: BlockTune) -> dict:
     """Adam on the kept weights of `layers` (the block's registered layers, already pruned) and their biases, so that
-    `blk` on each cache entry gives the matching `targets` tensor. Returns {"loss_before", "loss_after", "seconds"}
-    (mean loss over the entries in the first and the last epoch)."""
+    `blk` on each cache entry gives the matching `targets` tensor. The block keeps the tuned weights only when they
+    lower the loss over all the calibration batches; otherwise its weights are put back. Returns {"loss_before",
+    "loss_after", "kept", "seconds"} (`loss_after` of the weights the block ends with)."""
     t0 = time.perf_counter()
     weights = [la.module.weight for la in layers]
     biases = [b for b in (getattr(la.module, "bias", None) for la in layers) if isinstance(b, nn.Parameter)]
     params = weights + biases
     keep = [w.detach() != 0 for w in weights]
-    flags = [p.requires_grad for p in params]
-    opt = torch.optim.Adam(params, lr=tune.lr)
-    first = last = 0.0
+    flags, saved = [p.requires_grad for p in params], [p.detach().clone() for p in params]
+    before = _mean_loss(blk, cache, targets)
     try:
         with torch.enable_grad():
             for p in params:
                 p.requires_grad_(True)
-            for epoch in range(tune.epochs):
-                total = 0.0
-                for entry, y in zip(cache, targets):
-                    loss = _loss(hidden_of(run_entry(blk, entry)), y, entry[2])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    for w, k in zip(weights, keep):
-                        w.grad.mul_(k)
-                    opt.step()
-                    with torch.no_grad():
-                        for w, k in zip(weights, keep):
-                            w.mul_(k)
-                    total += float(loss.detach())
-                first = total / len(cache) if epoch == 0 else first
-                last = total / len(cache)
+            _steps(blk, cache, targets, weights, keep, torch.optim.Adam(params, lr=tune.lr), tune.epochs)
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
             p.grad = None
-    return {"loss_before": first, "loss_after": last, "seconds": time.perf_counter() - t0}
+    after = _mean_loss(blk, cache, targets)
+    if not after < before:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+        after = before
+    return {"loss_before": before, "loss_after": after, "kept": after < before, "seconds": time.perf_counter() - t0}
 
 
 def tune_recorded(extra: dict, blk: nn.Module, layers: list, cache: list, targets: list, tune: BlockTune) -> None:
-    """`tune_block`, with its seconds and its (first-epoch, last-epoch) loss appended to `extra["block_tune"]` (the
+    """`tune_block`, with its seconds and its (before, after) loss appended to `extra["block_tune"]` (the
     sequential pass's timings record, written into the ledger)."""
     got = tune_block(blk, layers, cache, targets, tune)
     rec = extra.setdefault("block_tune", {"epochs": tune.epochs, "lr": tune.lr, "seconds": 0.0, "loss": []})
     rec["seconds"] = round(rec["seconds"] + got["seconds"], 3)
-    rec["loss"].append([round(got["loss_before"], 6), round(got["loss_after"], 6)])
+    rec["loss"].append([round(got["loss_before"], 8), round(got["loss_after"], 8)])
+    rec["blocks_kept"] = rec.get("blocks_kept", 0) + int(got["kept"])
