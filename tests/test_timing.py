@@ -177,8 +177,11 @@ def test_plan_rows_follow_the_protocol():
         "quiet",
     ) in minilm
     assert ("sparsegpt", "0.6", "joined", "quiet") in minilm and ("mp-wanda+rec", "0.6", "batches", "burner") in minilm
-    assert [(c.name, c.target) for c in cells if c.model == "vit-b"] == [("mp-wanda+rec", "0.5"), ("cast+rec", "2:4")]
-    assert not any(c.name.endswith("alps") for c in plan(["minilm"], ["joined"]))
+    assert [(c.name, c.target) for c in cells if c.model == "vit-b"] == [
+        ("mp-wanda+rec", "0.5"), ("cast+rec", "2:4"), ("mp-wanda+alps", "0.6"), ("mp-wanda+alps+bt", "0.6")
+    ]  # fmt: skip
+    assert ("mp-wanda+alps+bt", "0.6", "batches", "quiet") in minilm
+    assert not any("alps" in c.name for c in plan(["minilm", "vit-b"], ["joined"]))
 
 
 def test_llama_shapes_follow_the_vit_rows_and_warm_ups_can_use_the_first_batch():
