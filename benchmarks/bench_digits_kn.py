@@ -42,20 +42,17 @@ CELLS = {  # label: (method, extra options)
     "cast+rec": ("cast", {"reconstruct": True}),
     # issue 22's 2:4 candidates: RIA's score with its channel reallocation, CAST + joint mask / weight optimisation
     "ria+perm": ("wanda-kn", {"score": "ria", "permute_align": True, "perm_importance": "ria"}),
-    "ria+perm+rec": (
-        "wanda-kn",
-        {"score": "ria", "permute_align": True, "perm_importance": "ria", "reconstruct": True},
-    ),
     "cast+alps": ("cast", {"refine": "alps"}),
+    # issue 22: block output reconstruction (refused on cast) on Wanda's k:n mask + re-fit
+    "wanda+rec": ("wanda", {"reconstruct": True}),
+    "wanda+rec+bt": ("wanda", {"reconstruct": True, "block_epochs": 10}),
 }
 
 
 def prune(dense, label: str, pattern: str, calib):
     method, extra = CELLS[label]
     model = copy.deepcopy(dense)
-    cfg = PruningConfig(method=method, pattern=pattern).resolve()
-    for k, v in extra.items():
-        setattr(cfg, k, v)
+    cfg = PruningConfig.from_dict({"method": method, "pattern": pattern, **extra})  # an unknown option is refused
     pruner = MPPruner(model, cfg)
     t0 = time.perf_counter()
     masks = pruner.prune(calibration=calib)

@@ -115,10 +115,8 @@ def run_cell(dense, method, pattern, extra, calib, dense_w, source, source_metho
         else:
             src = get_method(source_method).config_cls(sparsity=source, ignore=["re:pooler"])
         MPPruner(model, src).prune(calibration=calib if source_method != "magnitude" else None)
-    cfg = PruningConfig(method=method, pattern=pattern, ignore=["re:pooler"]).resolve()
-    for k, v in extra.items():
-        setattr(cfg, k, v)
-    pr = MPPruner(model, cfg)
+    cfg = PruningConfig.from_dict({"method": method, "pattern": pattern, "ignore": ["re:pooler"], **extra})
+    pr = MPPruner(model, cfg)  # from_dict: an option the method does not have is refused, never set silently
     t0 = time.perf_counter()
     pr.prune(calibration=KNCalibration(calib, dense_w) if dense_w else calib)
     return model, time.perf_counter() - t0, pr.ledger.steps[-1]["legality"]["ok"]
