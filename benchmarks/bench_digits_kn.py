@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.stats import bootstrap_diff  # noqa: E402
 from hf_mpprune import MPDistillationArguments, MPDistillationTrainer, MPPruner, PruningConfig  # noqa: E402
 from hf_mpprune.builtins.digits import accuracy, load_digits_splits, trained_digits_vit  # noqa: E402
+from hf_mpprune.methods.kn.legality import legality_audit  # noqa: E402
 from hf_mpprune.training.trainer import realised_sparsity  # noqa: E402
 
 
@@ -57,7 +58,12 @@ def prune(dense, label: str, pattern: str, calib):
     t0 = time.perf_counter()
     masks = pruner.prune(calibration=calib)
     step = pruner.ledger.steps[-1]
-    assert step["legality"]["ok"], step["legality"]
+    if "legality" in step:  # the k:n methods audit themselves
+        assert step["legality"]["ok"], step["legality"]
+    else:  # an unstructured-family method given a pattern (wanda): audit the layers it sparsified
+        sparse = [n for n in pruner.layers.names if not bool(masks[n].all())]
+        rep = legality_audit(model, pattern, layers=sparse)
+        assert sparse and rep.totals()["bad_groups"] == 0, rep.totals()
     return model, masks, time.perf_counter() - t0
 
 
