@@ -69,6 +69,10 @@ UNSTRUCTURED = [
     ("sparsegpt alpha", "sparsegpt", {"allocation": "alphapruning"}, "sparsegpt"),
     # issue 22's joint mask / weight optimisation (ends with the re-fit)
     ("mp-wanda+alps", "mp-wanda", {"refine": "alps"}, "mp-wanda+rec"),
+    # issue 22's block output reconstruction (block_epochs=10, chosen on MiniLM's selection split), and the same
+    # step on the rival
+    ("mp-wanda+alps+bt", "mp-wanda", {"refine": "alps", "block_epochs": 10}, "mp-wanda+alps"),
+    ("sparsegpt+bt", "sparsegpt", {"block_epochs": 10}, "sparsegpt"),
 ]
 KN = [
     ("wanda", "wanda", {}, None),
