@@ -79,7 +79,9 @@ def plan(models: list[str], extras: list[str]) -> list[Cell]:
     for m in models:
         if m != "minilm":
             cells += [Cell(m, "mp-wanda+rec", "0.5"), Cell(m, "cast+rec", "2:4")]
-            cells += [Cell(m, "mp-wanda+alps", "0.6"), Cell(m, "mp-wanda+alps+bt", "0.6")] if "frontier" in extras else []
+            cells += (
+                [Cell(m, "mp-wanda+alps", "0.6"), Cell(m, "mp-wanda+alps+bt", "0.6")] if "frontier" in extras else []
+            )
             continue
         for t in ("0.5", "0.6", "0.7", "2:4"):
             cells += [Cell(m, n, t) for n in ("sparsegpt", "cast+rec" if ":" in t else "mp-wanda+rec")]

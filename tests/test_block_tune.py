@@ -123,7 +123,10 @@ def test_refusals_before_anything_is_written(tiny_bert, monkeypatch):
         ({"method": "wanda", "sparsity": 0.5, "reconstruct": True, "block_epochs": -1}, "int >= 0"),
         ({"method": "wanda", "sparsity": 0.5, "reconstruct": True, "block_epochs": True}, "block_epochs=True"),
         ({"method": "wanda", "sparsity": 0.5, "reconstruct": True, "block_epochs": 2, "block_lr": 0}, "> 0"),
-        ({"method": "cast", "pattern": "2:4", "reconstruct": True, "block_epochs": 2}, "not supported on method 'cast'"),
+        (
+            {"method": "cast", "pattern": "2:4", "reconstruct": True, "block_epochs": 2},
+            "not supported on method 'cast'",
+        ),
     ):
         with pytest.raises(ConfigError, match=match):
             PruningConfig.from_dict(cfg)

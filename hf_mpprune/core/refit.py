@@ -14,7 +14,16 @@ from .errors import ConfigError
 from .threads import parallel_map, row_chunks
 
 
-__all__ = ["SOLVERS", "TARGETS", "BlockTune", "DenseTarget", "RefitOptions", "cg_refit", "hessian_dtype", "refit_record"]
+__all__ = [
+    "SOLVERS",
+    "TARGETS",
+    "BlockTune",
+    "DenseTarget",
+    "RefitOptions",
+    "cg_refit",
+    "hessian_dtype",
+    "refit_record",
+]
 
 SOLVERS = ("cg", "exact")
 TARGETS = ("sequential", "dense")
