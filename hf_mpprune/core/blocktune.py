@@ -11,9 +11,9 @@ batches, minimising the mean squared distance between
 
 over real (unpadded) token positions. A block whose loss over the calibration batches does not fall keeps its
 weights from before the step. Gradients of pruned entries are zeroed and pruned entries are written back to 0
-after every step, so the mask, the exact sparsity and any k:n pattern are unchanged. Uses: calibration activations
-of the pruned and the dense model, back-propagation through one block at a time (nothing else of the model needs
-gradients), no labels. In the spirit of block-wise reconstruction after one-shot pruning (EBFT, Guo et al. 2024);
+after every step, so the mask, the exact sparsity and any k:n pattern are unchanged (an entry that is exactly 0 when
+the step starts counts as pruned). Uses: calibration activations of the pruned and the dense model,
+back-propagation through one block at a time (nothing else of the model needs gradients), no labels. In the spirit of block-wise reconstruction after one-shot pruning (EBFT, Guo et al. 2024);
 written from that description.
 """
 

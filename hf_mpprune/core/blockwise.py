@@ -382,8 +382,8 @@ def block_sequential(
                 hidden = _refit_inside_forward(tm, blk, groups, cache, hessian_dtype, call, dense)
             else:
                 _block_hessians(tm, blk, groups, cache, hessian_dtype, call, granularity, dense)
-                hidden = [] if last else outputs(tm, blk, cache)
-            if tune:
+                hidden = [] if last or tune else outputs(tm, blk, cache)
+            if tune:  # the block's output after the tuning is the next block's input
                 tune_recorded(tm.extra, blk, [la for g in groups for la in g], cache, dhidden, tune)
                 hidden = [] if last else outputs(tm, blk, cache)
             cache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(hidden)]
