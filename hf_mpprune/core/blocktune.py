@@ -13,8 +13,8 @@ over real (unpadded) token positions. A block whose loss over the calibration ba
 weights from before the step. Gradients of pruned entries are zeroed and pruned entries are written back to 0
 after every step, so the mask, the exact sparsity and any k:n pattern are unchanged (an entry that is exactly 0 when
 the step starts counts as pruned). Uses: calibration activations of the pruned and the dense model,
-back-propagation through one block at a time (nothing else of the model needs gradients), no labels. In the spirit of block-wise reconstruction after one-shot pruning (EBFT, Guo et al. 2024);
-written from that description.
+back-propagation through one block at a time (nothing else of the model needs gradients), no labels. In the spirit
+of block-wise reconstruction after one-shot pruning (EBFT, Guo et al. 2024); written from that description.
 """
 
 import time
@@ -49,9 +49,11 @@ def _loss(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) ->
     return d[mask.to(torch.bool)].mean()
 
 
-def _mean_loss(blk: nn.Module, cache: list[tuple], targets: list[torch.Tensor]) -> float:
+def _evaluate(blk: nn.Module, cache: list[tuple], targets: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
+    """The mean loss over the cache entries, and the block's output on each (the next block's input)."""
     with torch.no_grad():
-        return sum(float(_loss(hidden_of(run_entry(blk, e)), y, e[2])) for e, y in zip(cache, targets)) / len(cache)
+        outs = [hidden_of(run_entry(blk, e)) for e in cache]
+        return sum(float(_loss(o, y, e[2])) for o, y, e in zip(outs, targets, cache)) / len(cache), outs
 
 
 def _steps(blk, cache, targets, weights, keep, opt, epochs: int) -> None:
@@ -72,14 +74,15 @@ def tune_block(blk: nn.Module, layers: list, cache: list[tuple], targets: list[t
     """Adam on the kept weights of `layers` (the block's registered layers, already pruned) and their biases, so that
     `blk` on each cache entry gives the matching `targets` tensor. The block keeps the tuned weights only when they
     lower the loss over all the calibration batches; otherwise its weights are put back. Returns {"loss_before",
-    "loss_after", "kept", "seconds"} (`loss_after` of the weights the block ends with)."""
+    "loss_after", "kept", "seconds", "outputs"} (`loss_after` and `outputs`, the block's output on every cache
+    entry, of the weights the block ends with)."""
     t0 = time.perf_counter()
     weights = [la.module.weight for la in layers]
     biases = [b for b in (getattr(la.module, "bias", None) for la in layers) if isinstance(b, nn.Parameter)]
     params = weights + biases
     keep = [w.detach() != 0 for w in weights]
     flags, saved = [p.requires_grad for p in params], [p.detach().clone() for p in params]
-    before = _mean_loss(blk, cache, targets)
+    before, outs_before = _evaluate(blk, cache, targets)
     try:
         with torch.enable_grad():
             for p in params:
@@ -89,20 +92,23 @@ def tune_block(blk: nn.Module, layers: list, cache: list[tuple], targets: list[t
         for p, f in zip(params, flags):
             p.requires_grad_(f)
             p.grad = None
-    after = _mean_loss(blk, cache, targets)
-    if not after < before:
+    after, outs = _evaluate(blk, cache, targets)
+    kept = after < before
+    if not kept:
         with torch.no_grad():
             for p, s in zip(params, saved):
                 p.copy_(s)
-        after = before
-    return {"loss_before": before, "loss_after": after, "kept": after < before, "seconds": time.perf_counter() - t0}
+        after, outs = before, outs_before
+    return {"loss_before": before, "loss_after": after, "kept": kept, "seconds": time.perf_counter() - t0,
+            "outputs": outs}  # fmt: skip
 
 
-def tune_recorded(extra: dict, blk: nn.Module, layers: list, cache: list, targets: list, tune: BlockTune) -> None:
+def tune_recorded(extra: dict, blk: nn.Module, layers: list, cache: list, targets: list, tune: BlockTune) -> list:
     """`tune_block`, with its seconds and its (before, after) loss appended to `extra["block_tune"]` (the
-    sequential pass's timings record, written into the ledger)."""
+    sequential pass's timings record, written into the ledger). Returns the block's outputs on `cache`."""
     got = tune_block(blk, layers, cache, targets, tune)
     rec = extra.setdefault("block_tune", {"epochs": tune.epochs, "lr": tune.lr, "seconds": 0.0, "loss": []})
     rec["seconds"] = round(rec["seconds"] + got["seconds"], 3)
     rec["loss"].append([round(got["loss_before"], 8), round(got["loss_after"], 8)])
     rec["blocks_kept"] = rec.get("blocks_kept", 0) + int(got["kept"])
+    return got["outputs"]

@@ -384,8 +384,7 @@ def block_sequential(
                 _block_hessians(tm, blk, groups, cache, hessian_dtype, call, granularity, dense)
                 hidden = [] if last or tune else outputs(tm, blk, cache)
             if tune:  # the block's output after the tuning is the next block's input
-                tune_recorded(tm.extra, blk, [la for g in groups for la in g], cache, dhidden, tune)
-                hidden = [] if last else outputs(tm, blk, cache)
+                hidden = tune_recorded(tm.extra, blk, [la for g in groups for la in g], cache, dhidden, tune)
             cache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(hidden)]
         calls.clear()
         for la in pl.post:
