@@ -44,9 +44,12 @@ CELLS = {  # label: (method, extra options)
     # issue 22's 2:4 candidates: RIA's score with its channel reallocation, CAST + joint mask / weight optimisation
     "ria+perm": ("wanda-kn", {"score": "ria", "permute_align": True, "perm_importance": "ria"}),
     "cast+alps": ("cast", {"refine": "alps"}),
-    # issue 22: block output reconstruction (refused on cast) on Wanda's k:n mask + re-fit
+    # issue 22: block output reconstruction on Wanda's k:n mask + re-fit, and on CAST (aimed at the blocks with
+    # CAST's source weights swapped in)
     "wanda+rec": ("wanda", {"reconstruct": True}),
     "wanda+rec+bt": ("wanda", {"reconstruct": True, "block_epochs": 10}),
+    "cast+rec+bt": ("cast", {"reconstruct": True, "block_epochs": 10}),
+    "cast+alps+bt": ("cast", {"refine": "alps", "block_epochs": 10}),
 }
 
 

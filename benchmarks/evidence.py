@@ -108,7 +108,9 @@ CELLS = (
     Cell("mp-wanda+alps+bt", "mp-wanda", {"refine": "alps", "block_epochs": 10}, mp=True, refit=True),
     Cell("wanda+alps+bt", "wanda", {"refine": "alps", "block_epochs": 10}, refit=True),
     Cell("mp-wanda+rec+bt", "mp-wanda", {**REC, "block_epochs": 10}, mp=True, refit=True),
-    Cell("sparsegpt+bt", "sparsegpt", {"block_epochs": 10}, refit=True),
+    Cell("sparsegpt+bt", "sparsegpt", {"block_epochs": 10}, refit=True, targets="both"),
+    Cell("cast+rec+bt", "cast", {**REC, "block_epochs": 10}, refit=True, targets="kn"),
+    Cell("cast+alps+bt", "cast", {"refine": "alps", "block_epochs": 10}, refit=True, targets="kn"),
 )
 # (cell, control): what the re-fit adds, the MP statistic (same mapping), the mapping, the strongest rival
 COMPARISONS = (
@@ -154,6 +156,10 @@ COMPARISONS = (
     ("mp-wanda+alps+bt", "sparsegpt+bt"),
     ("mp-wanda+alps+bt", "sparsegpt"),
     ("mp-wanda+rec+bt", "sparsegpt"),
+    ("cast+rec+bt", "cast+rec"),
+    ("cast+alps+bt", "cast+alps"),
+    ("cast+alps+bt", "sparsegpt+bt"),
+    ("cast+alps+bt", "sparsegpt"),
 )
 
 

@@ -11,6 +11,7 @@ import torch
 import hf_mpprune.core.blockwise as bw
 import hf_mpprune.core.joined as joined_mod
 from hf_mpprune import ConfigError, MPPruner, PruningConfig
+from hf_mpprune.core.joined import hidden_of
 from hf_mpprune.core.layers import discover_layers
 from tests import tiny_models as tm
 
@@ -123,10 +124,7 @@ def test_refusals_before_anything_is_written(tiny_bert, monkeypatch):
         ({"method": "wanda", "sparsity": 0.5, "reconstruct": True, "block_epochs": -1}, "int >= 0"),
         ({"method": "wanda", "sparsity": 0.5, "reconstruct": True, "block_epochs": True}, "block_epochs=True"),
         ({"method": "wanda", "sparsity": 0.5, "reconstruct": True, "block_epochs": 2, "block_lr": 0}, "> 0"),
-        (
-            {"method": "cast", "pattern": "2:4", "reconstruct": True, "block_epochs": 2},
-            "not supported on method 'cast'",
-        ),
+        ({"method": "cast", "pattern": "2:4", "block_epochs": 2}, "sequential re-fit pass"),
     ):
         with pytest.raises(ConfigError, match=match):
             PruningConfig.from_dict(cfg)
@@ -145,3 +143,80 @@ def test_refusals_before_anything_is_written(tiny_bert, monkeypatch):
     with pytest.raises(ConfigError, match="block-cached calibration path"):
         _run(model, method="wanda", sparsity=0.5, reconstruct=True, block_epochs=2)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def _last_block_loss(model, dense, block_of, batches) -> float:
+    """The step's loss of the last block, computed independently: the mean over the calibration batches of the
+    squared distance between the pruned model's and the DENSE model's outputs of that block (real tokens only)."""
+    got = {}
+    hooks = [block_of(m).register_forward_hook(lambda mod, a, out, k=k: got.__setitem__(k, hidden_of(out)))
+             for k, m in (("pruned", model), ("dense", dense))]  # fmt: skip
+    total = 0.0
+    try:
+        with torch.no_grad():
+            for b in batches:
+                model(**b), dense(**b)
+                d = (got["pruned"] - got["dense"]).pow(2)
+                mask = b.get("attention_mask")
+                total += float(d[mask.bool()].mean() if mask is not None else d.mean())
+    finally:
+        for h in hooks:
+            h.remove()
+    return total / len(batches)
+
+
+def _legal_2_4(model, masks):
+    for la in discover_layers(model, targets=["Linear", "Conv2d", "role:embed"]):
+        if la.name in masks.names and not bool(masks[la.name].all()):
+            w = la.matrix_view().detach()
+            assert int((w.reshape(w.shape[0], -1, 4) != 0).sum(-1).max()) <= 2, la.name
+
+
+def test_cast_aims_at_the_dense_blocks_and_stays_2_4(tiny_bert):
+    """CAST writes its 2:4 projections into every layer before its re-fit pass: the step must still aim at the
+    DENSE model's block outputs (the source weights swapped in for that forward, then put back). Known truths: the
+    ledger's last-block loss is the distance to the dense model's last block, computed here independently; the
+    CAST mask is the same with and without the step; the pattern stays legal; the output moves toward dense."""
+    dense = copy.deepcopy(tiny_bert).eval()
+    plain, tuned = copy.deepcopy(tiny_bert), copy.deepcopy(tiny_bert)
+    cfg = {"method": "cast", "pattern": "2:4", "reconstruct": True}
+    m_plain, _ = _run(plain, **cfg)
+    m_tuned, step = _run(tuned, **cfg, block_epochs=8, block_lr=LR)
+    assert m_tuned.sha256() == m_plain.sha256()
+    _legal_2_4(tuned, m_tuned)
+    rec = step["time_split"]["reconstruction"]["block_tune"]
+    assert rec["blocks_kept"] == tiny_bert.config.num_hidden_layers and all(
+        after < before for before, after in rec["loss"]
+    )
+    assert rec["loss"][-1][1] == pytest.approx(
+        _last_block_loss(tuned, dense, lambda m: m.encoder.layer[-1], _batches()), rel=1e-3, abs=1e-7
+    )
+    assert _error(tuned, dense) < 0.9 * _error(plain, dense)
+
+
+def test_cast_swaps_the_layers_before_the_blocks_too():
+    """The patch embedding targeted too (4 input channels, so CAST projects it: 3-channel stems are skipped): it sits
+    before the blocks and is already projected when the pass starts, so the dense model's first block inputs come
+    from its source weights swapped in. Same independent truth."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    tiny_vit = ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, num_channels=4, hidden_size=32,
+                                                   num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                                   num_labels=3))  # fmt: skip
+    dense = copy.deepcopy(tiny_vit).eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [{"pixel_values": torch.randn(4, 4, 16, 16, generator=g)} for _ in range(2)]
+    cfg = PruningConfig.from_dict({"method": "cast", "pattern": "2:4", "reconstruct": True, "block_epochs": 8,
+                                   "block_lr": LR, "calibration_samples": 8, "calibration_batch_size": 4,
+                                   "targets": ["Linear", "Conv2d", "role:embed"]})  # fmt: skip
+    pruner = MPPruner(tiny_vit, cfg)
+    masks = pruner.prune(calibration=batches)
+    assert "vit.embeddings.patch_embeddings.projection" in masks.names
+    assert not bool(masks["vit.embeddings.patch_embeddings.projection"].all())  # projected before the blocks
+    _legal_2_4(tiny_vit, masks)
+    rec = pruner.ledger.steps[-1]["time_split"]["reconstruction"]["block_tune"]
+    assert rec["blocks_kept"] >= 1
+    assert rec["loss"][-1][1] == pytest.approx(
+        _last_block_loss(tiny_vit, dense, lambda m: m.vit.layers[-1], batches), rel=1e-3, abs=1e-7
+    )

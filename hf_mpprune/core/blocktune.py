@@ -18,6 +18,8 @@ of block-wise reconstruction after one-shot pruning (EBFT, Guo et al. 2024); wri
 """
 
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -28,7 +30,7 @@ from .joined import hidden_of
 from .refit import BlockTune
 
 
-__all__ = ["check_dtypes", "tune_block", "tune_recorded"]
+__all__ = ["check_dtypes", "swapped_weights", "tune_block", "tune_recorded"]
 
 
 def check_dtypes(params: list[torch.Tensor]) -> None:
@@ -39,6 +41,25 @@ def check_dtypes(params: list[torch.Tensor]) -> None:
             f"block_epochs needs float32 (or float64) weights; this model has {low}: load it in float32 to prune, "
             "or set block_epochs=0"
         )
+
+
+@contextmanager
+def swapped_weights(layers: list, weights: Mapping[str, torch.Tensor] | None) -> Iterator[None]:
+    """Inside the block, the layers named in `weights` carry those weights (the model the step aims at, when the
+    method has already written its own weights, as CAST does); their current weights are put back on exit. No-op
+    when `weights` is None."""
+    saved = []
+    try:
+        with torch.no_grad():
+            for la in layers if weights else ():
+                if la.name in weights:
+                    saved.append((la, la.module.weight.detach().clone()))
+                    la.module.weight.copy_(weights[la.name])
+        yield
+    finally:
+        with torch.no_grad():
+            for la, w in saved:
+                la.module.weight.copy_(w)
 
 
 def _loss(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .blocktune import check_dtypes, tune_recorded
+from .blocktune import check_dtypes, swapped_weights, tune_recorded
 from .calibration import layer_input_rows, run_batches
 from .errors import ConfigError
 from .hessians import Hessian as _Hessian
@@ -281,6 +281,7 @@ def block_sequential(
     granularity: str = "layer",
     dense_target: bool = False,
     tune: BlockTune | None = None,
+    dense_weights: dict[str, torch.Tensor] | None = None,
 ) -> Timings:
     """Call `on_layer(layer, H)` for every layer of `layers` in forward order, H from the current model.
 
@@ -306,7 +307,8 @@ def block_sequential(
 
     `tune` (`block_epochs`): once a block's layers are done, `blocktune.tune_block` fits the block's kept weights to
     the dense model's output of the block (the dense cache as above; batches are not joined, so each calibration
-    batch is one Adam step); the tuned block's output is the next block's input. Block-cached path only.
+    batch is one Adam step); the tuned block's output is the next block's input. Block-cached path only. With
+    `dense_weights` ({name: weight}, CAST) the dense model's block inputs / outputs use these weights swapped in.
     """
     tm = timings if timings is not None else Timings()
     batches = list(batches)
@@ -337,8 +339,7 @@ def block_sequential(
                 f"{'refit_target=dense' if dense_target else 'block_epochs'} needs the block-cached calibration path, "
                 f"and this model takes the plain one ({why}); use {'refit_target=sequential' if dense_target else 'block_epochs=0'}"
             )
-        if tune:
-            check_dtypes([la.module.weight for groups in pl.groups for g in groups for la in g])
+        check_dtypes([la.module.weight for groups in pl.groups for g in groups for la in g] if tune else [])
         dense_cache = dense_target or bool(tune)
         if pl is None:
             tm.path = f"plain ({why})"
@@ -350,7 +351,8 @@ def block_sequential(
         dcache = None
         if dense_cache and pl.pre:  # the dense model's first block inputs, before the layers ahead of it change
             t0 = time.perf_counter()
-            dcache = list(cache_block_inputs(model, pl.blocks, pl.kinds, batches)[0][0])
+            with swapped_weights(pl.pre, dense_weights):
+                dcache = list(cache_block_inputs(model, pl.blocks, pl.kinds, batches, join=not tune)[0][0])
             tm.forward_s += time.perf_counter() - t0
         for la in pl.pre:
             plain(la)
@@ -372,10 +374,11 @@ def block_sequential(
         for i, (blk, groups) in enumerate(zip(pl.blocks, pl.groups)):
             last = i + 1 == len(pl.blocks)
             dense = dhidden = None
-            if dense_target:  # the block is still dense here: its inputs and output in the dense model
-                dense, dhidden = dense_pass(tm, blk, groups, dcache, hessian_dtype)
-            elif tune:
-                dhidden = outputs(tm, blk, dcache)
+            with swapped_weights([la for g in groups for la in g], dense_weights):  # the block's dense run
+                if dense_target:
+                    dense, dhidden = dense_pass(tm, blk, groups, dcache, hessian_dtype)
+                elif tune:
+                    dhidden = outputs(tm, blk, dcache)
             if dense_cache:
                 dcache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(dhidden)]
             if granularity == "layer" and len(cache) == 1:

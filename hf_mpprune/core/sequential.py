@@ -28,12 +28,15 @@ logger = logging.getLogger(__name__)
 def sequential_hessians(
     model: nn.Module, layers: Iterable[PrunableLayer], batches: Iterable[dict],
     on_layer: Callable[[PrunableLayer, torch.Tensor], None], *, timings=None, hessian_dtype=torch.float64,
+    tune: BlockTune | None = None, dense_weights: dict[str, torch.Tensor] | None = None,
 ):  # fmt: skip
     """For each layer in the given order: H = 2·XᵀX of its inputs (float64) on the CURRENT model, then
     `on_layer(layer, H)`, which may rewrite the layer; later layers see the rewritten upstream. Runs on cached
     transformer-block inputs (`blockwise.block_sequential`; plain partial forwards where a model cannot be chained).
-    Returns the phase timings. `hessian_dtype`: precision of the per-batch XᵀX products (accumulated in float64)."""
-    return block_sequential(model, list(layers), batches, on_layer, timings=timings, hessian_dtype=hessian_dtype)
+    Returns the phase timings. `hessian_dtype`: precision of the per-batch XᵀX products (accumulated in float64).
+    `tune` / `dense_weights`: block output reconstruction, aimed at the model with `dense_weights` swapped in."""
+    return block_sequential(model, list(layers), batches, on_layer, timings=timings, hessian_dtype=hessian_dtype,
+                            tune=tune, dense_weights=dense_weights)  # fmt: skip
 
 
 def sequential_apply(

@@ -73,6 +73,8 @@ class CASTConfig(RefineOptions, RefitOptions, PermuteOptions, KNMethodConfig):
             reconstruct_solver, reconstruct_iters, percdamp: see `hf_mpprune.core.refit.RefitOptions`.
         refine, refine_iters: k:n mask refinement after the projection, from CAST's patterns and the source
             weights, k:n projection inside every iteration (`hf_mpprune.core.refine.RefineOptions`).
+        block_epochs, block_lr: block output reconstruction inside that sequential pass; the target is each block
+            with the source weights (the ones the re-fit aims at) swapped in (`hf_mpprune.core.blocktune`).
 
     Decisions [D]: ≤ 4096 calibration rows per layer, stratified per batch (⌊4096/#batches⌋ rows drawn without
     replacement from each batch with the seed); calibration is captured once on the (permuted) source model; the
@@ -106,11 +108,6 @@ class CASTConfig(RefineOptions, RefitOptions, PermuteOptions, KNMethodConfig):
             raise ConfigError(
                 f"refit_target={self.refit_target!r} is not supported on method 'cast': its k:n projections are written "
                 "into the model before the re-fit, so the blocks are no longer dense when the re-fit reaches them"
-            )
-        if self.block_epochs:  # the same reason: the dense model's block outputs are gone when a block is reached
-            raise ConfigError(
-                f"block_epochs={self.block_epochs} is not supported on method 'cast': its k:n projections are written "
-                "into the model before the re-fit, so the dense model's block outputs are not available"
             )
         self._check_refine()
         for option, idle, needs in (  # every option acts or is refused
@@ -329,7 +326,10 @@ def _reconstruct(ctx, eligible, batches, masks, sources) -> None:
         masks[layer.name] = from_grouped(layer, keep, order)
         layer.weight.copy_(from_grouped(layer, new, order).to(layer.weight.device, layer.weight.dtype))
 
-    tm = sequential_hessians(ctx.model, eligible, batches, refit, hessian_dtype=hessian_dtype(eligible))
+    tune = cfg.block_tune()  # aimed at the blocks with the source weights (what the re-fit aims at) swapped in
+    dense = {la.name: sources[la.name] for la in eligible} if tune else None
+    tm = sequential_hessians(ctx.model, eligible, batches, refit, hessian_dtype=hessian_dtype(eligible), tune=tune,
+                             dense_weights=dense)  # fmt: skip
     if refiner is None or refiner.refits:
         ctx.record["reconstruct"] = refit_record(kwargs, solver_stats)
     if refiner is not None:
