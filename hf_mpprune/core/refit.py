@@ -75,7 +75,8 @@ class RefitOptions:
             `block_epochs` passes of Adam over the calibration batches fit the block's kept weights and biases to the
             DENSE model's output of that block (masks frozen, no labels; `hf_mpprune.core.blocktune`). 0 = off.
             Needs a sequential pass (`reconstruct=True`, `refine`, or SparseGPT), the block-cached calibration path
-            and float32 weights (on `cast`: aimed at the blocks with CAST's source weights swapped in). [D] epochs and rate chosen on MiniLM's selection split
+            and float32 weights. On `cast` the target is each block with CAST's source weights swapped in (its k:n
+            projections are already written). [D] epochs and rate chosen on MiniLM's selection split
             (benchmarks/RESULTS.md, issue 22).
         block_lr (`float`, defaults to 1e-3): Adam's learning rate of `block_epochs`.
     """
