@@ -75,13 +75,16 @@ def plan(models: list[str], extras: list[str]) -> list[Cell]:
     """MiniLM: sparsegpt and mp-wanda+rec at 50/60/70 %, sparsegpt and cast+rec at 2:4, plus at 60 % the peer fed
     one joined batch and the under-load rows (and, with the "frontier" extra, mp-wanda+alps at 60 / 70 % and
     cast+alps at 2:4, the ALPS step caps and ALPS + block reconstruction at 60 % and 2:4); ViT-B/L and the Llama shapes:
-    mp-wanda+rec at 50 % and cast+rec at 2:4 (with "frontier": ALPS and ALPS + block reconstruction at 60 %)."""
+    mp-wanda+rec at 50 % and cast+rec at 2:4 (with "frontier": ALPS and ALPS + block reconstruction at 60 %, CAST
+    ALPS at 2:4)."""
     cells = []
     for m in models:
         if m != "minilm":
             cells += [Cell(m, "mp-wanda+rec", "0.5"), Cell(m, "cast+rec", "2:4")]
             cells += (
-                [Cell(m, "mp-wanda+alps", "0.6"), Cell(m, "mp-wanda+alps+bt", "0.6")] if "frontier" in extras else []
+                [Cell(m, "mp-wanda+alps", "0.6"), Cell(m, "mp-wanda+alps+bt", "0.6"), Cell(m, "cast+alps", "2:4")]
+                if "frontier" in extras
+                else []
             )
             continue
         for t in ("0.5", "0.6", "0.7", "2:4"):
