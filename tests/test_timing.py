@@ -178,7 +178,8 @@ def test_plan_rows_follow_the_protocol():
     ) in minilm
     assert ("sparsegpt", "0.6", "joined", "quiet") in minilm and ("mp-wanda+rec", "0.6", "batches", "burner") in minilm
     assert [(c.name, c.target) for c in cells if c.model == "vit-b"] == [
-        ("mp-wanda+rec", "0.5"), ("cast+rec", "2:4"), ("mp-wanda+alps", "0.6"), ("mp-wanda+alps+bt", "0.6")
+        ("mp-wanda+rec", "0.5"), ("cast+rec", "2:4"), ("mp-wanda+alps", "0.6"), ("mp-wanda+alps+bt", "0.6"),
+        ("cast+alps", "2:4"),
     ]  # fmt: skip
     assert ("mp-wanda+alps+bt", "0.6", "batches", "quiet") in minilm
     assert not any("alps" in c.name for c in plan(["minilm", "vit-b"], ["joined"]))
