@@ -327,9 +327,8 @@ def _reconstruct(ctx, eligible, batches, masks, sources) -> None:
         layer.weight.copy_(from_grouped(layer, new, order).to(layer.weight.device, layer.weight.dtype))
 
     tune = cfg.block_tune()  # aimed at the blocks with the source weights (what the re-fit aims at) swapped in
-    dense = {la.name: sources[la.name] for la in eligible} if tune else None
     tm = sequential_hessians(ctx.model, eligible, batches, refit, hessian_dtype=hessian_dtype(eligible), tune=tune,
-                             dense_weights=dense)  # fmt: skip
+                             dense_weights=sources if tune else None)  # fmt: skip
     if refiner is None or refiner.refits:
         ctx.record["reconstruct"] = refit_record(kwargs, solver_stats)
     if refiner is not None:
