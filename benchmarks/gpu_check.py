@@ -63,12 +63,14 @@ def gpu_tests(dry_run: bool) -> dict:
                    and "mark.gpu" in open(os.path.join(tests, f), encoding="utf-8").read())  # fmt: skip
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files]
     cmd += ["--collect-only"] if dry_run else []
-    env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's packages
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith(("E ", "ERROR", "FAILED"))][-20:]  # why it failed, if it did
     return {"cmd": " ".join(cmd[2:]), "rc": proc.returncode, "summary": lines[-1] if lines else proc.stderr[-300:],
-            "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+            "errors": errors, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
 
 
 def run(args) -> dict:
@@ -105,6 +107,7 @@ def markdown(out: dict) -> str:
     lines += [", ".join(f"{k}={v}" for k, v in out["stamps"].items()), ""]
     p = out["pytest_gpu"]
     lines += [f"`pytest {p['cmd']}`: rc {p['rc']}, {p['summary']} ({p['seconds']} s)", ""]
+    lines += [f"    {e}" for e in p["errors"]] + ([""] if p["errors"] else [])
     for c in out["cases"]:
         lines.append(f"## {c['model']}, ToMe r={c['tome_r']}")
         if "skipped" in c:

@@ -65,6 +65,19 @@ def test_gpu_check_dry_run_writes_its_report(tmp_path, monkeypatch, capsys):
     assert "# GPU check (dry run" in (tmp_path / "gpu_check.md").read_text()
 
 
+def test_gpu_overhead_dry_run_writes_every_section(tmp_path, monkeypatch):
+    """The H200 2:4 diagnosis script on CPU: each Linear shape and batch, the model rows, the bias rows and the
+    profiler table, without CUDA graphs (CPU) and with identical dense / "sparse" outputs (weights stay dense)."""
+    assert _run("gpu_overhead.py", ["--out", str(tmp_path), "--dry-run", "--reps", "1"], monkeypatch) == 0
+    out = json.loads((tmp_path / "gpu_overhead.json").read_text())
+    assert out["stamps"]["dry_run"] and {(r["shape"], r["variant"]) for r in out["linear"]} == {
+        (s, v) for s in ("768x768", "3072x768", "768x3072") for v in ("dense_eager", "sparse_eager")
+    }
+    assert all(r["max_abs_diff"] == 0 for r in out["linear"]) and out["model"][0]["converted"] > 0
+    assert {r["variant"] for r in out["bias"]} == {"dense_bias_3d", "sparse_bias_3d", "sparse_bias_2d", "sparse_2d"}
+    assert "aten::linear" in out["profile"] and any("_cslt_sparse_mm(" in ln for ln in out["torch_cusparselt_source"])
+
+
 def test_certificates_tiny_run_writes_its_rows(tmp_path, monkeypatch):
     out = tmp_path / "cert.json"
     _run("bench_certificates.py", ["--masks", "2", "--draws", "4", "--seeds", "0", "--out", str(out)], monkeypatch)

@@ -153,3 +153,49 @@ def test_negative_zeros_are_written_as_positive_zeros(tiny_vit):
     _convert({name: lin}, "cusparselt", report, torch.bfloat16, lambda w, backend: w)
     assert report.converted == [name]
     assert not torch.signbit(lin.weight[~masks[name]]).any() and bool((lin.weight[~masks[name]] == 0).all())
+
+
+def test_kernel_search_runs_once_per_weight_shape(tiny_vit, monkeypatch):
+    """cuSPARSELt's kernel search: one search per distinct weight shape, its id set on every weight of that shape
+    and written into the report (identity stand-in for the packing, a counting stand-in for the search)."""
+    from hf_mpprune.deploy import semi_structured as ss
+
+    model, masks = _pruned(tiny_vit)
+    targets = {n: model.get_submodule(n) for n in block_linear_names(model)}
+    calls = []
+    monkeypatch.setattr(ss, "search_alg", lambda packed, rows: calls.append((tuple(packed.shape), rows)) or len(calls))
+    report = ss.ConversionReport(backend="cusparselt", device="cpu", dtype="bf16")
+    packed = []  # what the packing returned (a real semi-structured weight keeps the id through nn.Parameter)
+    ss._convert(targets, "cusparselt", report, torch.bfloat16, lambda w, b: packed.append(w) or w, rows=512)
+    shapes = {tuple(m.weight.shape) for m in targets.values()}
+    assert len(calls) == len(shapes) >= 2 and {r for _, r in calls} == {512} and len(packed) == len(targets)
+    ids = {s: i + 1 for i, (s, _) in enumerate(calls)}
+    assert all(p.alg_id_cusparselt == ids[tuple(p.shape)] for p in packed)
+    assert "searched at 512 rows" in report.decisions["cusparselt_alg_id"]
+    calls.clear()
+    ss._convert(targets, "cutlass", ss.ConversionReport("cutlass", "cpu", "bf16"), torch.bfloat16, lambda w, b: w, 512)
+    assert calls == []  # CUTLASS has no such search
+
+
+def test_negative_search_rows_is_refused(tiny_vit):
+    model, masks = _pruned(tiny_vit)
+    with pytest.raises(ConfigError, match="search_rows"):
+        to_semi_structured(model.to(torch.bfloat16), masks=masks, dry_run=True, search_rows=-1)
+
+
+@pytest.mark.gpu
+def test_gpu_cusparselt_linear_output_is_contiguous():
+    """Unfused, cuSPARSELt's Linear output is a transposed view, which sent ViT attention to its slow math path on
+    an H200 (benchmarks/RESULTS.md); the conversion fuses the transpose and sets the searched kernel."""
+    model, masks = _pruned(_gpu_vit())
+    model = model.cuda().to(torch.bfloat16)
+    report = to_semi_structured(model, masks=masks, backend="cusparselt", search_rows=1024)
+    name = block_linear_names(model)[0]
+    lin = model.get_submodule(name)
+    x = torch.randn(3, 17, lin.in_features, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        y = lin(x)
+        ref = torch.nn.functional.linear(x, lin.weight.to_dense(), lin.bias)
+    assert y.is_contiguous() and y.shape == (3, 17, lin.out_features)
+    assert (y.float() - ref.float()).abs().max() <= 0.05 * max(1.0, ref.float().abs().max().item())
+    assert "cusparselt_alg_id" in report.decisions and isinstance(lin.weight.alg_id_cusparselt, int)

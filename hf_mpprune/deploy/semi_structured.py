@@ -16,13 +16,12 @@ Order of checks (each refusal names what is wrong and how to fix it):
    `UnsupportedHardwareError` (or a logged no-op with `strict=False`): on CPU no speedup exists;
 4. shape table per backend and dtype, read from torch's own constraints (`_DTYPE_SHAPE_CONSTRAINTS` of the
    backend's `SparseSemiStructuredTensor` subclass); misfits are skipped with the rule they break;
-5. conversion by the backend's subclass (`from_dense`: no process-wide flag is touched), optional logit comparison.
+5. conversion by the backend's subclass (`from_dense`: no process-wide flag is touched); cuSPARSELt writes the
+   product transposed (contiguous Linear outputs) with the kernel its own search picks per weight shape.
 
-A converted weight supports only the inference ops of its kernels. The converted model therefore refuses, with a
-`ConfigError` before anything changes, `save_pretrained` and any `.to()` / `.half()` / `.float()` / `.cuda()` ...
-that would cast or move a converted weight; `legality_audit` and `mac_report` read converted weights through their
-dense view. `dry_run=True` runs every check on any device (CPU included) and round-trips each target through
-PyTorch's pure-Python CUTLASS pack / unpack (the real 2:4 metadata layout), leaving the weights dense.
+The converted model refuses (`ConfigError`) `save_pretrained` and any cast or move of a converted weight;
+`dry_run=True` runs every check on any device and round-trips each target through PyTorch's pure-Python CUTLASS
+pack / unpack, leaving the weights dense.
 """
 
 import logging
@@ -89,8 +88,7 @@ def shape_rule(backend: str, dtype: torch.dtype = torch.bfloat16) -> tuple[int, 
     table = SUBCLASSES[backend]._DTYPE_SHAPE_CONSTRAINTS
     if dtype not in table:
         raise ConfigError(f"{backend} has no 2:4 kernel for {dtype} (torch supports {sorted(map(str, table))})")
-    rule = table[dtype]
-    return rule.sparse_min_rows, rule.sparse_min_cols
+    return table[dtype].sparse_min_rows, table[dtype].sparse_min_cols
 
 
 def shape_reason(rows: int, cols: int, backend: str, dtype: torch.dtype = torch.bfloat16) -> str | None:
@@ -199,8 +197,22 @@ def _check_dtype(model: nn.Module, dtype: torch.dtype, cast: bool) -> None:
 
 
 def compress(weight: torch.Tensor, backend: str) -> torch.Tensor:
-    """`weight` as the backend's semi-structured tensor (CUDA), through the backend's own subclass."""
-    return SUBCLASSES[backend].from_dense(weight)
+    """`weight` as the backend's semi-structured tensor (CUDA). cuSPARSELt writes the product transposed: a contiguous
+    Linear output (a transposed view sends attention to its slow math path; RESULTS, H200)."""
+    packed = SUBCLASSES[backend].from_dense(weight)
+    packed.fuse_transpose_cusparselt = backend == "cusparselt"
+    return packed
+
+
+def search_alg(packed: torch.Tensor, rows: int) -> int:
+    """cuSPARSELt's own search for the fastest kernel of this packed weight at `rows` input rows (output transposed,
+    as `compress` sets); the default kernel 0 where this torch has no search."""
+    x = torch.randn(rows, packed.shape[1], dtype=packed.dtype, device=packed.device)
+    try:
+        return int(torch._cslt_sparse_mm_search(packed.packed, x.t(), transpose_result=True))
+    except (AttributeError, RuntimeError, TypeError) as e:
+        logger.warning("cuSPARSELt kernel search unavailable (%s): default kernel", e)
+        return 0
 
 
 def layout_round_trip(weight: torch.Tensor, backend: str) -> torch.Tensor:
@@ -300,6 +312,7 @@ def to_semi_structured(
     example_inputs=None,
     cast: bool = False,
     dry_run: bool = False,
+    search_rows: int = 8192,
 ) -> ConversionReport:
     """Convert audited exact-2:4 Linears of `model` (in place) to `torch.sparse` semi-structured weights.
 
@@ -314,6 +327,8 @@ def to_semi_structured(
         dry_run (`bool`, defaults to `False`): every check on any device, the shape rules of `backend` (cuSPARSELt
             for "auto"), and a CUTLASS pack / unpack round trip per target instead of the conversion: the weights
             stay dense and the model is not guarded (`report.backend` = "dry-run:<backend>").
+        search_rows (`int`, defaults to 8192): cuSPARSELt only: pick each weight shape's kernel by cuSPARSELt's
+            own search at this many input rows (tokens in a batch); 0 keeps the default kernel.
 
     Raises:
         ConfigError: fp32 / unknown dtype or backend, or a model in another dtype without `cast=True`.
@@ -355,7 +370,9 @@ def to_semi_structured(
             chosen = _pick_by_benchmark(targets, dtype, report)
     report.backend = f"dry-run:{chosen}" if dry_run else chosen
     ref = _logits(model, example_inputs) if example_inputs is not None else None
-    _convert(targets, chosen, report, dtype, layout_round_trip if dry_run else compress)
+    if search_rows < 0:
+        raise ConfigError(f"search_rows must be >= 0 (0: default cuSPARSELt kernel), got {search_rows}")
+    _convert(targets, chosen, report, dtype, layout_round_trip if dry_run else compress, 0 if dry_run else search_rows)
     if ref is not None:
         report.max_logit_diff = float((_logits(model, example_inputs) - ref).abs().max())
     if not dry_run:
@@ -366,12 +383,18 @@ def to_semi_structured(
     return report
 
 
-def _convert(targets: dict[str, nn.Linear], backend: str, report: ConversionReport, dtype, fn=compress) -> None:
+def _convert(targets: dict[str, nn.Linear], backend: str, report: ConversionReport, dtype, fn=compress, rows=0):
+    algs: dict[tuple, int] = {}  # per weight shape: cuSPARSELt's fastest kernel at `rows` input rows
     for name, lin in targets.items():
-        reason = shape_reason(*lin.weight.shape, backend, dtype)
-        if reason is not None:
+        if (reason := shape_reason(*lin.weight.shape, backend, dtype)) is not None:
             report.skipped[name] = reason
             continue
         w = (lin.weight.detach() + 0.0).contiguous()  # −0.0 + 0.0 = +0.0: canonical zeros
-        lin.weight = nn.Parameter(fn(w, backend), requires_grad=False)
+        packed = fn(w, backend)
+        if rows and backend == "cusparselt":
+            k = tuple(w.shape)
+            packed.alg_id_cusparselt = algs[k] = algs[k] if k in algs else search_alg(packed, rows)
+        lin.weight = nn.Parameter(packed, requires_grad=False)
         report.converted.append(name)
+    if algs:  # (out, in): kernel id
+        report.decisions["cusparselt_alg_id"] = f"searched at {rows} rows: {algs}"
