@@ -202,16 +202,25 @@ def summarize(cell: Cell, calls: dict[str, list[dict]], errors: dict[str, str], 
     return row
 
 
+def light_warmup(spec: dict) -> dict:
+    """`--warm-light`: our warm-up runs one ALPS / ADMM iteration and one block epoch (the same code paths)."""
+    out = {"block_epochs": 1} if spec.get("block_epochs") else {}
+    return out | ({"refine_iters": 1} if spec.get("refine") in ("alps", "admm") else {})
+
+
 def run_cell(
-    cell: Cell, workers: dict, specs: dict, pairs: int, warmed: dict, timeout: float, warm_batches: int | None = None
-) -> dict:
+    cell: Cell, workers: dict, specs: dict, pairs: int, warmed: dict, timeout: float, warm_batches: int | None = None,
+    warm_light: bool = False,
+) -> dict:  # fmt: skip
     """Warm each side on its request once (untimed; with `warm_batches`, on that many first batches only: the same
-    code paths at a fraction of the cost), then ours / peer alternately `pairs` times."""
+    code paths at a fraction of the cost; with `warm_light`, our warm-up also runs one ALPS / ADMM iteration and one
+    block epoch, again the same code paths), then ours / peer alternately `pairs` times."""
     errors: dict[str, str] = {}
     for side in SIDES:
         key = json.dumps(specs[side], sort_keys=True)
         if key not in warmed[side]:
             spec = specs[side] | ({"warmup_batches": warm_batches} if warm_batches else {})
+            spec |= light_warmup(spec) if warm_light and side == "ours" else {}
             r = workers[side].call({"op": "prune", "spec": spec, "warmup": True}, timeout)
             if r.get("ok"):
                 warmed[side].add(key)
@@ -341,7 +350,8 @@ def run_model(req: dict, cells: list[Cell], commands: dict, opts: dict, on_row=l
             if failed:
                 row = summarize(cell, {s: [] for s in SIDES}, failed, []) | {"burner": None}
             else:
-                row = run_cell(cell, workers, specs, opts["pairs"], warmed, opts["timeout"], opts.get("warm_batches"))
+                row = run_cell(cell, workers, specs, opts["pairs"], warmed, opts["timeout"], opts.get("warm_batches"),
+                               opts.get("warm_light", False))  # fmt: skip
             row |= {"specs": specs, "inputs": req["describe"], "loadavg_1min_before": round(load_avg, 2),
                     "workers": {s: {k: v for k, v in r.items() if k not in ("id", "traceback")} for s, r in loads.items()},
                     "noise_lines": {s: len(w.noise) for s, w in workers.items()}}  # fmt: skip
@@ -387,6 +397,8 @@ def main() -> None:
     p.add_argument("--llama-seq", type=int, default=512)
     p.add_argument("--warm-batches", type=int, default=None,
                    help="warm-ups on this many first batches only (default: the full call)")  # fmt: skip
+    p.add_argument("--warm-light", action="store_true",
+                   help="our warm-up: one ALPS / ADMM iteration and one block epoch (same code paths, cheaper)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker call")
     p.add_argument("--workdir", default=None, help="parent of the temp folder holding the inputs (default: $TMPDIR)")
@@ -421,7 +433,7 @@ def main() -> None:
                 continue
             req = prepare(model, os.path.join(work, model), args)
             opts = {"threads": args.threads, "pairs": args.pairs, "timeout": args.timeout, "logs": logs,
-                    "warm_batches": args.warm_batches}  # fmt: skip
+                    "warm_batches": args.warm_batches, "warm_light": args.warm_light}  # fmt: skip
             run_model(req, cells, commands, opts, save)
     print(table(doc))
     sys.exit(0 if all(r["status"] == "ok" for r in doc["rows"]) else 1)

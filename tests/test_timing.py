@@ -213,3 +213,25 @@ def test_llama_shapes_follow_the_vit_rows_and_warm_ups_can_use_the_first_batch()
         warm, *timed = w.seen
         assert warm["warmup"] and warm["spec"]["warmup_batches"] == 1
         assert len(timed) == 2 and all("warmup_batches" not in r["spec"] and not r.get("warmup") for r in timed)
+
+
+def test_light_warm_up_runs_one_iteration_and_one_block_epoch_and_times_the_full_call():
+    from timing import Cell, run_cell
+
+    class Fake:
+        def __init__(self):
+            self.seen = []
+
+        def call(self, req, timeout):
+            self.seen.append(req)
+            return {"ok": True, "wall_s": 1.0, "cpu_s": 1.0, "peak_rss_mib": 1.0, "achieved": 0.6, "phases": {},
+                    "peak_method": "vmhwm"}  # fmt: skip
+
+    workers = {"ours": Fake(), "peer": Fake()}
+    cell = Cell("vit-l", "mp-wanda+alps+bt", "0.6")
+    run_cell(cell, workers, cell.specs("ViTLayer"), 1, {"ours": set(), "peer": set()}, 10.0, 1, warm_light=True)
+    (warm, timed), (peer_warm, _) = workers["ours"].seen, workers["peer"].seen
+    assert (warm["spec"]["refine_iters"], warm["spec"]["block_epochs"]) == (1, 1) and warm["warmup"]
+    assert timed["spec"]["block_epochs"] == 10 and "refine_iters" not in timed["spec"]
+    assert "refine_iters" not in peer_warm["spec"] and "block_epochs" not in peer_warm["spec"]
+    assert timing.light_warmup({"method": "sparsegpt"}) == {}
