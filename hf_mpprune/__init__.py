@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "CheckpointError": ".core.errors",
     "ConfigError": ".core.errors",
     "ConversionReport": ".deploy.semi_structured",
+    "GraphReplay": ".deploy.speed",
     "CycleFinetune": ".training.cycles",
     "DataError": ".core.errors",
     "DatasetSpec": ".data",

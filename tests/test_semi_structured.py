@@ -199,3 +199,29 @@ def test_gpu_cusparselt_linear_output_is_contiguous():
     assert y.is_contiguous() and y.shape == (3, 17, lin.out_features)
     assert (y.float() - ref.float()).abs().max() <= 0.05 * max(1.0, ref.float().abs().max().item())
     assert "cusparselt_alg_id" in report.decisions and isinstance(lin.weight.alg_id_cusparselt, int)
+
+
+@pytest.mark.gpu
+def test_gpu_graph_replay_matches_eager_and_follows_new_inputs():
+    """`GraphReplay` of a converted model: one capture per input shape, each replay on the batch just given."""
+    from hf_mpprune import GraphReplay
+
+    model, masks = _pruned(_gpu_vit())
+    model = model.cuda().to(torch.bfloat16)
+    to_semi_structured(model, masks=masks)
+    fast = GraphReplay(model)
+    with torch.inference_mode():
+        for seed in (0, 1, 2):
+            g = torch.Generator().manual_seed(seed)
+            x = torch.randn(4, 3, 32, 32, generator=g).to("cuda", torch.bfloat16)
+            ref = model(pixel_values=x).logits.float()
+            got = fast(pixel_values=x).logits.float()
+            assert (got - ref).abs().max() <= 1e-2 * max(1.0, ref.abs().max().item())
+    assert len(fast.graphs) == 1
+
+
+def test_graph_replay_refuses_a_model_off_the_gpu(tiny_vit):
+    from hf_mpprune import GraphReplay
+
+    with pytest.raises(ConfigError, match="CUDA"):
+        GraphReplay(tiny_vit)

@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
 from torch.sparse._semi_structured_conversions import (
     sparse_semi_structured_from_dense_cutlass,
     sparse_semi_structured_to_dense_cutlass,
@@ -43,13 +42,12 @@ from ..core.layers import module_kind
 from ..core.masks import Masks
 from ..core.outputs import logits_of
 from ..methods.kn.legality import audit_matrix
+from .kernels import SUBCLASSES, compress, search_alg
 
 
 logger = logging.getLogger(__name__)
 
 TWO_FOUR = KeepPattern(2, 4)
-# The backends' tensor subclasses; their `_DTYPE_SHAPE_CONSTRAINTS` are the shape table (docs/deploy.md)
-SUBCLASSES = {"cutlass": SparseSemiStructuredTensorCUTLASS, "cusparselt": SparseSemiStructuredTensorCUSPARSELT}
 _BACKENDS = ("auto", "cutlass", "cusparselt")
 _HALF = (torch.float16, torch.bfloat16)
 _PRUNED_ZEROS = 0.25  # [D] a Linear with at least this fraction of zeros counts as pruned (a 2:4 target)
@@ -196,25 +194,6 @@ def _check_dtype(model: nn.Module, dtype: torch.dtype, cast: bool) -> None:
         model.to(dtype)
 
 
-def compress(weight: torch.Tensor, backend: str) -> torch.Tensor:
-    """`weight` as the backend's semi-structured tensor (CUDA). cuSPARSELt writes the product transposed: a contiguous
-    Linear output (a transposed view sends attention to its slow math path; RESULTS, H200)."""
-    packed = SUBCLASSES[backend].from_dense(weight)
-    packed.fuse_transpose_cusparselt = backend == "cusparselt"
-    return packed
-
-
-def search_alg(packed: torch.Tensor, rows: int) -> int:
-    """cuSPARSELt's own search for the fastest kernel of this packed weight at `rows` input rows (output transposed,
-    as `compress` sets); the default kernel 0 where this torch has no search."""
-    x = torch.randn(rows, packed.shape[1], dtype=packed.dtype, device=packed.device)
-    try:
-        return int(torch._cslt_sparse_mm_search(packed.packed, x.t(), transpose_result=True))
-    except (AttributeError, RuntimeError, TypeError) as e:
-        logger.warning("cuSPARSELt kernel search unavailable (%s): default kernel", e)
-        return 0
-
-
 def layout_round_trip(weight: torch.Tensor, backend: str) -> torch.Tensor:
     """Dry run: pack `weight` into CUTLASS 2:4 values + metadata with PyTorch's pure-Python helper (any device) and
     unpack it; the result must equal `weight` bit for bit (PatternError otherwise). Returns `weight` (dense)."""
@@ -340,6 +319,8 @@ def to_semi_structured(
             f"2:4 semi-structured kernels need dtype float16 or bfloat16, got {dtype}; fp32 semi-structured uses "
             "a 1:2 pattern, so a 2:4 mask is not valid there. Use dtype=torch.bfloat16."
         )
+    if search_rows < 0:
+        raise ConfigError(f"search_rows must be >= 0 (0: default cuSPARSELt kernel), got {search_rows}")
     _check_dtype(model, dtype, cast)
     targets, skipped = _targets(model, masks)
     if not targets:
@@ -370,8 +351,6 @@ def to_semi_structured(
             chosen = _pick_by_benchmark(targets, dtype, report)
     report.backend = f"dry-run:{chosen}" if dry_run else chosen
     ref = _logits(model, example_inputs) if example_inputs is not None else None
-    if search_rows < 0:
-        raise ConfigError(f"search_rows must be >= 0 (0: default cuSPARSELt kernel), got {search_rows}")
     _convert(targets, chosen, report, dtype, layout_round_trip if dry_run else compress, 0 if dry_run else search_rows)
     if ref is not None:
         report.max_logit_diff = float((_logits(model, example_inputs) - ref).abs().max())

@@ -3,7 +3,9 @@
 Variants, each optionally with the same ToMe `r`:
 * `dense_bf16` (primary denominator), `dense_fp32_autocast` (the paper's headline denominator, §13.2), and
   `dense_bf16_compiled` when `torch.compile` works (compiled only at `compile_batches`, to bound compile time);
-* `sparse_bf16` (`to_semi_structured`) and `sparse_bf16_compiled`.
+* `sparse_bf16` (`to_semi_structured`) and `sparse_bf16_compiled`;
+* on a GPU, `dense_bf16_graph` and `sparse_bf16_graph`: the same models replayed from a CUDA graph (`GraphReplay`),
+  the only path on which 2:4 was faster than dense in our H200 measurement (benchmarks/RESULTS.md).
 Every variant is timed per forward with `torch.utils.benchmark.Timer` after warm-up; median and IQR are reported. On CPU only the
 dense-masked model is timed, and no speedup is claimed: PyTorch has no CPU 2:4 kernel.
 
@@ -27,6 +29,7 @@ import torch.utils.benchmark as benchmark
 import transformers
 from torch import nn
 
+from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.outputs import logits_of
 from ..core.tasks import dummy_inputs
@@ -35,6 +38,7 @@ from .tome import apply_tome
 
 
 logger = logging.getLogger(__name__)
+DENOMINATORS = ("dense_bf16", "dense_fp32_autocast", "dense_bf16_compiled", "dense_bf16_graph")
 
 
 @dataclass
@@ -76,7 +80,7 @@ class SpeedReport:
                 failed[(name, int(b))] = msg
         out = []
         for v, b in sorted(set(by) | set(failed), key=lambda vb: (vb[1], vb[0])):
-            for d in ("dense_bf16", "dense_fp32_autocast", "dense_bf16_compiled") if v.startswith("sparse") else ():
+            for d in DENOMINATORS if v.startswith("sparse") else ():
                 if (d, b) not in by and (d, b) not in failed:
                     continue
                 err = failed.get((v, b)) or failed.get((d, b))
@@ -164,6 +168,44 @@ def stamps(device: torch.device) -> dict:
     return s
 
 
+class GraphReplay:
+    """`model(**inputs)` replayed from a CUDA graph captured once per input signature (static input buffers; the
+    returned output is the captured one, overwritten by the next replay). A replay skips the per-call host work:
+    PyTorch's cuSPARSELt path rebuilds its plan on every eager call, which made eager 2:4 slower than dense on an
+    H200 (benchmarks/RESULTS.md)."""
+
+    def __init__(self, model: nn.Module):
+        if not any(p.is_cuda for p in model.parameters()):
+            raise ConfigError("GraphReplay captures CUDA graphs: move the model to a CUDA GPU first")
+        self.model, self.graphs = model, {}
+
+    def _capture(self, inputs: dict) -> tuple:
+        static = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up off the default stream, as capture requires
+                self.model(**static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.model(**static)
+        return graph, static, out
+
+    def __call__(self, **inputs):
+        key = tuple(
+            (k, tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else (k, repr(v)) for k, v in inputs.items()
+        )
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(inputs)
+        graph, static, out = self.graphs[key]
+        for k, v in inputs.items():
+            if isinstance(v, torch.Tensor):
+                static[k].copy_(v)
+        graph.replay()
+        return out
+
+
 def _compiled(model: nn.Module):
     """`torch.compile(model)`, or a stand-in that raises the compile error when timed (so the failure is recorded
     per batch and shows in the ratio table like any other failure; most compile errors only surface there)."""
@@ -194,6 +236,8 @@ def _variants(model, masks, device, tome_r, compile_ok, report, dry_run=False) -
             return fp32(**cast_floats(kw, torch.float32))
 
     v = {"dense_bf16": bf16, "dense_fp32_autocast": autocast, "sparse_bf16": sparse}
+    if device.type == "cuda" and not dry_run:
+        v["dense_bf16_graph"], v["sparse_bf16_graph"] = GraphReplay(bf16), GraphReplay(sparse)
     if compile_ok:
         v["dense_bf16_compiled"], v["sparse_bf16_compiled"] = _compiled(bf16), _compiled(sparse)
     with torch.inference_mode():
