@@ -17,6 +17,7 @@ Usage: PYTHONPATH=. python benchmarks/gpu_overhead.py --out DIR [--reps 50] [--d
 """
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -25,10 +26,14 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+import torch.sparse.semi_structured as sst
 
 from benchmarks.gpu_check import build, pruned
-from hf_mpprune.deploy.semi_structured import compress, search_alg, to_semi_structured
+from hf_mpprune.core.config import KeepPattern
+from hf_mpprune.deploy.kernels import compress, search_alg
+from hf_mpprune.deploy.semi_structured import to_semi_structured
 from hf_mpprune.deploy.speed import make_inputs, stamps, summarize
+from hf_mpprune.methods.kn.geometry import kn_keep
 
 
 SHAPES = ((768, 768), (3072, 768), (768, 3072))  # (out, in) of ViT-B/16's Linears
@@ -40,10 +45,8 @@ def logits(model, inputs: dict) -> torch.Tensor:
 
 
 def two_four(w: torch.Tensor) -> torch.Tensor:
-    """`w` with the 2 smallest-magnitude entries of every 4 consecutive inputs set to zero."""
-    g = w.reshape(w.shape[0], -1, 4)
-    keep = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, g.abs().topk(2, dim=-1).indices, True)
-    return (g * keep).reshape(w.shape)
+    """`w` with the 2 smallest-magnitude entries of every 4 consecutive inputs set to zero (the package's k:n keep)."""
+    return w * kn_keep(w.abs(), KeepPattern(2, 4), tail_keep=torch.ones_like(w, dtype=torch.bool))
 
 
 def time_calls(fn, reps: int, warmup: int = 10) -> list[float]:
@@ -202,10 +205,6 @@ def main(argv=None) -> int:
     out["model"] = model_rows(device, args.reps, args.dry_run)
     out["bias"] = bias_rows(device, args.reps, args.dry_run)
     out["profile"] = profile_table(device, args.dry_run)
-    import inspect
-
-    import torch.sparse.semi_structured as sst
-
     out["torch_cusparselt_source"] = [
         ln
         for ln in inspect.getsource(sst).splitlines()
