@@ -25,12 +25,15 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .hessians import run_entry
-from .joined import hidden_of
+from .hessians import outputs, run_entry
+from .joined import first_tensor, hidden_of
 from .refit import BlockTune
+from .replay import call_for
 
 
-__all__ = ["check_dtypes", "swapped_weights", "tune_block", "tune_recorded"]
+__all__ = ["AUGMENT_RATE", "Augmented", "check_dtypes", "swapped_weights", "tune_block", "tune_recorded"]
+
+AUGMENT_RATE = 0.15  # share of a row's inner real positions replaced in each augmented copy (`block_augment`)
 
 
 def check_dtypes(params: list[torch.Tensor]) -> None:
@@ -60,6 +63,51 @@ def swapped_weights(layers: list, weights: Mapping[str, torch.Tensor] | None) ->
         with torch.no_grad():
             for la, w in saved:
                 la.module.weight.copy_(w)
+
+
+def _inner_real(h: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real positions, real positions other than each row's first and last) of a (batch, tokens, ...) input."""
+    real = torch.ones(h.shape[:2], dtype=torch.bool) if mask is None else mask.to(torch.bool).cpu()
+    run = real.long().cumsum(1)
+    return real, real & (run > 1) & (run < real.sum(1, keepdim=True))
+
+
+class Augmented:
+    """The augmented copies of `block_augment` (`BlockTune.augment`), carried through the sequential pass beside the
+    calibration cache: copy c of batch b has `AUGMENT_RATE` of its inner real positions of the FIRST block's input
+    replaced by the first-block input at random real positions of all the calibration batches (the same positions
+    and sources in the pruned model's cache and the dense model's). Block by block, `dense` records the dense
+    block's output on the dense copies (the tuning targets, and the dense copies' next input) and `entries` gives
+    the pruned copies as block calls; `advance` takes the tuned block's outputs on them."""
+
+    def __init__(self, tune: BlockTune | None, calls: dict, kinds: list[int], cache: list, dcache: list):
+        self.calls, self.kinds, self.index, self.hidden, self.dhidden, self.targets = calls, kinds, [], [], [], []
+        if not tune or not tune.augment:
+            return
+        g = torch.Generator().manual_seed(tune.seed)
+        hs, ds = [first_tensor(a, k) for a, k, _ in cache], [first_tensor(a, k) for a, k, _ in dcache]
+        real = [_inner_real(h, e[2]) for h, e in zip(hs, cache)]
+        pool, dpool = (torch.cat([h[r.to(h.device)] for h, (r, _) in zip(x, real)]) for x in (hs, ds))
+        for _ in range(tune.augment):
+            for b, (h, d, (_, inner)) in enumerate(zip(hs, ds, real)):
+                pick = inner & (torch.rand(inner.shape, generator=g) < AUGMENT_RATE)
+                src = torch.randint(len(pool), (int(pick.sum()),), generator=g).to(pool.device)
+                h, d, pick = h.clone(), d.clone(), pick.to(h.device)
+                h[pick], d[pick] = pool[src], dpool[src]
+                self.index.append(b), self.hidden.append(h), self.dhidden.append(d)
+
+    def dense(self, tm, blk: nn.Module, i: int) -> None:
+        """Run block `i` (as it now is: dense, or with the source weights swapped in) on the dense copies."""
+        self.targets = outputs(
+            tm, blk, [call_for(self.calls, self.kinds, i, b, h) for b, h in zip(self.index, self.dhidden)]
+        )
+        self.dhidden = self.targets
+
+    def entries(self, i: int) -> list[tuple]:
+        return [call_for(self.calls, self.kinds, i, b, h) for b, h in zip(self.index, self.hidden)]
+
+    def advance(self, outs: list[torch.Tensor]) -> None:
+        self.hidden = outs
 
 
 def _loss(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -124,11 +172,17 @@ def tune_block(blk: nn.Module, layers: list, cache: list[tuple], targets: list[t
             "outputs": outs}  # fmt: skip
 
 
-def tune_recorded(extra: dict, blk: nn.Module, layers: list, cache: list, targets: list, tune: BlockTune) -> list:
-    """`tune_block`, with its seconds and its (before, after) loss appended to `extra["block_tune"]` (the
-    sequential pass's timings record, written into the ledger). Returns the block's outputs on `cache`."""
-    got = tune_block(blk, layers, cache, targets, tune)
+def tune_recorded(
+    extra: dict, blk: nn.Module, layers: list, cache: list, targets: list, tune: BlockTune, aug: Augmented, i: int
+) -> list:
+    """`tune_block` on `cache` and block `i`'s augmented copies (`aug`), with its seconds and its (before, after) loss
+    appended to `extra["block_tune"]` (the sequential pass's timings record, written into the ledger). Returns the
+    block's outputs on `cache` (those on the copies go to `aug.advance`)."""
+    got = tune_block(blk, layers, cache + aug.entries(i), targets + aug.targets, tune)
+    aug.advance(got["outputs"][len(cache) :])
+    got["outputs"] = got["outputs"][: len(cache)]
     rec = extra.setdefault("block_tune", {"epochs": tune.epochs, "lr": tune.lr, "seconds": 0.0, "loss": []})
+    rec.update({"augment": tune.augment, "augmented_batches": len(aug.index)} if tune.augment else {})
     rec["seconds"] = round(rec["seconds"] + got["seconds"], 3)
     rec["loss"].append([round(got["loss_before"], 8), round(got["loss_after"], 8)])
     rec["blocks_kept"] = rec.get("blocks_kept", 0) + int(got["kept"])

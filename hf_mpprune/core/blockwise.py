@@ -17,13 +17,10 @@ time on the cache, like llm-compressor's sequential pipeline:
   group costs one partial block forward that stops at its first layer;
 * registered layers before / after the blocks (patch embedding, pooler, head) use the plain path.
 
-Forwards run with `use_cache=False` (`calibration.model_inputs`): no KV cache. Equivalence is checked before
-anything is modified: on the first batch the cached chain of dense blocks must reproduce the inputs the real
-forward hands to every block (`torch.allclose`, rtol 1e-4). A model whose blocks take non-tensor state, whose
-forward order interleaves blocks, or that fails the check is processed by the plain path; the path taken and why
-is logged (INFO) and kept in `Timings.path` (the methods write it into the ledger). Hessians: float64 sums of `XᵀX`
-products computed in `hessian_dtype`, over real-token rows only (every forward runs inside `calibration.real_tokens`
-with its batch's mask).
+Forwards run with `use_cache=False` (no KV cache). Before anything is modified, the cached chain of dense blocks
+must reproduce on the first batch the inputs the real forward hands to every block (`torch.allclose`, rtol 1e-4);
+models with non-tensor block state, interleaved blocks, or failing the check take the plain path (logged, kept in
+`Timings.path`, written into the ledger). Hessians: float64 sums of `XᵀX` in `hessian_dtype`, real-token rows only.
 """
 
 import logging
@@ -34,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .blocktune import check_dtypes, swapped_weights, tune_recorded
+from .blocktune import Augmented, check_dtypes, swapped_weights, tune_recorded
 from .calibration import layer_input_rows, run_batches
 from .errors import ConfigError
 from .hessians import Hessian as _Hessian
@@ -371,6 +368,7 @@ def block_sequential(
             if len(dcache) != len(cache):
                 raise ConfigError("the dense and current block caches hold different batches")
             tm.extra.update({"refit_target": "dense"} if dense_target else {})
+        aug = Augmented(tune, calls, pl.kinds, cache, dcache)  # `block_augment` copies (none without it)
         for i, (blk, groups) in enumerate(zip(pl.blocks, pl.groups)):
             last = i + 1 == len(pl.blocks)
             dense = dhidden = None
@@ -379,6 +377,8 @@ def block_sequential(
                     dense, dhidden = dense_pass(tm, blk, groups, dcache, hessian_dtype)
                 elif tune:
                     dhidden = outputs(tm, blk, dcache)
+                if tune:
+                    aug.dense(tm, blk, i)
             if dense_cache:
                 dcache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(dhidden)]
             if granularity == "layer" and len(cache) == 1:
@@ -387,7 +387,7 @@ def block_sequential(
                 _block_hessians(tm, blk, groups, cache, hessian_dtype, call, granularity, dense)
                 hidden = [] if last or tune else outputs(tm, blk, cache)
             if tune:  # the block's output after the tuning is the next block's input
-                hidden = tune_recorded(tm.extra, blk, [la for g in groups for la in g], cache, dhidden, tune)
+                hidden = tune_recorded(tm.extra, blk, [la for g in groups for la in g], cache, dhidden, tune, aug, i)
             cache = [] if last else [call_for(calls, pl.kinds, i + 1, b, h) for b, h in enumerate(hidden)]
         calls.clear()
         for la in pl.post:

@@ -43,10 +43,13 @@ class DenseTarget:
 @dataclass(frozen=True)
 class BlockTune:
     """Block output reconstruction (`block_epochs`, `hf_mpprune.core.blocktune`): `epochs` Adam passes over the
-    calibration batches per block at learning rate `lr`."""
+    calibration batches per block at learning rate `lr`; with `augment` > 0 also on that many corrupted copies of
+    each batch (`blocktune.Augmented`, drawn with `seed`)."""
 
     epochs: int
     lr: float
+    augment: int = 0
+    seed: int = 0
 
 
 @dataclass
@@ -79,6 +82,13 @@ class RefitOptions:
             projections are already written). [D] epochs and rate chosen on MiniLM's selection split
             (benchmarks/RESULTS.md, issue 22).
         block_lr (`float`, defaults to 1e-3): Adam's learning rate of `block_epochs`.
+        block_augment (`int`, defaults to 0): extra training data for `block_epochs`, made from the calibration
+            batches themselves: that many copies of each batch in which 15 % of the real positions of the first
+            block's input (not a row's first or last real position) carry the first-block input of a random real
+            position of the calibration set, in the dense and the pruned model alike (token replacement at the
+            embedding, for text and image patches alike). Only the block step sees them (masks, Hessians and
+            re-fits use the batches as given); each copy costs one more forward + backward per block and epoch.
+            0 = off. [D] chosen on MiniLM's selection split (benchmarks/RESULTS.md, issue 22).
     """
 
     reconstruct: bool = False
@@ -88,10 +98,13 @@ class RefitOptions:
     refit_target: str = "sequential"
     block_epochs: int = 0
     block_lr: float = 1e-3
+    block_augment: int = 0
 
     def block_tune(self) -> BlockTune | None:
         """The block reconstruction these options ask for (None when `block_epochs` is 0)."""
-        return BlockTune(self.block_epochs, float(self.block_lr)) if self.block_epochs else None
+        if not self.block_epochs:
+            return None
+        return BlockTune(self.block_epochs, float(self.block_lr), self.block_augment, getattr(self, "seed", 0))
 
     def _check_block_tune(self) -> None:
         e, lr = self.block_epochs, self.block_lr
@@ -99,6 +112,11 @@ class RefitOptions:
             raise ConfigError(f"block_epochs={e!r} must be an int >= 0 (0 = no block reconstruction)")
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise ConfigError(f"block_lr={lr!r} must be a finite number > 0")
+        a = self.block_augment
+        if isinstance(a, bool) or not isinstance(a, int) or a < 0:
+            raise ConfigError(f"block_augment={a!r} must be an int >= 0 (0 = no augmented copies)")
+        if not e and a:
+            raise ConfigError(f"block_augment={a} has no effect with block_epochs=0: set block_epochs, or drop it")
         if not e and lr != 1e-3:
             raise ConfigError(f"block_lr={lr} has no effect with block_epochs=0: set block_epochs, or drop block_lr")
         if e and not (getattr(self, "sequential_pass", self.reconstruct) or getattr(self, "runs_sequential", False)):
