@@ -70,6 +70,7 @@ class Cell:
 
 
 REC = {"reconstruct": True}
+BT_AUG = {"block_epochs": 10, "block_augment": 3}
 CELLS = (
     Cell("wanda", "wanda", targets="both"),
     Cell("wanda+rec", "wanda", REC, refit=True, targets="both"),
@@ -111,6 +112,11 @@ CELLS = (
     Cell("sparsegpt+bt", "sparsegpt", {"block_epochs": 10}, refit=True, targets="both"),
     Cell("cast+rec+bt", "cast", {**REC, "block_epochs": 10}, refit=True, targets="kn"),
     Cell("cast+alps+bt", "cast", {"refine": "alps", "block_epochs": 10}, refit=True, targets="kn"),
+    # issue 22: the block step with block_augment=3 corrupted copies of each calibration batch (chosen on the
+    # selection split; the copies are made from the calibration batches, no other data)
+    Cell("mp-wanda+alps+bt+aug", "mp-wanda", {"refine": "alps", **BT_AUG}, mp=True, refit=True),
+    Cell("wanda+alps+bt+aug", "wanda", {"refine": "alps", **BT_AUG}, refit=True),
+    Cell("sparsegpt+bt+aug", "sparsegpt", BT_AUG, refit=True, targets="both"),
 )
 # (cell, control): what the re-fit adds, the MP statistic (same mapping), the mapping, the strongest rival
 COMPARISONS = (
@@ -160,6 +166,11 @@ COMPARISONS = (
     ("cast+alps+bt", "cast+alps"),
     ("cast+alps+bt", "sparsegpt+bt"),
     ("cast+alps+bt", "sparsegpt"),
+    ("mp-wanda+alps+bt+aug", "mp-wanda+alps+bt"),
+    ("mp-wanda+alps+bt+aug", "wanda+alps+bt+aug"),
+    ("sparsegpt+bt+aug", "sparsegpt+bt"),
+    ("mp-wanda+alps+bt+aug", "sparsegpt+bt+aug"),
+    ("mp-wanda+alps+bt+aug", "sparsegpt"),
 )
 
 
