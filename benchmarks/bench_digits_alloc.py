@@ -48,6 +48,7 @@ PRUNERS = {  # name -> options of the within-layer pruner (issue 22 adds the joi
     "wanda+refit[dense]": {"reconstruct": True, "refit_target": "dense"},  # the re-fit aimed at the dense model
     "wanda+alps[dense]": {"refine": "alps", "refit_target": "dense"},
     "wanda+alps+bt": {"refine": "alps", "block_epochs": 10},  # + block output reconstruction (masks frozen)
+    "wanda+alps+bt+aug": {"refine": "alps", "block_epochs": 10, "block_augment": 3},  # + 3 corrupted copies per batch
 }
 
 

@@ -23,7 +23,7 @@ def _cache(seed=0, rows=64, tokens=40, dim=8):
     """Two fake block-0 caches (args, kwargs, mask): right-padded rows; the dense cache is 2 × the pruned one."""
     g = torch.Generator().manual_seed(seed)
     cache, dcache = [], []
-    for b in range(2):
+    for _ in range(2):
         h = torch.randn(rows, tokens, dim, generator=g)
         lengths = torch.randint(3, tokens + 1, (rows,), generator=g)
         mask = (torch.arange(tokens)[None] < lengths[:, None]).long()
