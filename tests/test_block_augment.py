@@ -56,6 +56,9 @@ def test_only_inner_real_positions_change_the_same_way_in_both_caches():
     assert all(torch.equal(a, b) for a, b in zip(aug.hidden, again.hidden))
     assert not all(torch.equal(a, b) for a, b in zip(aug.hidden, other.hidden))
     assert Augmented(BlockTune(1, 1e-3), calls, [0], cache, dcache).index == []
+    images = [((torch.zeros(2, 3, 4, 4),), {}, None)]  # a convolutional block input: no token positions to replace
+    with pytest.raises(ConfigError, match=r"\(batch, tokens, hidden\).*\(2, 3, 4, 4\)"):
+        Augmented(BlockTune(1, 1e-3, augment=1), {0: images}, [0], images, images)
 
 
 def test_the_copies_reach_the_step_and_the_mask_stays(tiny_bert):

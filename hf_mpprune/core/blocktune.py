@@ -86,6 +86,12 @@ class Augmented:
             return
         g = torch.Generator().manual_seed(tune.seed)
         hs, ds = [first_tensor(a, k) for a, k, _ in cache], [first_tensor(a, k) for a, k, _ in dcache]
+        if any(h is None or h.dim() != 3 for h in hs):
+            shape = next((tuple(h.shape) for h in hs if h is not None), None)
+            raise ConfigError(
+                f"block_augment replaces token positions of a (batch, tokens, hidden) block input; this model's first "
+                f"block takes {shape}: set block_augment=0"
+            )
         real = [_inner_real(h, e[2]) for h, e in zip(hs, cache)]
         pool, dpool = (torch.cat([h[r.to(h.device)] for h, (r, _) in zip(x, real)]) for x in (hs, ds))
         for _ in range(tune.augment):
