@@ -50,6 +50,7 @@ OURS = {
     # issue 22: block output reconstruction on top of ALPS (RESULTS "Issue 22 — block output reconstruction")
     "mp-wanda+alps+bt": {"method": "mp-wanda", "refine": "alps", "block_epochs": 10},
     "cast+alps+bt": {"method": "cast", "refine": "alps", "block_epochs": 10},
+    "mp-wanda+alps+bt+aug": {"method": "mp-wanda", "refine": "alps", "block_epochs": 10, "block_augment": 3},
 }
 
 
@@ -74,7 +75,8 @@ class Cell:
 def plan(models: list[str], extras: list[str]) -> list[Cell]:
     """MiniLM: sparsegpt and mp-wanda+rec at 50/60/70 %, sparsegpt and cast+rec at 2:4, plus at 60 % the peer fed
     one joined batch and the under-load rows (and, with the "frontier" extra, mp-wanda+alps at 60 / 70 % and
-    cast+alps at 2:4, the ALPS step caps and ALPS + block reconstruction at 60 % and 2:4); ViT-B/L and the Llama shapes:
+    cast+alps at 2:4, the ALPS step caps, ALPS + block reconstruction at 60 % and 2:4, and with 3 augmented copies at
+    60 %); ViT-B/L and the Llama shapes:
     mp-wanda+rec at 50 % and cast+rec at 2:4 (with "frontier": ALPS and ALPS + block reconstruction at 60 %, CAST
     ALPS at 2:4)."""
     cells = []
@@ -96,6 +98,7 @@ def plan(models: list[str], extras: list[str]) -> list[Cell]:
             cells += [Cell(m, "mp-wanda+alps", "0.6"), Cell(m, "mp-wanda+alps", "0.7"), Cell(m, "cast+alps", "2:4")]
             cells += [Cell(m, "mp-wanda+alps6", "0.6"), Cell(m, "mp-wanda+alps20", "0.6")]
             cells += [Cell(m, "mp-wanda+alps+bt", "0.6"), Cell(m, "cast+alps+bt", "2:4")]
+            cells += [Cell(m, "mp-wanda+alps+bt+aug", "0.6")]
     return cells
 
 
