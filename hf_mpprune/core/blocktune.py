@@ -76,12 +76,12 @@ class Augmented:
     """The augmented copies of `block_augment` (`BlockTune.augment`), carried through the sequential pass beside the
     calibration cache: copy c of batch b has `AUGMENT_RATE` of its inner real positions of the FIRST block's input
     replaced by the first-block input at random real positions of all the calibration batches (the same positions
-    and sources in the pruned model's cache and the dense model's). Block by block, `dense` records the dense
-    block's output on the dense copies (the tuning targets, and the dense copies' next input) and `entries` gives
+    and sources in the pruned model's cache and the dense model's). Block by block, `dense` replaces the dense copies by
+    the dense block's output on them (the tuning targets, and the next block's dense inputs) and `entries` gives
     the pruned copies as block calls; `advance` takes the tuned block's outputs on them."""
 
     def __init__(self, tune: BlockTune | None, calls: dict, kinds: list[int], cache: list, dcache: list):
-        self.calls, self.kinds, self.index, self.hidden, self.dhidden, self.targets = calls, kinds, [], [], [], []
+        self.calls, self.kinds, self.index, self.hidden, self.dhidden = calls, kinds, [], [], []
         if not tune or not tune.augment:
             return
         g = torch.Generator().manual_seed(tune.seed)
@@ -104,10 +104,9 @@ class Augmented:
 
     def dense(self, tm, blk: nn.Module, i: int) -> None:
         """Run block `i` (as it now is: dense, or with the source weights swapped in) on the dense copies."""
-        self.targets = outputs(
+        self.dhidden = outputs(
             tm, blk, [call_for(self.calls, self.kinds, i, b, h) for b, h in zip(self.index, self.dhidden)]
         )
-        self.dhidden = self.targets
 
     def entries(self, i: int) -> list[tuple]:
         return [call_for(self.calls, self.kinds, i, b, h) for b, h in zip(self.index, self.hidden)]
@@ -184,7 +183,7 @@ def tune_recorded(
     """`tune_block` on `cache` and block `i`'s augmented copies (`aug`), with its seconds and its (before, after) loss
     appended to `extra["block_tune"]` (the sequential pass's timings record, written into the ledger). Returns the
     block's outputs on `cache` (those on the copies go to `aug.advance`)."""
-    got = tune_block(blk, layers, cache + aug.entries(i), targets + aug.targets, tune)
+    got = tune_block(blk, layers, cache + aug.entries(i), targets + aug.dhidden, tune)
     aug.advance(got["outputs"][len(cache) :])
     got["outputs"] = got["outputs"][: len(cache)]
     rec = extra.setdefault("block_tune", {"epochs": tune.epochs, "lr": tune.lr, "seconds": 0.0, "loss": []})
