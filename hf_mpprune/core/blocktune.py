@@ -104,12 +104,14 @@ class Augmented:
 
     def dense(self, tm, blk: nn.Module, i: int) -> None:
         """Run block `i` (as it now is: dense, or with the source weights swapped in) on the dense copies."""
-        self.dhidden = outputs(
-            tm, blk, [call_for(self.calls, self.kinds, i, b, h) for b, h in zip(self.index, self.dhidden)]
-        )
+        self.dhidden = outputs(tm, blk, self._calls(i, self.dhidden))
 
     def entries(self, i: int) -> list[tuple]:
-        return [call_for(self.calls, self.kinds, i, b, h) for b, h in zip(self.index, self.hidden)]
+        return self._calls(i, self.hidden)
+
+    def _calls(self, i: int, hidden: list[torch.Tensor]) -> list[tuple]:
+        """Block `i`'s calls on the copies (each with its source batch's keyword inputs) with `hidden` as input."""
+        return [call_for(self.calls, self.kinds, i, b, h) for b, h in zip(self.index, hidden)]
 
     def advance(self, outs: list[torch.Tensor]) -> None:
         self.hidden = outs
