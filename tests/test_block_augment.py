@@ -4,6 +4,7 @@ the dense cache, at the documented rate, reproducibly per seed; the copies reach
 mask and exact sparsity stay; the option is refused where it would do nothing."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -96,3 +97,42 @@ def test_refusals(extra, match):
         PruningConfig.from_dict({"method": "wanda", "sparsity": 0.5, "reconstruct": True, **extra})
     ok = PruningConfig(method="wanda", sparsity=0.5, reconstruct=True, block_epochs=2, block_augment=3, seed=4)
     assert (ok.block_tune().augment, ok.block_tune().seed) == (3, 4)
+
+
+def test_cosine_schedule_decays_the_rate_over_each_blocks_steps(tiny_bert, monkeypatch):
+    """Every Adam step of a block reads lr·(1 + cos(π t / T))/2, t = 0 … T−1, T = epochs × (batches + copies); the
+    constant schedule reads lr at every step; the mask stays and the step still lowers the error."""
+    seen, step = [], torch.optim.Adam.step
+
+    def spy(opt, *a, **k):
+        seen.append(opt.param_groups[0]["lr"])
+        return step(opt, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    dense, none, plain, cos = (copy.deepcopy(tiny_bert).eval() for _ in range(4))
+    _run(none, method="wanda", sparsity=0.6, reconstruct=True)
+    m_plain, _ = _run(plain, method="wanda", sparsity=0.6, reconstruct=True, block_epochs=3, block_lr=LR)
+    const, seen[:] = list(seen), []
+    cfg = {"method": "wanda", "sparsity": 0.6, "reconstruct": True, "block_epochs": 3, "block_lr": LR}
+    m_cos, rec = _run(cos, **cfg, block_augment=1, block_schedule="cosine")
+    assert const and all(v == LR for v in const)
+    steps = 3 * (2 + 2)  # 3 epochs × (2 calibration batches + 1 copy of each)
+    blocks = len(seen) // steps
+    assert blocks == len(tiny_bert.encoder.layer) and len(seen) == blocks * steps
+    want = [LR * (1 + math.cos(math.pi * t / steps)) / 2 for t in range(steps)] * blocks
+    assert seen == pytest.approx(want, rel=1e-9, abs=1e-15)
+    assert rec["reconstruct"]["time_split"]["block_tune"]["schedule"] == "cosine"
+    assert m_cos.sha256() == m_plain.sha256()
+    assert _error(cos, dense) < _error(none, dense)
+
+
+def test_schedule_refusals():
+    base = {"method": "wanda", "sparsity": 0.5, "reconstruct": True}
+    with pytest.raises(ConfigError, match="'constant' or 'cosine'"):
+        PruningConfig.from_dict({**base, "block_epochs": 2, "block_schedule": "linear"})
+    with pytest.raises(ConfigError, match="no effect with block_epochs=0"):
+        PruningConfig.from_dict({**base, "block_schedule": "cosine"})
+    assert (
+        PruningConfig.from_dict({**base, "block_epochs": 2, "block_schedule": "cosine"}).block_tune().schedule
+        == "cosine"
+    )

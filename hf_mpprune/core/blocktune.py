@@ -132,7 +132,8 @@ def _evaluate(blk: nn.Module, cache: list[tuple], targets: list[torch.Tensor]) -
         return sum(float(_loss(o, y, e[2])) for o, y, e in zip(outs, targets, cache)) / len(cache), outs
 
 
-def _steps(blk, cache, targets, weights, keep, opt, epochs: int) -> None:
+def _steps(blk, cache, targets, weights, keep, opt, epochs: int, schedule: str = "constant") -> None:
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(cache)) if schedule == "cosine" else None
     for _ in range(epochs):
         for entry, y in zip(cache, targets):
             loss = _loss(hidden_of(run_entry(blk, entry)), y, entry[2])
@@ -144,6 +145,8 @@ def _steps(blk, cache, targets, weights, keep, opt, epochs: int) -> None:
             with torch.no_grad():
                 for w, k in zip(weights, keep):
                     w.mul_(k)
+            if decay is not None:
+                decay.step()
 
 
 def tune_block(blk: nn.Module, layers: list, cache: list[tuple], targets: list[torch.Tensor], tune: BlockTune) -> dict:
@@ -163,7 +166,8 @@ def tune_block(blk: nn.Module, layers: list, cache: list[tuple], targets: list[t
         with torch.enable_grad():
             for p in params:
                 p.requires_grad_(True)
-            _steps(blk, cache, targets, weights, keep, torch.optim.Adam(params, lr=tune.lr), tune.epochs)
+            opt = torch.optim.Adam(params, lr=tune.lr)
+            _steps(blk, cache, targets, weights, keep, opt, tune.epochs, tune.schedule)
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
@@ -190,6 +194,7 @@ def tune_recorded(
     got["outputs"] = got["outputs"][: len(cache)]
     rec = extra.setdefault("block_tune", {"epochs": tune.epochs, "lr": tune.lr, "seconds": 0.0, "loss": []})
     rec.update({"augment": tune.augment, "augmented_batches": len(aug.index)} if tune.augment else {})
+    rec.update({"schedule": tune.schedule} if tune.schedule != "constant" else {})
     rec["seconds"] = round(rec["seconds"] + got["seconds"], 3)
     rec["loss"].append([round(got["loss_before"], 8), round(got["loss_after"], 8)])
     rec["blocks_kept"] = rec.get("blocks_kept", 0) + int(got["kept"])

@@ -43,13 +43,15 @@ class DenseTarget:
 @dataclass(frozen=True)
 class BlockTune:
     """Block output reconstruction (`block_epochs`, `hf_mpprune.core.blocktune`): `epochs` Adam passes over the
-    calibration batches per block at learning rate `lr`; with `augment` > 0 also on that many corrupted copies of
-    each batch (`blocktune.Augmented`, drawn with `seed`)."""
+    calibration batches per block at learning rate `lr` (held, or decayed to 0 by a cosine over the block's steps
+    when `schedule` is "cosine"); with `augment` > 0 also on that many corrupted copies of each batch
+    (`blocktune.Augmented`, drawn with `seed`)."""
 
     epochs: int
     lr: float
     augment: int = 0
     seed: int = 0
+    schedule: str = "constant"
 
 
 @dataclass
@@ -89,6 +91,10 @@ class RefitOptions:
             embedding, for text and image patches alike). Only the block step sees them (masks, Hessians and
             re-fits use the batches as given); each copy costs one more forward + backward per block and epoch.
             0 = off. [D] chosen on MiniLM's selection split (benchmarks/RESULTS.md, issue 22).
+        block_schedule (`str`, defaults to `"constant"`): the learning rate over a block's Adam steps (every batch
+            and every copy is one step): `"constant"` holds `block_lr`; `"cosine"` decays it from `block_lr` to 0 by
+            a half cosine over the block's `block_epochs` × (batches + copies) steps (PyTorch's
+            `CosineAnnealingLR`). No extra cost.
     """
 
     reconstruct: bool = False
@@ -99,12 +105,14 @@ class RefitOptions:
     block_epochs: int = 0
     block_lr: float = 1e-3
     block_augment: int = 0
+    block_schedule: str = "constant"
 
     def block_tune(self) -> BlockTune | None:
         """The block reconstruction these options ask for (None when `block_epochs` is 0)."""
         if not self.block_epochs:
             return None
-        return BlockTune(self.block_epochs, float(self.block_lr), self.block_augment, getattr(self, "seed", 0))
+        seed = getattr(self, "seed", 0)
+        return BlockTune(self.block_epochs, float(self.block_lr), self.block_augment, seed, self.block_schedule)
 
     def _check_block_tune(self) -> None:
         e, lr = self.block_epochs, self.block_lr
@@ -117,6 +125,12 @@ class RefitOptions:
             raise ConfigError(f"block_augment={a!r} must be an int >= 0 (0 = no augmented copies)")
         if not e and a:
             raise ConfigError(f"block_augment={a} has no effect with block_epochs=0: set block_epochs, or drop it")
+        if self.block_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"block_schedule={self.block_schedule!r} must be 'constant' or 'cosine'")
+        if not e and self.block_schedule != "constant":
+            raise ConfigError(
+                f"block_schedule={self.block_schedule!r} has no effect with block_epochs=0: set block_epochs"
+            )
         if not e and lr != 1e-3:
             raise ConfigError(f"block_lr={lr} has no effect with block_epochs=0: set block_epochs, or drop block_lr")
         if e and not (getattr(self, "sequential_pass", self.reconstruct) or getattr(self, "runs_sequential", False)):
