@@ -51,6 +51,16 @@ OURS = {
     "mp-wanda+alps+bt": {"method": "mp-wanda", "refine": "alps", "block_epochs": 10},
     "cast+alps+bt": {"method": "cast", "refine": "alps", "block_epochs": 10},
     "mp-wanda+alps+bt+aug": {"method": "mp-wanda", "refine": "alps", "block_epochs": 10, "block_augment": 3},
+    "mp-wanda+alps+bt+aug7": {"method": "mp-wanda", "refine": "alps", "block_epochs": 10, "block_augment": 7},
+    # the schedule candidates of "Issue 22 — the step's schedule under 7 copies" (same step count as aug7)
+    "mp-wanda+alps+bt+aug7cos": {
+        "method": "mp-wanda",
+        "refine": "alps",
+        "block_epochs": 10,
+        "block_augment": 7,
+        "block_schedule": "cosine",
+    },
+    "mp-wanda+alps+bt+aug15e5": {"method": "mp-wanda", "refine": "alps", "block_epochs": 5, "block_augment": 15},
 }
 
 
