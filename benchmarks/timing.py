@@ -52,15 +52,14 @@ OURS = {
     "cast+alps+bt": {"method": "cast", "refine": "alps", "block_epochs": 10},
     "mp-wanda+alps+bt+aug": {"method": "mp-wanda", "refine": "alps", "block_epochs": 10, "block_augment": 3},
     "mp-wanda+alps+bt+aug7": {"method": "mp-wanda", "refine": "alps", "block_epochs": 10, "block_augment": 7},
-    # the schedule candidates of "Issue 22 — the step's schedule under 7 copies" (same step count as aug7)
-    "mp-wanda+alps+bt+aug7cos": {
+    # the block step chosen in "Issue 22 — the step's schedule under 7 copies": 15 copies, 5 epochs, cosine rate
+    "mp-wanda+alps+bt+aug15cos": {
         "method": "mp-wanda",
         "refine": "alps",
-        "block_epochs": 10,
-        "block_augment": 7,
+        "block_epochs": 5,
+        "block_augment": 15,
         "block_schedule": "cosine",
     },
-    "mp-wanda+alps+bt+aug15e5": {"method": "mp-wanda", "refine": "alps", "block_epochs": 5, "block_augment": 15},
 }
 
 
