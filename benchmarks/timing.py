@@ -84,8 +84,8 @@ class Cell:
 def plan(models: list[str], extras: list[str]) -> list[Cell]:
     """MiniLM: sparsegpt and mp-wanda+rec at 50/60/70 %, sparsegpt and cast+rec at 2:4, plus at 60 % the peer fed
     one joined batch and the under-load rows (and, with the "frontier" extra, mp-wanda+alps at 60 / 70 % and
-    cast+alps at 2:4, the ALPS step caps, ALPS + block reconstruction at 60 % and 2:4, and with 3 or 7 augmented copies or the
-    chosen 15-copy cosine step at 60 %); ViT-B/L and the Llama shapes:
+    cast+alps at 2:4, the ALPS step caps, ALPS + block reconstruction at 60 % and 2:4, and with 3 or 7 augmented
+    copies or the chosen 15-copy cosine step at 60 %); ViT-B/L and the Llama shapes:
     mp-wanda+rec at 50 % and cast+rec at 2:4 (with "frontier": ALPS and ALPS + block reconstruction at 60 %, CAST
     ALPS at 2:4)."""
     cells = []
