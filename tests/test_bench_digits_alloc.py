@@ -49,6 +49,8 @@ def test_arguments():
     assert (alps.method, alps.refine, alps.sparsity) == ("mp-wanda", "alps", 0.7)
     dsnot = bench.config("uniform", bench.PRUNERS["wanda+dsnot+refit"], 0.6, 0)
     assert (dsnot.method, dsnot.refine, dsnot.reconstruct) == ("wanda", "dsnot", True)
+    c = bench.config("uniform", bench.PRUNERS["wanda+alps+bt+aug15cos"], 0.6, 0)  # every option reaches the config
+    assert (c.refine, c.block_epochs, c.block_augment, c.block_schedule) == ("alps", 5, 15, "cosine")
 
 
 def fake_row(seed, alloc, pre, ft_val, ft_test):
