@@ -69,6 +69,7 @@ def test_masks_stay_and_the_output_moves_toward_the_dense_model(tiny_bert, cfg):
     rec = where.get("time_split", where)["block_tune"]
     assert rec["epochs"] == 8 and rec["lr"] == LR and len(rec["loss"]) == tiny_bert.config.num_hidden_layers
     assert rec["blocks_kept"] == len(rec["loss"]) and all(last < first for first, last in rec["loss"])
+    assert step["time_split"]["block_tune_s"] == rec["seconds"] > 0  # the step's seconds in the top-level split
 
 
 def test_a_block_whose_loss_does_not_fall_keeps_its_weights(tiny_bert, monkeypatch):
@@ -78,7 +79,7 @@ def test_a_block_whose_loss_does_not_fall_keeps_its_weights(tiny_bert, monkeypat
     with monkeypatch.context() as m:
         m.setattr(joined_mod, "join_batches", lambda batches: None)
         _, step = _run(plain, method="wanda", sparsity=0.6, reconstruct=True)
-    assert "joined_batches" not in step["reconstruct"]["time_split"]
+    assert "joined_batches" not in step["reconstruct"]["time_split"] and "block_tune_s" not in step["time_split"]
     _, step = _run(tuned, method="wanda", sparsity=0.6, reconstruct=True, block_epochs=3, block_lr=1.0)
     rec = step["reconstruct"]["time_split"]["block_tune"]
     assert rec["blocks_kept"] == 0 and all(first == last for first, last in rec["loss"])
@@ -185,6 +186,7 @@ def test_cast_aims_at_the_dense_blocks_and_stays_2_4(tiny_bert):
     assert m_tuned.sha256() == m_plain.sha256()
     _legal_2_4(tuned, m_tuned)
     rec = step["time_split"]["reconstruction"]["block_tune"]
+    assert step["time_split"]["block_tune_s"] == rec["seconds"] > 0
     assert rec["blocks_kept"] == tiny_bert.config.num_hidden_layers and all(
         after < before for before, after in rec["loss"]
     )

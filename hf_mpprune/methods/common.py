@@ -94,13 +94,13 @@ def reconstruct_(ctx: PruneContext, masks: Masks, batches: CalibrationBatches) -
 
 
 def time_split(ctx: PruneContext, forwards_s: float, mask_s: float, tm=None) -> None:
-    """ctx.record["time_split"]: seconds in calibration forwards, Hessians, mask choice and reconstruction."""
+    """ctx.record["time_split"]: seconds in calibration forwards, Hessians, mask choice, re-fit and block step."""
     ctx.record["time_split"] = {
         "calibration_forwards_s": round(forwards_s + (tm.forward_s if tm else 0.0), 3),
         "hessians_s": round(tm.hessian_s if tm else 0.0, 3),
         "mask_choice_s": round(mask_s, 3),
         "reconstruction_s": round(tm.solve_s if tm else 0.0, 3),
-    }
+    } | ({"block_tune_s": tm.extra["block_tune"]["seconds"]} if tm and "block_tune" in tm.extra else {})
 
 
 def check_rows(layer, norms: torch.Tensor) -> None:

@@ -129,7 +129,7 @@ def run_sparsegpt(ctx: PruneContext) -> Masks:
         "mask_choice_and_update_s": round(tm.solve_s, 3),  # SparseGPT chooses the mask inside the OBS sweep
         "path": tm.path,
         **{k: v for k, v in tm.extra.items() if k in ("joined_batches", "block_tune")},
-    }
+    } | ({"block_tune_s": tm.extra["block_tune"]["seconds"]} if "block_tune" in tm.extra else {})
     ctx.record.setdefault("sparsegpt", {}).update(
         {
             "blocksize": cfg.blocksize,

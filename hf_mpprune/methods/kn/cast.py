@@ -295,7 +295,7 @@ def cast(ctx: PruneContext) -> Masks:
         "calibration_forwards_and_moments_s": round(t1 - t0, 3),  # one forward; per-group second moments
         "mask_choice_s": round(t2 - t1, 3),
         "reconstruction": tm.record() if tm is not None else None,
-    }
+    } | ({"block_tune_s": tm.extra["block_tune"]["seconds"]} if tm is not None and "block_tune" in tm.extra else {})
     for la in ctx.layers:
         masks.setdefault(la.name, src[la.name])
     out = Masks({la.name: masks[la.name] for la in ctx.layers}, cfg.pattern)
