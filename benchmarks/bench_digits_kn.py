@@ -50,6 +50,11 @@ CELLS = {  # label: (method, extra options)
     "wanda+rec+bt": ("wanda", {"reconstruct": True, "block_epochs": 10}),
     "cast+rec+bt": ("cast", {"reconstruct": True, "block_epochs": 10}),
     "cast+alps+bt": ("cast", {"refine": "alps", "block_epochs": 10}),
+    # the MiniLM-chosen block step "(c)": 15 corrupted copies per batch, 5 epochs, cosine-decayed rate
+    "cast+alps+bt+aug15cos": (
+        "cast",
+        {"refine": "alps", "block_epochs": 5, "block_augment": 15, "block_schedule": "cosine"},
+    ),  # fmt: skip
 }
 
 

@@ -99,3 +99,18 @@ def test_new_options_against_the_refit_pipeline(tmp_path):
     assert alps["vs_ref"]["ft"]["lo"] <= 20 <= alps["vs_ref"]["ft"]["hi"]
     assert "vs_ref" not in next(x for x in summary if x["pruner"] == "wanda+refit")
     assert "| wanda+alps | 0.60 | uniform | +20.00 [" in (tmp_path / "r.md").read_text()
+
+
+def test_every_digits_kn_cell_builds_its_config():
+    """benchmarks/bench_digits_kn.py's cells: each (method, options) is a valid config at 2:4 (an unknown or
+    inapplicable option would be refused), and the (c) cell carries the block step's three settings."""
+    from hf_mpprune import PruningConfig
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_digits_kn", os.path.join(ROOT, "benchmarks", "bench_digits_kn.py")
+    )
+    kn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kn)
+    cfgs = {k: PruningConfig.from_dict({"method": m, "pattern": "2:4", **o}) for k, (m, o) in kn.CELLS.items()}
+    c = cfgs["cast+alps+bt+aug15cos"]
+    assert (c.method, c.refine, c.block_epochs, c.block_augment, c.block_schedule) == ("cast", "alps", 5, 15, "cosine")
