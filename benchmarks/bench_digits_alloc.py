@@ -50,7 +50,11 @@ PRUNERS = {  # name -> options of the within-layer pruner (issue 22 adds the joi
     "wanda+alps+bt": {"refine": "alps", "block_epochs": 10},  # + block output reconstruction (masks frozen)
     "wanda+alps+bt+aug": {"refine": "alps", "block_epochs": 10, "block_augment": 3},  # + 3 corrupted copies per batch
     "wanda+alps+bt+aug15cos": {  # the MiniLM-chosen step "(c)": 15 copies, 5 epochs, cosine-decayed rate
-        "refine": "alps", "block_epochs": 5, "block_augment": 15, "block_schedule": "cosine"},
+        "refine": "alps",
+        "block_epochs": 5,
+        "block_augment": 15,
+        "block_schedule": "cosine",
+    },
 }
 
 
