@@ -23,6 +23,7 @@ __all__ = [
     "cg_refit",
     "hessian_dtype",
     "refit_record",
+    "tune_split",
 ]
 
 SOLVERS = ("cg", "exact")
@@ -262,3 +263,10 @@ def refit_record(kwargs: dict, stats: dict, target: str = "sequential") -> dict:
         else "the dense model's output W x_dense of each block layer (refit_target='dense')", "solver": how,
         "solver_name": kwargs["solver"], "solver_stats": stats,
     }  # fmt: skip
+
+
+def tune_split(tm) -> dict:
+    """`{"block_tune_s": seconds}` of the block output step, read from a sequential pass's timings `tm` (the
+    `extra["block_tune"]` record that `blocktune.tune_recorded` writes), for a method's top-level time split; {} when
+    there was no pass or no step."""
+    return {"block_tune_s": tm.extra["block_tune"]["seconds"]} if tm is not None and "block_tune" in tm.extra else {}

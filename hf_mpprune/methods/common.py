@@ -19,7 +19,7 @@ from ..core.layers import LayerSet
 from ..core.masks import Masks, keep_top, keep_top_streamed
 from ..core.obs import obs_reconstruct
 from ..core.refine import LayerRefiner, RefineOptions
-from ..core.refit import RefitOptions, hessian_dtype, refit_record
+from ..core.refit import RefitOptions, hessian_dtype, refit_record, tune_split
 from ..core.registry import PruneContext
 from ..core.sequential import sequential_apply
 
@@ -100,7 +100,7 @@ def time_split(ctx: PruneContext, forwards_s: float, mask_s: float, tm=None) -> 
         "hessians_s": round(tm.hessian_s if tm else 0.0, 3),
         "mask_choice_s": round(mask_s, 3),
         "reconstruction_s": round(tm.solve_s if tm else 0.0, 3),
-    } | ({"block_tune_s": tm.extra["block_tune"]["seconds"]} if tm and "block_tune" in tm.extra else {})
+    } | tune_split(tm)
 
 
 def check_rows(layer, norms: torch.Tensor) -> None:

@@ -11,7 +11,7 @@ from ..core.errors import ConfigError
 from ..core.masks import Masks
 from ..core.obs import sparsegpt_prune, sweep_factor
 from ..core.refine import LayerRefiner
-from ..core.refit import hessian_dtype
+from ..core.refit import hessian_dtype, tune_split
 from ..core.registry import PruneContext, register_method
 from ..core.sequential import sequential_apply
 from .allocation import AllocationOptions, layer_counts, uses_spectra
@@ -129,7 +129,7 @@ def run_sparsegpt(ctx: PruneContext) -> Masks:
         "mask_choice_and_update_s": round(tm.solve_s, 3),  # SparseGPT chooses the mask inside the OBS sweep
         "path": tm.path,
         **{k: v for k, v in tm.extra.items() if k in ("joined_batches", "block_tune")},
-    } | ({"block_tune_s": tm.extra["block_tune"]["seconds"]} if "block_tune" in tm.extra else {})
+    } | tune_split(tm)
     ctx.record.setdefault("sparsegpt", {}).update(
         {
             "blocksize": cfg.blocksize,

@@ -15,7 +15,7 @@ from ...core.layers import LayerSet
 from ...core.masks import Masks
 from ...core.obs import obs_reconstruct
 from ...core.refine import LayerRefiner, RefineOptions
-from ...core.refit import RefitOptions, hessian_dtype, refit_record
+from ...core.refit import RefitOptions, hessian_dtype, refit_record, tune_split
 from ...core.registry import PruneContext, register_method
 from ...core.sequential import sequential_hessians
 from .cast_math import COST_FORMS, PRIOR_SCALES, l2_cell_costs, search, source_tuple
@@ -295,7 +295,7 @@ def cast(ctx: PruneContext) -> Masks:
         "calibration_forwards_and_moments_s": round(t1 - t0, 3),  # one forward; per-group second moments
         "mask_choice_s": round(t2 - t1, 3),
         "reconstruction": tm.record() if tm is not None else None,
-    } | ({"block_tune_s": tm.extra["block_tune"]["seconds"]} if tm is not None and "block_tune" in tm.extra else {})
+    } | tune_split(tm)
     for la in ctx.layers:
         masks.setdefault(la.name, src[la.name])
     out = Masks({la.name: masks[la.name] for la in ctx.layers}, cfg.pattern)
