@@ -54,7 +54,7 @@ CELLS = {  # label: (method, extra options)
     "cast+alps+bt+aug15cos": (
         "cast",
         {"refine": "alps", "block_epochs": 5, "block_augment": 15, "block_schedule": "cosine"},
-    ),  # fmt: skip
+    ),
 }
 
 
