@@ -55,6 +55,12 @@ PRUNERS = {  # name -> options of the within-layer pruner (issue 22 adds the joi
         "block_augment": 15,
         "block_schedule": "cosine",
     },
+    "wanda+alps+bt+aug31e3cos": {  # the MiniLM-chosen step "(e)": 31 copies, 3 epochs, cosine-decayed rate
+        "refine": "alps",
+        "block_epochs": 3,
+        "block_augment": 31,
+        "block_schedule": "cosine",
+    },
 }
 
 

@@ -55,6 +55,11 @@ CELLS = {  # label: (method, extra options)
         "cast",
         {"refine": "alps", "block_epochs": 5, "block_augment": 15, "block_schedule": "cosine"},
     ),
+    # the MiniLM-chosen block step "(e)": 31 corrupted copies per batch, 3 epochs, cosine-decayed rate
+    "cast+alps+bt+aug31e3cos": (
+        "cast",
+        {"refine": "alps", "block_epochs": 3, "block_augment": 31, "block_schedule": "cosine"},
+    ),
 }
 
 
@@ -115,6 +120,21 @@ def versus_ref(rows: list[dict], lrs: list[float], ref: str) -> list[str]:
     return out
 
 
+def load_rows(paths: list[str]) -> list[dict]:
+    """The rows of result files written by this script (`{"rows": ...}`) or merged ones (`{"runs": [...]}`). A
+    (seed, pattern, cell) present in several files is kept once when the copies agree and refused when they differ
+    (the bench is deterministic, so a disagreement means two different protocols)."""
+    rows: dict[tuple, dict] = {}
+    for path in paths:
+        data = json.load(open(path, encoding="utf-8"))
+        for row in [r for run in data.get("runs", [data]) for r in run["rows"]]:
+            key = (row["seed"], row["pattern"], row["cell"])
+            if key in rows and (rows[key]["kd"], rows[key].get("kd_items")) != (row["kd"], row.get("kd_items")):
+                raise ValueError(f"{path}: seed {key[0]} {key[1]} {key[2]} differs from an earlier file's row")
+            rows.setdefault(key, row)
+    return list(rows.values())
+
+
 def _ms(xs) -> str:
     xs = [100 * x for x in xs]
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.2f}"
@@ -158,7 +178,7 @@ def main() -> int:
     ap.add_argument("--ref", default="cast+rec", help="the cell every other one is compared with after KD")
     a = ap.parse_args()
     if a.merge:
-        rows = [r for path in a.merge for r in json.load(open(path))["rows"]]
+        rows = load_rows(a.merge)
         print(summarise(rows, a.lrs, a.epochs, a.ref))
         return 0
     torch.set_flush_denormal(True)

@@ -60,6 +60,14 @@ OURS = {
         "block_augment": 15,
         "block_schedule": "cosine",
     },
+    # the block step chosen in "Issue 22 — more copies, fewer passes again": 31 copies, 3 epochs, cosine rate
+    "mp-wanda+alps+bt+aug31e3cos": {
+        "method": "mp-wanda",
+        "refine": "alps",
+        "block_epochs": 3,
+        "block_augment": 31,
+        "block_schedule": "cosine",
+    },
 }
 
 
@@ -109,7 +117,12 @@ def plan(models: list[str], extras: list[str]) -> list[Cell]:
             cells += [Cell(m, "mp-wanda+alps+bt", "0.6"), Cell(m, "cast+alps+bt", "2:4")]
             cells += [
                 Cell(m, n, "0.6")
-                for n in ("mp-wanda+alps+bt+aug", "mp-wanda+alps+bt+aug7", "mp-wanda+alps+bt+aug15cos")
+                for n in (
+                    "mp-wanda+alps+bt+aug",
+                    "mp-wanda+alps+bt+aug7",
+                    "mp-wanda+alps+bt+aug15cos",
+                    "mp-wanda+alps+bt+aug31e3cos",
+                )
             ]
     return cells
 

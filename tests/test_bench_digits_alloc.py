@@ -51,6 +51,8 @@ def test_arguments():
     assert (dsnot.method, dsnot.refine, dsnot.reconstruct) == ("wanda", "dsnot", True)
     c = bench.config("uniform", bench.PRUNERS["wanda+alps+bt+aug15cos"], 0.6, 0)  # every option reaches the config
     assert (c.refine, c.block_epochs, c.block_augment, c.block_schedule) == ("alps", 5, 15, "cosine")
+    e = bench.config("uniform", bench.PRUNERS["wanda+alps+bt+aug31e3cos"], 0.6, 0)
+    assert (e.refine, e.block_epochs, e.block_augment, e.block_schedule) == ("alps", 3, 31, "cosine")
 
 
 def fake_row(seed, alloc, pre, ft_val, ft_test):
@@ -101,16 +103,42 @@ def test_new_options_against_the_refit_pipeline(tmp_path):
     assert "| wanda+alps | 0.60 | uniform | +20.00 [" in (tmp_path / "r.md").read_text()
 
 
-def test_every_digits_kn_cell_builds_its_config():
-    """benchmarks/bench_digits_kn.py's cells: each (method, options) is a valid config at 2:4 (an unknown or
-    inapplicable option would be refused), and the (c) cell carries the block step's three settings."""
-    from hf_mpprune import PruningConfig
-
+def load_kn():
     spec = importlib.util.spec_from_file_location(
         "bench_digits_kn", os.path.join(ROOT, "benchmarks", "bench_digits_kn.py")
     )
     kn = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kn)
+    return kn
+
+
+def test_every_digits_kn_cell_builds_its_config():
+    """benchmarks/bench_digits_kn.py's cells: each (method, options) is a valid config at 2:4 (an unknown or
+    inapplicable option would be refused), and the (c) / (e) cells carry the block step's three settings."""
+    from hf_mpprune import PruningConfig
+
+    kn = load_kn()
     cfgs = {k: PruningConfig.from_dict({"method": m, "pattern": "2:4", **o}) for k, (m, o) in kn.CELLS.items()}
     c = cfgs["cast+alps+bt+aug15cos"]
     assert (c.method, c.refine, c.block_epochs, c.block_augment, c.block_schedule) == ("cast", "alps", 5, 15, "cosine")
+    e = cfgs["cast+alps+bt+aug31e3cos"]
+    assert (e.method, e.refine, e.block_epochs, e.block_augment, e.block_schedule) == ("cast", "alps", 3, 31, "cosine")
+
+
+def kn_row(seed, cell, items):
+    return {"seed": seed, "pattern": "2:4", "cell": cell, "kd": {"0.0001": [0.9, 0.9]}, "kd_items": {"0.0001": items}}
+
+
+def test_digits_kn_merge_keeps_agreeing_duplicates_and_refuses_conflicts(tmp_path):
+    """`bench_digits_kn.load_rows` reads both file layouts, keeps one copy of a row present in two files (so a pooled
+    bootstrap does not count a seed twice) and refuses two different rows for the same (seed, pattern, cell)."""
+    kn = load_kn()
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps({"rows": [kn_row(0, "cast+rec", [1, 0]), kn_row(0, "cast+alps", [1, 1])]}))
+    b.write_text(json.dumps({"merged_from": [], "runs": [{"rows": [kn_row(0, "cast+rec", [1, 0])]},
+                                                         {"rows": [kn_row(1, "cast+rec", [0, 0])]}]}))  # fmt: skip
+    rows = kn.load_rows([str(a), str(b)])
+    assert sorted((r["seed"], r["cell"]) for r in rows) == [(0, "cast+alps"), (0, "cast+rec"), (1, "cast+rec")]
+    c.write_text(json.dumps({"rows": [kn_row(0, "cast+rec", [0, 0])]}))
+    with pytest.raises(ValueError, match="seed 0 2:4 cast\\+rec differs"):
+        kn.load_rows([str(a), str(c)])

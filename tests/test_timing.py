@@ -182,6 +182,7 @@ def test_plan_rows_follow_the_protocol():
         ("cast+alps", "2:4"),
     ]  # fmt: skip
     assert ("mp-wanda+alps+bt", "0.6", "batches", "quiet") in minilm
+    assert ("mp-wanda+alps+bt+aug31e3cos", "0.6", "batches", "quiet") in minilm
     assert not any("alps" in c.name for c in plan(["minilm", "vit-b"], ["joined"]))
 
 
