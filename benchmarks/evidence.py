@@ -357,7 +357,8 @@ def combine(results: list[dict]) -> dict:
             or r["dense"]["ranks"] != first["dense"]["ranks"]
         ):
             raise SystemExit(f"cannot combine runs made with other settings ({SAME})")
-    cells = {k: v for r in results for k, v in r["cells"].items()}
+    cells = {x["cell"]: asdict(find_cell(x["cell"])) for r in results for x in r["rows"]}  # a lost record: rebuilt
+    cells |= {k: v for r in results for k, v in r["cells"].items()}  # from its label; the recorded ones win
     rows = {(x["cell"], str(x["target"]), x["draw"]): x for r in results for x in r["rows"]}
     meta = {**first["meta"], "draws": sorted({x["draw"] for x in rows.values()})}
     return {**first, "meta": meta, "cells": cells, "rows": list(rows.values())}

@@ -128,4 +128,8 @@ def test_one_cell_end_to_end_on_a_handful_of_sentences(docs, tmp_path, minilm_pa
     assert ev.tables(ev.combine(halves), [("wanda+rec", "wanda")], resamples=200) == ev.tables(
         again, [("wanda+rec", "wanda")], resamples=200
     )
+    lost = [{**h, "cells": {}} for h in halves]  # files whose cell records were lost still merge (labels suffice)
+    assert ev.tables(ev.combine(lost), [("wanda+rec", "wanda")], resamples=200) == ev.tables(
+        again, [("wanda+rec", "wanda")], resamples=200
+    )
     assert ev.find_cell("mp-wanda[beta=-0.5]").options == {"beta": -0.5}
