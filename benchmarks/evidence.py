@@ -338,6 +338,7 @@ def save(result: dict, path: Path) -> None:
     """JSON (gzip when the name ends in .gz), written to a temporary name first."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)  # a fresh checkout has no benchmarks/out/: never lose a draw to it
     data = json.dumps(result, separators=(",", ":")).encode()
     tmp.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
     tmp.replace(path)

@@ -119,8 +119,8 @@ def test_one_cell_end_to_end_on_a_handful_of_sentences(docs, tmp_path, minilm_pa
         assert r["retention_recall1"] == pytest.approx(r["recall1"] / result["dense"]["recall1"])
     rec = rows[1]["time_split"]
     assert rec["reconstruction_s"] >= 0 and rows[1]["cosine"] > rows[0]["cosine"]  # the re-fit helps
-    ev.save(result, tmp_path / "rows.json.gz")
-    again = ev.load(tmp_path / "rows.json.gz")
+    ev.save(result, tmp_path / "out" / "rows.json.gz")  # the folder does not exist yet (a fresh checkout)
+    again = ev.load(tmp_path / "out" / "rows.json.gz")
     text = ev.tables(again, [("wanda+rec", "wanda"), ("wanda", "wanda")], resamples=200)
     assert "| wanda − wanda | +0.000 [+0.000, +0.000] |" in text and "| wanda+rec − wanda | +0." in text
     assert "Recall@1 retention" in text and "| wanda+rec | no | yes | yes |" in text
