@@ -31,6 +31,7 @@ from transformers import PrinterCallback
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.block_steps import STEP_C, STEP_E  # noqa: E402
 from benchmarks.stats import bootstrap_diff  # noqa: E402
 from hf_mpprune import MPDistillationArguments, MPDistillationTrainer, MPPruner, PruningConfig  # noqa: E402
 from hf_mpprune.builtins.digits import load_digits_splits, trained_digits_vit  # noqa: E402
@@ -49,18 +50,8 @@ PRUNERS = {  # name -> options of the within-layer pruner (issue 22 adds the joi
     "wanda+alps[dense]": {"refine": "alps", "refit_target": "dense"},
     "wanda+alps+bt": {"refine": "alps", "block_epochs": 10},  # + block output reconstruction (masks frozen)
     "wanda+alps+bt+aug": {"refine": "alps", "block_epochs": 10, "block_augment": 3},  # + 3 corrupted copies per batch
-    "wanda+alps+bt+aug15cos": {  # the MiniLM-chosen step "(c)": 15 copies, 5 epochs, cosine-decayed rate
-        "refine": "alps",
-        "block_epochs": 5,
-        "block_augment": 15,
-        "block_schedule": "cosine",
-    },
-    "wanda+alps+bt+aug31e3cos": {  # the MiniLM-chosen step "(e)": 31 copies, 3 epochs, cosine-decayed rate
-        "refine": "alps",
-        "block_epochs": 3,
-        "block_augment": 31,
-        "block_schedule": "cosine",
-    },
+    "wanda+alps+bt+aug15cos": STEP_C,  # the MiniLM-chosen step "(c)": 15 copies, 5 epochs, cosine-decayed rate
+    "wanda+alps+bt+aug31e3cos": STEP_E,  # the MiniLM-chosen step "(e)": 31 copies, 3 epochs, cosine-decayed rate
 }
 
 

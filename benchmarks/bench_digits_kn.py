@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_MPPRUNE_EXPERIMENTAL_SILENCE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.block_steps import STEP_C, STEP_E  # noqa: E402
 from benchmarks.stats import bootstrap_diff  # noqa: E402
 from hf_mpprune import MPDistillationArguments, MPDistillationTrainer, MPPruner, PruningConfig  # noqa: E402
 from hf_mpprune.builtins.digits import accuracy, load_digits_splits, trained_digits_vit  # noqa: E402
@@ -51,15 +52,9 @@ CELLS = {  # label: (method, extra options)
     "cast+rec+bt": ("cast", {"reconstruct": True, "block_epochs": 10}),
     "cast+alps+bt": ("cast", {"refine": "alps", "block_epochs": 10}),
     # the MiniLM-chosen block step "(c)": 15 corrupted copies per batch, 5 epochs, cosine-decayed rate
-    "cast+alps+bt+aug15cos": (
-        "cast",
-        {"refine": "alps", "block_epochs": 5, "block_augment": 15, "block_schedule": "cosine"},
-    ),
+    "cast+alps+bt+aug15cos": ("cast", STEP_C),
     # the MiniLM-chosen block step "(e)": 31 corrupted copies per batch, 3 epochs, cosine-decayed rate
-    "cast+alps+bt+aug31e3cos": (
-        "cast",
-        {"refine": "alps", "block_epochs": 3, "block_augment": 31, "block_schedule": "cosine"},
-    ),
+    "cast+alps+bt+aug31e3cos": ("cast", STEP_E),
 }
 
 
