@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from block_steps import STEP_C, STEP_E  # benchmarks/ is on the path: this script's folder
+from block_steps import STEP_C, STEP_E, with_method  # benchmarks/ is on the path: this script's folder
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,9 +55,9 @@ OURS = {
     "mp-wanda+alps+bt+aug": {"method": "mp-wanda", "refine": "alps", "block_epochs": 10, "block_augment": 3},
     "mp-wanda+alps+bt+aug7": {"method": "mp-wanda", "refine": "alps", "block_epochs": 10, "block_augment": 7},
     # the block step chosen in "Issue 22 — the step's schedule under 7 copies": 15 copies, 5 epochs, cosine rate
-    "mp-wanda+alps+bt+aug15cos": {"method": "mp-wanda", **STEP_C},
+    "mp-wanda+alps+bt+aug15cos": with_method("mp-wanda", STEP_C),
     # the block step chosen in "Issue 22 — more copies, fewer passes again": 31 copies, 3 epochs, cosine rate
-    "mp-wanda+alps+bt+aug31e3cos": {"method": "mp-wanda", **STEP_E},
+    "mp-wanda+alps+bt+aug31e3cos": with_method("mp-wanda", STEP_E),
 }
 
 
